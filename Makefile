@@ -1,0 +1,49 @@
+# One-command set-up: `make demo` runs the pipeline on a sample clip, `make test` runs the tests.
+# Both create .venv when missing and (re)install when pyproject.toml changes.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Debian packages the live-source tests need: GStreamer's RTSP server (run with the system python3)
+# and Chromium for the preview page check.
+SYSTEM_PACKAGES := python3-gi python3-gst-1.0 gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base \
+	gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad gstreamer1.0-libav \
+	chromium
+SYSTEM_STAMP := .system-deps.installed
+
+.PHONY: demo test lint bench system-deps clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+$(SYSTEM_STAMP):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+		if [ -n "$$missing" ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+		fi; \
+	else echo "not root or no apt-get: live-source tests that need GStreamer/Chromium will be skipped"; fi
+	touch $(SYSTEM_STAMP)
+
+system-deps: $(SYSTEM_STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/sapiens-stream demo
+
+test: $(STAMP) $(SYSTEM_STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	$(PY) benchmarks/model_throughput.py
+	$(PY) benchmarks/postprocess.py
+
+clean:
+	rm -rf $(VENV) $(SYSTEM_STAMP) .pytest_cache
