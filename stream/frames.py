@@ -33,3 +33,32 @@ class DecodedFrame:
     @property
     def width(self) -> int:
         return int(self.image.shape[1])
+
+
+@dataclass
+class FrameResult:
+    """What the models found in one frame, in that frame's pixel coordinates.
+
+    Arrays are numpy on the host; ``N`` persons, ``K`` keypoints. Fields of tasks that did not run
+    are None.
+    """
+
+    boxes: np.ndarray  # (N, 4) float32 xyxy
+    scores: np.ndarray  # (N,) float32 detector scores
+    track_ids: np.ndarray  # (N,) int64, -1 where no track is assigned
+    keypoints: np.ndarray | None = None  # (N, K, 2) float32 x, y
+    keypoint_scores: np.ndarray | None = None  # (N, K) float32
+    seg_labels: np.ndarray | None = None  # (H, W) uint8 class per pixel
+    seg_probs: np.ndarray | None = None  # (C, H, W) float16/32, kept only when smoothing needs it
+
+    @classmethod
+    def empty(cls) -> FrameResult:
+        return cls(
+            boxes=np.zeros((0, 4), np.float32),
+            scores=np.zeros((0,), np.float32),
+            track_ids=np.zeros((0,), np.int64),
+        )
+
+    @property
+    def num_persons(self) -> int:
+        return int(self.boxes.shape[0])
