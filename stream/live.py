@@ -1,0 +1,497 @@
+"""Live sources: webcams, RTSP, HTTP(S) and HLS, decoded with PyAV, that survive their cameras.
+
+A ``LiveSource`` is an iterator of ``DecodedFrame`` that never ends on its own while retries remain:
+
+- each connection attempt runs in its own reader thread (open, demux, decode, convert to RGB);
+- a watchdog (the supervisor thread) declares a connection dead when no frame arrived for
+  ``stall_timeout`` seconds, or when opening takes longer than ``open_timeout``: PyAV's own timeouts only
+  bound each blocking FFmpeg call, and some calls (RTSP set-up, HLS playlist reloads) keep resetting
+  them, so only a timer on *frames* catches every stall;
+- a dead connection is abandoned, not closed from the watchdog: closing an ``AVFormatContext`` while
+  another thread sits in ``av_read_frame`` on it frees memory under FFmpeg's feet. The abandoned reader
+  drops whatever it still decodes, and closes its own container once FFmpeg returns (PyAV's interrupt
+  callback bounds that to about ``stall_timeout``), while a fresh connection is already being made;
+- retries wait with exponential backoff, jitter and a cap; unlimited by default;
+- a reconnect or a change of resolution starts a new *segment* (``frame.segment`` += 1) so trackers and
+  encoders downstream start afresh; ``frame.index`` keeps counting across segments;
+- ``close()`` works from any thread and in any state and unblocks the iterator at once.
+
+Every URL in a log line or an error message is redacted (``stream.metrics.redact_url``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from fractions import Fraction
+from urllib.parse import urlsplit
+
+import av
+
+from stream.frames import DecodedFrame
+from stream.metrics import SourceStats, redact_text, redact_url
+
+log = logging.getLogger(__name__)
+
+NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "srt", "udp")
+RTSP_TRANSPORTS = ("tcp", "udp", "udp_multicast", "http")
+_WEBCAM_PATH = re.compile(r"^/dev/video\d+$")
+# Abandoned readers still blocked inside FFmpeg; past this many, wait for one to return before dialling
+# again, so a camera that hangs every connection cannot pile up threads.
+MAX_ABANDONED_READERS = 4
+
+
+class SourceError(RuntimeError):
+    """A live source failed for good (retries exhausted, or an error that retrying cannot fix)."""
+
+
+@dataclass
+class LiveOptions:
+    """How a live source connects and when it gives up on a connection (times in seconds).
+
+    ``width``/``height``/``fps``/``pixel_format`` are requests to a webcam (V4L2 ``video_size``,
+    ``framerate``, ``input_format``); network sources deliver what the camera sends.
+    """
+
+    rtsp_transport: str = "tcp"
+    stall_timeout: float = 5.0
+    open_timeout: float | None = None  # None: same as stall_timeout
+    backoff_initial: float = 0.5
+    backoff_max: float = 2.0  # a camera that comes back is picked up within about this long
+    backoff_factor: float = 2.0
+    jitter: float = 0.2  # +-20 % so many cameras behind one switch do not redial in lockstep
+    max_retries: int | None = None  # consecutive failed attempts before giving up; None: never
+    width: int | None = None
+    height: int | None = None
+    fps: float | None = None
+    pixel_format: str | None = None
+    queue_size: int = 2  # decoded frames kept for a slow consumer; older ones are dropped
+    reconnect_on_eof: bool = True
+
+    def __post_init__(self) -> None:
+        if self.rtsp_transport not in RTSP_TRANSPORTS:
+            raise ValueError(f"rtsp_transport must be one of {RTSP_TRANSPORTS}, got {self.rtsp_transport!r}")
+        for name in ("stall_timeout", "backoff_initial", "backoff_max"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.open_timeout is not None and not self.open_timeout > 0:
+            raise ValueError(f"open_timeout must be positive, got {self.open_timeout}")
+        if self.backoff_factor < 1:
+            raise ValueError(f"backoff_factor must be >= 1, got {self.backoff_factor}")
+        if not 0 <= self.jitter < 1:
+            raise ValueError(f"jitter must be in [0, 1), got {self.jitter}")
+        if self.max_retries is not None and self.max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0 or None, got {self.max_retries}")
+        for name in ("width", "height", "fps"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+        if (self.width is None) != (self.height is None):
+            raise ValueError("give both width and height, or neither")
+        if self.queue_size < 1:
+            raise ValueError(f"queue_size must be >= 1, got {self.queue_size}")
+
+    @property
+    def effective_open_timeout(self) -> float:
+        return self.open_timeout if self.open_timeout is not None else self.stall_timeout
+
+    def backoff(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Delay before retry number ``attempt`` (1-based): exponential, jittered, never above the cap."""
+        if attempt < 1:
+            raise ValueError(f"attempt numbers start at 1, got {attempt}")
+        base = min(self.backoff_max, self.backoff_initial * self.backoff_factor ** (attempt - 1))
+        spread = (rng or random).uniform(-self.jitter, self.jitter)
+        return min(self.backoff_max, base * (1.0 + spread))
+
+
+def is_webcam_spec(spec: str) -> bool:
+    """``"0"``, ``"1"``, ... or ``/dev/videoN``."""
+    spec = str(spec).strip()
+    return spec.isdigit() or bool(_WEBCAM_PATH.match(spec))
+
+
+def is_live_spec(spec: str) -> bool:
+    """True for webcams and network streams (the sources that default to live mode)."""
+    spec = str(spec).strip()
+    if is_webcam_spec(spec):
+        return True
+    scheme = spec.split("://", 1)[0].lower() if "://" in spec else ""
+    return scheme in NETWORK_SCHEMES
+
+
+def webcam_device(spec: str, platform: str | None = None) -> str:
+    """The capture device a webcam spec names: ``"0"`` -> ``/dev/video0`` on Linux, ``"0"`` on macOS."""
+    spec = str(spec).strip()
+    platform = platform or sys.platform
+    if not is_webcam_spec(spec):
+        raise ValueError(f"not a webcam spec: {spec!r} (expected an index like 0 or /dev/videoN)")
+    if platform.startswith("linux"):
+        return f"/dev/video{int(spec)}" if spec.isdigit() else spec
+    if platform == "darwin":
+        if not spec.isdigit():
+            raise ValueError(f"{spec} is a Linux device path; on macOS give the camera index (0, 1, ...)")
+        return spec
+    raise ValueError(f"webcam capture is supported on Linux (v4l2) and macOS (avfoundation), not {platform}")
+
+
+@dataclass(frozen=True)
+class OpenArgs:
+    """Exactly what ``av.open`` receives for a source."""
+
+    file: str
+    format: str | None
+    options: dict[str, str] = field(default_factory=dict)
+
+
+def _microseconds(seconds: float) -> str:
+    return str(int(seconds * 1_000_000))
+
+
+def open_args(spec: str, options: LiveOptions, platform: str | None = None) -> OpenArgs:
+    """Container name, format and FFmpeg options for ``spec``; raises ValueError on a malformed spec."""
+    spec = str(spec).strip()
+    platform = platform or sys.platform
+    if is_webcam_spec(spec):
+        device = webcam_device(spec, platform)
+        ffmpeg_options: dict[str, str] = {}
+        if options.width is not None:
+            ffmpeg_options["video_size"] = f"{options.width}x{options.height}"
+        if options.fps is not None:
+            ffmpeg_options["framerate"] = f"{options.fps:g}"
+        if options.pixel_format is not None:
+            key = "input_format" if platform.startswith("linux") else "pixel_format"
+            ffmpeg_options[key] = options.pixel_format
+        return OpenArgs(device, "v4l2" if platform.startswith("linux") else "avfoundation", ffmpeg_options)
+
+    parts = urlsplit(spec)
+    scheme = parts.scheme.lower()
+    if scheme not in NETWORK_SCHEMES:
+        raise ValueError(f"not a live source: {redact_url(spec)} (expected a webcam index, /dev/videoN, "
+                         f"or one of {', '.join(s + '://' for s in NETWORK_SCHEMES)})")
+    if not parts.hostname:
+        raise ValueError(f"no host in source URL {redact_url(spec)}")
+    io_timeout = _microseconds(options.stall_timeout)
+    # Low delay: no input buffering, no B-frame reordering wait beyond what the stream needs.
+    ffmpeg_options = {"fflags": "nobuffer", "flags": "low_delay", "analyzeduration": "1000000"}
+    if scheme in ("rtsp", "rtsps"):
+        ffmpeg_options.update(rtsp_transport=options.rtsp_transport, timeout=io_timeout, max_delay="500000")
+        if options.rtsp_transport == "udp":
+            ffmpeg_options["buffer_size"] = str(4 * 1024 * 1024)  # bursts of a keyframe over UDP
+    elif scheme in ("http", "https", "rtmp", "rtmps", "srt"):
+        ffmpeg_options["rw_timeout"] = io_timeout
+    else:  # udp
+        ffmpeg_options["timeout"] = io_timeout
+    return OpenArgs(spec, None, ffmpeg_options)
+
+
+class _Connection:
+    """One connection attempt: its reader thread and what the watchdog needs to judge it."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.started = time.monotonic()
+        self.last_frame = self.started
+        self.opened = False
+        self.frames = 0
+        self.error: str | None = None
+        self.abandoned = False
+        self.finished = threading.Event()
+        self.thread: threading.Thread | None = None
+
+
+class LiveSource:
+    """Iterate ``DecodedFrame`` from a webcam or network stream; reconnects by itself until closed.
+
+    ``stats`` (optional) is fed with ``frame_in``, source-side drops, reconnects and the state.
+    """
+
+    def __init__(
+        self,
+        spec: str,
+        options: LiveOptions | None = None,
+        name: str | None = None,
+        stats: SourceStats | None = None,
+    ) -> None:
+        self.spec = str(spec).strip()
+        self.options = options or LiveOptions()
+        self.display_name = redact_url(name or self.spec)
+        self.stats = stats
+        self._open_args = open_args(self.spec, self.options)
+        if self._open_args.format == "v4l2" and not os.path.exists(self._open_args.file):
+            raise FileNotFoundError(f"webcam {self._open_args.file} not found: no such video device")
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._wake = threading.Event()  # a reader finished or the source was closed
+        self._queue: deque[DecodedFrame] = deque()
+        # What was dropped since the consumer's last frame, handed over with its next one (bounded).
+        self._pending_drops: deque[dict] = deque(maxlen=1024)
+        self._state = "idle"
+        self._failure: str | None = None
+        self._index = 0
+        self._segment = 0
+        self._size: tuple[int, int] | None = None
+        self._connection: _Connection | None = None
+        self._abandoned: list[_Connection] = []
+        self._supervisor: threading.Thread | None = None
+        self.reconnects = 0  # connections re-established after a loss
+        self.attempts = 0  # connection attempts, the first one included
+        self.dropped = 0  # decoded frames dropped because the consumer was behind
+
+    # -- public API ----------------------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        """``idle``, ``connecting``, ``streaming``, ``reconnecting``, ``closed`` or ``failed``."""
+        return self._state
+
+    @property
+    def segment(self) -> int:
+        return self._segment
+
+    def start(self) -> LiveSource:
+        """Start connecting (iteration starts it too)."""
+        with self._cond:
+            if self._supervisor is None and not self._stop.is_set():
+                self._supervisor = threading.Thread(
+                    target=self._supervise, name=f"live-watchdog {self.display_name}", daemon=True
+                )
+                self._supervisor.start()
+        return self
+
+    def __iter__(self) -> LiveSource:
+        return self.start()
+
+    def __next__(self) -> DecodedFrame:
+        frame = self.read()
+        if frame is None:
+            raise StopIteration
+        return frame
+
+    def read(self, timeout: float | None = None) -> DecodedFrame | None:
+        """The next frame; None once closed, or after ``timeout`` seconds without one.
+
+        Raises ``SourceError`` when the source gave up (retries exhausted).
+        """
+        self.start()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not self._queue:
+                if self._failure is not None:
+                    raise SourceError(self._failure)
+                if self._stop.is_set():
+                    return None
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+            frame = self._queue.popleft()
+            if self._pending_drops:
+                frame.extra["dropped_before"] = list(self._pending_drops)
+                self._pending_drops.clear()
+            return frame
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop for good, from any thread, in any state; an iterating thread stops at once."""
+        with self._cond:
+            self._stop.set()
+            if self._connection is not None:
+                self._connection.abandoned = True
+            if self._state != "failed":
+                self._set_state("closed")
+            self._queue.clear()
+            self._cond.notify_all()
+        self._wake.set()
+        supervisor = self._supervisor
+        if supervisor is not None and supervisor is not threading.current_thread():
+            supervisor.join(timeout)
+
+    def __enter__(self) -> LiveSource:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"LiveSource({self.display_name!r}, state={self._state!r})"
+
+    # -- watchdog ------------------------------------------------------------------------------
+    def _set_state(self, state: str) -> None:
+        self._state = state
+        if self.stats is not None:
+            self.stats.set_state(state)
+
+    def _supervise(self) -> None:
+        failures = 0  # consecutive attempts that delivered no frame
+        try:
+            while not self._stop.is_set():
+                connection = self._connect()
+                if connection is None:
+                    break
+                reason = self._watch(connection)
+                if reason is None:  # closed while connected
+                    break
+                failures = 0 if connection.frames else failures + 1
+                if self.options.max_retries is not None and failures > self.options.max_retries:
+                    self._fail(f"{self.display_name}: giving up after {failures} failed attempts: {reason}")
+                    break
+                delay = self.options.backoff(max(failures, 1))
+                with self._cond:
+                    if self._stop.is_set():
+                        break
+                    self._set_state("reconnecting")
+                log.warning("%s: %s; reconnecting in %.1f s", self.display_name, reason, delay)
+                if self._stop.wait(delay):
+                    break
+        except Exception as exc:  # a bug here must not leave the consumer waiting forever
+            self._fail(f"{self.display_name}: source watchdog failed: {redact_text(exc)}")
+            raise
+
+    def _connect(self) -> _Connection | None:
+        """Start a reader for a new connection (after waiting for stuck abandoned readers to clear)."""
+        while True:
+            self._abandoned = [c for c in self._abandoned if not c.finished.is_set()]
+            if len(self._abandoned) < MAX_ABANDONED_READERS:
+                break
+            if self._stop.wait(0.2):
+                return None
+        with self._cond:
+            if self._stop.is_set():
+                return None
+            self.attempts += 1
+            connection = _Connection(self.attempts)
+            self._connection = connection
+            if self._state in ("idle",):
+                self._set_state("connecting")
+        self._wake.clear()
+        connection.thread = threading.Thread(
+            target=self._read, args=(connection,), name=f"live-reader {self.display_name}", daemon=True
+        )
+        connection.thread.start()
+        return connection
+
+    def _watch(self, connection: _Connection) -> str | None:
+        """Wait until ``connection`` ends or stalls; the reason it is over, or None when closed."""
+        while True:
+            if self._stop.is_set():
+                return None
+            if connection.finished.is_set():
+                return connection.error or "stream ended"
+            now = time.monotonic()
+            if connection.opened:
+                deadline = connection.last_frame + self.options.stall_timeout
+                reason = f"no frame for {self.options.stall_timeout:g} s"
+            else:
+                deadline = connection.started + self.options.effective_open_timeout
+                reason = f"no connection after {self.options.effective_open_timeout:g} s"
+            if now >= deadline:
+                with self._cond:
+                    connection.abandoned = True
+                self._abandoned.append(connection)
+                return reason
+            self._wake.wait(min(deadline - now, 0.25))
+            self._wake.clear()
+
+    def _fail(self, message: str) -> None:
+        log.error("%s", message)
+        with self._cond:
+            self._failure = message
+            self._set_state("failed")
+            self._stop.set()
+            self._cond.notify_all()
+
+    # -- reader --------------------------------------------------------------------------------
+    def _read(self, connection: _Connection) -> None:
+        args = self._open_args
+        timeouts = (self.options.effective_open_timeout, self.options.stall_timeout)
+        try:
+            container = av.open(args.file, format=args.format, options=dict(args.options), timeout=timeouts)
+            with container:
+                if connection.abandoned:
+                    return
+                if not container.streams.video:
+                    connection.error = "no video stream in the source"
+                    return
+                stream = container.streams.video[0]
+                # Slice threads only: frame threading would hold back several frames of latency.
+                stream.thread_type = "SLICE"
+                connection.opened = True
+                connection.last_frame = time.monotonic()
+                for packet in container.demux(stream):
+                    for av_frame in packet.decode():
+                        if not self._deliver(connection, av_frame):
+                            return
+                    if connection.abandoned:
+                        return
+                connection.error = "stream ended" if self.options.reconnect_on_eof else None
+                if not self.options.reconnect_on_eof:
+                    self._fail_quietly_at_eof()
+        except Exception as exc:  # FFmpeg/network errors of every kind end this connection only
+            connection.error = _one_line(redact_text(f"{type(exc).__name__}: {exc}"))
+        finally:
+            connection.finished.set()
+            if not connection.abandoned:
+                self._wake.set()
+
+    def _fail_quietly_at_eof(self) -> None:
+        with self._cond:
+            self._stop.set()
+            self._set_state("closed")
+            self._cond.notify_all()
+
+    def _deliver(self, connection: _Connection, av_frame: av.VideoFrame) -> bool:
+        """Hand one decoded frame to the consumer; False when this connection must stop."""
+        image = av_frame.to_ndarray(format="rgb24")
+        time_base = Fraction(av_frame.time_base) if av_frame.time_base is not None else None
+        pts = float(av_frame.pts * time_base) if av_frame.pts is not None and time_base else None
+        size = (image.shape[1], image.shape[0])
+        with self._cond:
+            if connection.abandoned or self._stop.is_set():
+                return False
+            if connection.frames == 0 and self._index > 0:
+                self._segment += 1  # a new connection: downstream must start afresh
+                self.reconnects += 1
+                if self.stats is not None:
+                    self.stats.reconnect()
+                log.info("%s: reconnected (segment %d)", self.display_name, self._segment)
+            elif self._size is not None and size != self._size:
+                self._segment += 1
+                log.info("%s: resolution %dx%d -> %dx%d (segment %d)", self.display_name,
+                         *self._size, *size, self._segment)
+            self._size = size
+            frame = DecodedFrame(
+                image=image,
+                index=self._index,
+                pts=pts,
+                time_base=time_base,
+                capture_time=time.time(),
+                segment=self._segment,
+                pts_raw=av_frame.pts,
+            )
+            self._index += 1
+            connection.frames += 1
+            connection.last_frame = time.monotonic()
+            if self._state != "streaming":
+                self._set_state("streaming")
+            if len(self._queue) >= self.options.queue_size:
+                old = self._queue.popleft()
+                self.dropped += 1
+                self._pending_drops.append(
+                    {"frame": old.index, "pts": old.pts, "segment": old.segment, "cause": "source_backlog"}
+                )
+                if self.stats is not None:
+                    self.stats.drop("source_backlog")
+            self._queue.append(frame)
+            self._cond.notify_all()
+        if self.stats is not None:
+            self.stats.frame_in()
+        return True
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
