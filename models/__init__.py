@@ -1,0 +1,49 @@
+"""Sapiens2 models for inference.
+
+Public API::
+
+    from models import Sapiens2Config, build_sapiens2, load_sapiens2, save_sapiens2, flip_tta
+
+    cfg = Sapiens2Config.from_arch("0.4b", task="pose")              # official architecture
+    cfg = Sapiens2Config.from_arch("tiny", task="seg", image_size=(64, 48))   # tiny test architecture
+    model = build_sapiens2(cfg)              # random weights, eval mode; model.task, model.config
+    out = model(pixel_values)                # (B, 3, H, W), H and W multiples of the patch size
+    #   pose: out.heatmaps (B, K, H/4, W/4)   seg: out.logits (B, C, H, W)   normal: out.normals
+    #   pointmap: out.pointmaps, out.scales   matting: out.alphas, out.foregrounds
+    #   model: out.last_hidden_state, out.pooler_output   backbone: out.feature_maps, out.cls_tokens
+    save_sapiens2(model, directory)          # config.json + model.safetensors, official key names
+    model = load_sapiens2("facebook/sapiens2-pose-0.4b" or "/path/dir", device="cpu", dtype=torch.float32)
+    out = flip_tta(model, pixel_values)      # one 2B forward, averaged and flipped back
+
+Tasks: "pose", "seg", "normal", "pointmap", "matting", "model" (bare transformer), "backbone".
+"""
+
+from models.config import Sapiens2Config, Sapiens2HeadConfig
+from models.loading import load_sapiens2, save_sapiens2
+from models.sapiens2 import (
+    Sapiens2BackboneOutput,
+    Sapiens2MattingOutput,
+    Sapiens2ModelOutput,
+    Sapiens2NormalOutput,
+    Sapiens2PointmapOutput,
+    Sapiens2PoseOutput,
+    Sapiens2SegmentationOutput,
+    build_sapiens2,
+)
+from models.tta import flip_tta
+
+__all__ = [
+    "Sapiens2Config",
+    "Sapiens2HeadConfig",
+    "Sapiens2BackboneOutput",
+    "Sapiens2MattingOutput",
+    "Sapiens2ModelOutput",
+    "Sapiens2NormalOutput",
+    "Sapiens2PointmapOutput",
+    "Sapiens2PoseOutput",
+    "Sapiens2SegmentationOutput",
+    "build_sapiens2",
+    "flip_tta",
+    "load_sapiens2",
+    "save_sapiens2",
+]
