@@ -1,0 +1,340 @@
+"""Per-source outputs: annotated H.264 video, JSONL results and lossless segmentation label maps.
+
+Every sink is a context manager whose ``close()`` is idempotent, so a run stopped by an exception or a
+signal still leaves complete files: the video's encoder is flushed and its trailer written, every JSONL
+line is flushed as it is written, and every label map is a finished PNG.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from fractions import Fraction
+from functools import lru_cache
+from pathlib import Path
+from types import TracebackType
+
+import av
+import cv2
+import numpy as np
+
+from stream.frames import DecodedFrame, FrameResult
+
+_NVENC = "h264_nvenc"
+_X264 = "libx264"
+_NVENC_PRESETS = {f"p{i}" for i in range(1, 8)}
+
+
+class _Sink:
+    """Context manager plumbing shared by the sinks."""
+
+    def close(self) -> None:  # pragma: no cover - every sink overrides it
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Video
+
+
+@lru_cache(maxsize=1)
+def nvenc_usable() -> bool:
+    """True when FFmpeg has h264_nvenc and a GPU encoder actually opens (an H100 has none)."""
+    if _NVENC not in av.codecs_available:
+        return False
+    try:
+        context = av.CodecContext.create(_NVENC, "w")
+        context.width, context.height = 256, 256
+        context.pix_fmt = "yuv420p"
+        context.time_base = Fraction(1, 30)
+        context.framerate = Fraction(30)
+        context.open()
+    except Exception:  # no device, no driver, no free session: all mean "use the CPU encoder"
+        return False
+    return True
+
+
+def pick_video_codec(codec: str = "auto") -> str:
+    """``"auto"``: h264_nvenc if it opens here, else libx264. Any other name must be an FFmpeg encoder."""
+    if codec == "auto":
+        return _NVENC if nvenc_usable() else _X264
+    if codec not in av.codecs_available:
+        raise ValueError(f"video codec {codec!r} is not available in this FFmpeg build")
+    return codec
+
+
+def _encoder_options(codec: str, crf: int, preset: str) -> dict[str, str]:
+    if codec == _X264:
+        return {"crf": str(crf), "preset": preset}
+    if codec == _NVENC:
+        # nvenc has its own preset names (p1 fastest .. p7 best); constant quality is "cq".
+        return {"preset": preset if preset in _NVENC_PRESETS else "p4", "rc": "vbr", "cq": str(crf)}
+    return {}
+
+
+class VideoSink(_Sink):
+    """Encodes RGB frames to H.264 (mp4 or any container PyAV writes), keeping the source's timestamps.
+
+    Timestamps: ``write(image, pts)`` takes pts in ``time_base`` units (default ``1 / frame_rate``), so a
+    source's own pts go straight through: N frames in give N frames out with the same times. In mp4 the
+    track timescale is the time base's denominator, so a time base ``1/D`` (every mp4 or MPEG-TS source)
+    is kept exactly, pts for pts; a time base ``n/D`` is written as ``1/D`` with pts multiplied by ``n``
+    (same times). ``pts=None`` continues one frame duration after the previous frame. A pts that does not
+    increase (a live source that reconnected and restarted its clock) is shifted to follow the previous
+    frame, and so is every later one of that run, so the file stays valid.
+
+    Sizes: yuv420p needs even sizes, so an odd width or height is padded by one pixel at the right or
+    bottom, a copy of the last column or row (``encoded_size`` tells the result). A frame whose size
+    differs from ``(width, height)`` (a live source that changed resolution) is resized to it.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        width: int,
+        height: int,
+        frame_rate: Fraction | int | float,
+        time_base: Fraction | None = None,
+        codec: str = "auto",
+        crf: int = 20,
+        preset: str = "veryfast",
+    ):
+        if width < 1 or height < 1:
+            raise ValueError(f"video size must be positive, got {width}x{height}")
+        frame_rate = Fraction(frame_rate).limit_denominator(1_000_000)
+        if frame_rate <= 0:
+            raise ValueError(f"frame rate must be positive, got {frame_rate}")
+        source_time_base = Fraction(time_base) if time_base is not None else 1 / frame_rate
+        if source_time_base <= 0:
+            raise ValueError(f"time base must be positive, got {source_time_base}")
+
+        self.path = Path(path)
+        self.width, self.height = int(width), int(height)
+        self.encoded_size = (self.width + self.width % 2, self.height + self.height % 2)
+        self.frame_rate = frame_rate
+        self.codec = pick_video_codec(codec)
+        self.frames_written = 0
+        # Output pts are source pts times this, in units of 1/denominator (exact for any n/D time base).
+        self._pts_scale = source_time_base.numerator
+        self.time_base = Fraction(1, source_time_base.denominator)
+        self._frame_step = max(1, round(1 / (frame_rate * self.time_base)))
+        self._pts_offset = 0
+        self._last_pts: int | None = None
+        self._closed = False
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        container_options = {}
+        if self.path.suffix.lower() in (".mp4", ".mov", ".m4v"):
+            # mp4 otherwise rounds time bases below 1/10000 up and writes the start offset in ms.
+            timescale = str(self.time_base.denominator)
+            container_options = {"video_track_timescale": timescale, "movie_timescale": timescale}
+        self._container = av.open(str(self.path), mode="w", options=container_options)
+        try:
+            self._stream = self._container.add_stream(self.codec, rate=frame_rate)
+            self._stream.width, self._stream.height = self.encoded_size
+            self._stream.pix_fmt = "yuv420p"
+            self._stream.time_base = self.time_base
+            self._stream.codec_context.time_base = self.time_base
+            self._stream.options = _encoder_options(self.codec, crf, preset)
+        except Exception:
+            self._container.close()
+            raise
+
+    def _prepare(self, image: np.ndarray) -> np.ndarray:
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"VideoSink expects (H, W, 3) uint8 RGB images, got {image.shape} {image.dtype}")
+        if image.shape[:2] != (self.height, self.width):
+            image = cv2.resize(image, (self.width, self.height), interpolation=cv2.INTER_AREA)
+        pad_right = self.encoded_size[0] - self.width
+        pad_bottom = self.encoded_size[1] - self.height
+        if pad_right or pad_bottom:
+            image = cv2.copyMakeBorder(image, 0, pad_bottom, 0, pad_right, cv2.BORDER_REPLICATE)
+        return np.ascontiguousarray(image)
+
+    def _output_pts(self, pts: int | None) -> int:
+        if pts is None:
+            out = 0 if self._last_pts is None else self._last_pts + self._frame_step
+        else:
+            out = int(pts) * self._pts_scale + self._pts_offset
+            if self._last_pts is not None and out <= self._last_pts:
+                follow = self._last_pts + self._frame_step
+                self._pts_offset += follow - out
+                out = follow
+        self._last_pts = out
+        return out
+
+    def write(self, image: np.ndarray, pts: int | None = None) -> None:
+        """Encode one RGB frame ``(height, width, 3)`` uint8 at ``pts`` (time_base units) or the next slot."""
+        if self._closed:
+            raise ValueError(f"VideoSink {self.path} is closed")
+        frame = av.VideoFrame.from_ndarray(self._prepare(image), format="rgb24")
+        frame.pts = self._output_pts(pts)
+        frame.time_base = self.time_base
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+        self.frames_written += 1
+
+    def close(self) -> None:
+        """Flush the encoder and write the trailer; safe to call more than once."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self.frames_written:
+                for packet in self._stream.encode(None):
+                    self._container.mux(packet)
+        finally:
+            self._container.close()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# JSONL
+
+
+class JsonlSink(_Sink):
+    """One JSON object per line, flushed per line, so a killed process keeps every line written."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("w", encoding="utf-8")
+        self.lines_written = 0
+
+    def write(self, record: dict) -> None:
+        if self._file.closed:
+            raise ValueError(f"JsonlSink {self.path} is closed")
+        # allow_nan=False: NaN is not JSON; jsonl_record already turns non-finite numbers into null.
+        self._file.write(json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n")
+        self._file.flush()
+        self.lines_written += 1
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _rounded(values: np.ndarray, decimals: int) -> list:
+    """Nested lists of Python floats rounded to ``decimals``; NaN and infinities become None."""
+    values = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(values)
+    rounded = np.round(values, decimals).tolist()
+    if finite.all():
+        return rounded
+    flat_rounded = np.asarray(rounded, dtype=object).ravel()
+    flat_rounded[~finite.ravel()] = None
+    return flat_rounded.reshape(values.shape).tolist()
+
+
+def _rounded_scalar(value: float | None, decimals: int) -> float | None:
+    if value is None or not math.isfinite(value):
+        return None
+    return round(float(value), decimals)
+
+
+def _check_result(result: FrameResult) -> None:
+    num = result.boxes.shape[0]
+    if result.boxes.shape != (num, 4) or result.scores.shape != (num,) or result.track_ids.shape != (num,):
+        raise ValueError(
+            f"FrameResult arrays disagree: boxes {result.boxes.shape}, scores {result.scores.shape}, "
+            f"track_ids {result.track_ids.shape}"
+        )
+    if result.keypoints is not None:
+        if result.keypoint_scores is None:
+            raise ValueError("FrameResult has keypoints but no keypoint_scores")
+        kpts, kscores = result.keypoints.shape, result.keypoint_scores.shape
+        if len(kpts) != 3 or kpts[0] != num or kpts[2] != 2 or kscores != kpts[:2]:
+            raise ValueError(f"FrameResult keypoints {kpts} / scores {kscores} do not fit {num} persons")
+
+
+def jsonl_record(source: str, frame: DecodedFrame, result: FrameResult | None, skipped: bool = False) -> dict:
+    """One JSONL line of DESIGN.md section 5, in source-frame pixels.
+
+    ``{"source", "frame", "pts", "width", "height", "persons": [{"id", "bbox", "score", "keypoints"}]}``;
+    a frame dropped in live mode gives ``{..., "skipped": true}`` without persons. Pixels are rounded to
+    2 decimals, scores to 4, pts (seconds) to 6; non-finite numbers become null. Persons carry
+    ``keypoints`` only when pose ran (seg-only runs have none); ``id`` is -1 for an untracked person.
+    """
+    record: dict = {
+        "source": source,
+        "frame": int(frame.index),
+        "pts": _rounded_scalar(frame.pts, 6),
+        "width": frame.width,
+        "height": frame.height,
+    }
+    if skipped:
+        record["skipped"] = True
+        return record
+    persons: list[dict] = []
+    if result is not None and result.num_persons:
+        _check_result(result)
+        boxes = _rounded(result.boxes, 2)
+        scores = _rounded(result.scores, 4)
+        ids = result.track_ids.astype(np.int64).tolist()
+        keypoints = None
+        if result.keypoints is not None:
+            xys = np.asarray(result.keypoints, dtype=np.float64)
+            kscores = np.asarray(result.keypoint_scores, dtype=np.float64)
+            # [[x, y, score], ...] per person, with pixels and scores rounded differently.
+            keypoints = [
+                [[x, y, s] for (x, y), s in zip(person_xy, person_s, strict=True)]
+                for person_xy, person_s in zip(_rounded(xys, 2), _rounded(kscores, 4), strict=True)
+            ]
+        for i in range(result.num_persons):
+            person = {"id": ids[i], "bbox": boxes[i], "score": scores[i]}
+            if keypoints is not None:
+                person["keypoints"] = keypoints[i]
+            persons.append(person)
+    record["persons"] = persons
+    return record
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Label maps
+
+_PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # label maps compress well even at the fastest level
+
+
+class LabelMapSink(_Sink):
+    """Segmentation class ids per pixel as lossless 8-bit PNGs: ``DIRECTORY/<frame:06d>.png``."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.maps_written = 0
+        self._closed = False
+
+    def path_for(self, frame_index: int) -> Path:
+        return self.directory / f"{int(frame_index):06d}.png"
+
+    def write(self, frame_index: int, labels: np.ndarray) -> Path:
+        if self._closed:
+            raise ValueError(f"LabelMapSink {self.directory} is closed")
+        if frame_index < 0:
+            raise ValueError(f"frame index must be >= 0, got {frame_index}")
+        if labels.ndim != 2 or labels.dtype != np.uint8:
+            raise ValueError(f"label map must be (H, W) uint8 class ids, got {labels.shape} {labels.dtype}")
+        path = self.path_for(frame_index)
+        if not cv2.imwrite(str(path), np.ascontiguousarray(labels), _PNG_FAST):
+            raise OSError(f"could not write label map {path}")
+        self.maps_written += 1
+        return path
+
+    def close(self) -> None:
+        self._closed = True
+
+
+def read_label_map(path: str | Path) -> np.ndarray:
+    """A label map written by ``LabelMapSink``, as (H, W) uint8 class ids."""
+    labels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if labels is None:
+        raise FileNotFoundError(f"cannot read label map {path}")
+    return labels
