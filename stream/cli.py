@@ -1,0 +1,127 @@
+"""``sapiens-stream``: annotate videos, image folders and live streams; ``sapiens-stream demo``.
+
+    sapiens-stream run a.mp4 b.mp4 frames/ --out out/ [--task pose,seg] [--config configs/pose.yaml]
+    sapiens-stream demo [--out DIR]
+
+Options given on the command line override those of ``--config``. Bad input exits with status 2 and
+a one-line ``error:`` message; a failed stage exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from stream.config import FIELD_NAMES, ConfigError, build_config, load_yaml
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sapiens-stream", description="Sapiens2 pose and segmentation on video."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="annotate videos, image folders or live streams")
+    run.add_argument(
+        "sources", nargs="+", metavar="SOURCE", help="video file, image folder, image, webcam or URL"
+    )
+    run.add_argument("--out", help="output directory (default: out)")
+    run.add_argument("--config", help="YAML file with any of these options")
+    _add_run_options(run)
+
+    demo = commands.add_parser("demo", help="run the pipeline on a short sample clip")
+    demo.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
+    demo.add_argument("--frames", type=int, default=24, help="length of the sample clip in frames")
+    demo.add_argument("--device", default="auto")
+    return parser
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    # Every default is None: only options actually given override the YAML and the built-in defaults.
+    add = parser.add_argument
+    add("--task", help="pose, seg or pose,seg")
+    add("--pose-model", help="Hub id or local directory of the pose checkpoint")
+    add("--seg-model", help="Hub id or local directory of the segmentation checkpoint")
+    add("--detector", help="YOLO weights name or path, or boxes:FILE (JSONL of given boxes)")
+    add("--device", help="auto, cpu, cuda or cuda:N")
+    add("--precision", help="auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16")
+    add("--flip", action=argparse.BooleanOptionalAction, default=None, help="flip test-time augmentation")
+    add("--input-size", help="model input HxW (default 1024x768)")
+    add("--smooth", action=argparse.BooleanOptionalAction, default=None, help="temporal smoothing")
+    add("--mode", help="auto, offline (lossless) or live (bounded latency)")
+    add("--max-batch", type=int, help="persons per model forward")
+    add("--max-wait-ms", type=float, help="how long to wait to fill a batch")
+    add("--detect-every", type=int, help="run the detector every K-th frame")
+    add("--conf", type=float, help="detector confidence threshold")
+    add("--iou", type=float, help="detector NMS IoU threshold")
+    add("--max-persons", type=int, help="most persons per frame")
+    add("--keypoint-threshold", type=float, help="keypoints below this score are not drawn")
+    add("--codec", help="video encoder: auto, libx264, h264_nvenc")
+    add("--crf", type=int, help="encoder quality (lower is better)")
+    add("--preset", help="encoder preset")
+    add("--show", action=argparse.BooleanOptionalAction, default=None, help="preview window")
+    add("--serve", metavar="HOST:PORT", help="browser preview (MJPEG)")
+    add("--metrics", metavar="HOST:PORT", help="Prometheus metrics endpoint")
+    add("--stale-after", type=float, help="live: skip frames older than this many seconds")
+    add("--rtsp-transport", help="tcp or udp")
+    add("--workers", help="inproc (threads), ipc (processes; default) or tcp")
+    add("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
+
+
+def config_values(args: argparse.Namespace) -> dict:
+    """YAML values (if ``--config``) overridden by the options given on the command line."""
+    values = load_yaml(args.config) if args.config else {}
+    for name, value in vars(args).items():
+        if value is None or name in ("command", "config"):
+            continue
+        if name in FIELD_NAMES:
+            values[name] = value
+    return values
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            from stream.demo import run_demo
+
+            return run_demo(args.out, frames=args.frames, device=args.device)
+        config = build_config(config_values(args))
+        return run(config)
+    except Exception as exc:
+        return _fail(exc)
+
+
+def run(config) -> int:
+    from stream.pipeline import run_pipeline
+
+    report = run_pipeline(config)
+    for source in report.sources.values():
+        drops = sum(source.drops.values())
+        extra = f", {source.skipped} skipped, {drops} dropped" if source.mode == "live" else ""
+        print(f"{source.name}: {source.lines} frames{extra} -> {', '.join(source.outputs.values())}")
+    note = " (interrupted)" if report.interrupted else ""
+    print(f"done in {report.elapsed:.1f} s, {report.fps:.1f} frames/s{note}")
+    return 0
+
+
+def _fail(exc: Exception) -> int:
+    from stream.pipeline import PipelineError
+    from stream.sources import SourceError
+
+    if isinstance(exc, (ConfigError, SourceError)):
+        status = 2
+    elif isinstance(exc, PipelineError):
+        status = 1
+    elif isinstance(exc, (ValueError, FileNotFoundError)):
+        status = 2
+    else:
+        raise exc
+    text = str(exc).strip().splitlines()
+    print(f"sapiens-stream: error: {text[0] if text else type(exc).__name__}", file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

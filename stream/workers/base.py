@@ -1,0 +1,136 @@
+"""What every stage worker shares: its sockets to the coordinator (events up, control down) and specs.
+
+A worker runs either as a thread of the coordinating process (``inproc://``, one shared ZeroMQ
+context) or as a process of its own (``ipc://``/``tcp://``, its own context). Either way it gets a
+``WorkerSpec`` (picklable) and reports over the ``events`` socket: ``ready``, ``progress``, ``drop``,
+``done`` and ``error`` (a one-line message). The coordinator publishes ``stop`` (sources end, the
+pipeline drains to EOS) and ``abort`` (stop now, close outputs) on the ``control`` socket.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+
+import msgpack
+import zmq
+
+from stream.config import PipelineConfig
+from stream.sources import SourceInfo
+from stream.transport import make_socket
+
+EVENTS_HWM = 100_000  # events are tiny; the coordinator reads them continuously
+CONTROL_HWM = 1000
+
+
+@dataclass
+class SourcePlan:
+    """One source as the workers see it: its output name, what it is and how it runs."""
+
+    name: str
+    info: SourceInfo
+    live: bool
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a worker needs to start, in a form that survives pickling into a new process."""
+
+    role: str  # "decode", "infer", "track" or "render"
+    config: PipelineConfig
+    endpoints: dict[str, str]
+    sources: list[SourcePlan] = field(default_factory=list)
+    session: str = ""
+
+    @property
+    def label(self) -> str:
+        names = ",".join(s.name for s in self.sources) if self.role != "infer" else "all"
+        return f"{self.role}[{names}]"
+
+
+class StageLink:
+    """A worker's connection to the coordinator: events go up, stop/abort commands come down."""
+
+    def __init__(self, context: zmq.Context, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self.events = make_socket(context, zmq.PUSH, spec.endpoints["events"], bind=False, hwm=EVENTS_HWM)
+        self.control = make_socket(context, zmq.SUB, spec.endpoints["control"], bind=False, hwm=CONTROL_HWM)
+        self.stop_requested = False
+        self.aborted = False
+
+    def poll_control(self) -> None:
+        """Apply any pending commands (non-blocking)."""
+        while True:
+            try:
+                command = msgpack.unpackb(self.control.recv(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            if command.get("cmd") == "stop":
+                self.stop_requested = True
+            elif command.get("cmd") == "abort":
+                self.stop_requested = True
+                self.aborted = True
+
+    def should_abort(self) -> bool:
+        self.poll_control()
+        return self.aborted
+
+    def emit(self, event: str, **fields) -> None:
+        payload = {"event": event, "worker": self.spec.label, "time": time.time(), **fields}
+        self.events.send(msgpack.packb(payload, use_bin_type=True))
+
+    def close(self) -> None:
+        self.control.close(linger=0)
+        self.events.close()  # default linger: the final done/error events are delivered
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{text[0]}" if text else type(exc).__name__
+
+
+def run_worker(spec: WorkerSpec, context: zmq.Context | None = None) -> None:
+    """Run the stage ``spec.role`` until its sources end; errors are reported as ``error`` events."""
+    own_context = context is None
+    if own_context:
+        _ignore_sigint()
+        context = zmq.Context()
+    link = StageLink(context, spec)
+    try:
+        stage = _stage_function(spec.role)
+        stage(context, spec, link)
+    except Exception as exc:  # reported to the coordinator, which prints it and exits non-zero
+        link.emit("error", message=one_line(exc), detail=traceback.format_exc())
+    finally:
+        link.close()
+        if own_context:
+            context.term()
+
+
+def _stage_function(role: str):
+    if role == "decode":
+        from stream.workers.decode import run_decoder
+
+        return run_decoder
+    if role == "infer":
+        from stream.workers.inference import run_inference
+
+        return run_inference
+    if role == "track":
+        from stream.workers.track import run_tracker
+
+        return run_tracker
+    if role == "render":
+        from stream.workers.render import run_renderer
+
+        return run_renderer
+    raise ValueError(f"unknown worker role {role!r}")
+
+
+def _ignore_sigint() -> None:
+    # Ctrl+C reaches the whole process group; only the coordinator reacts, and drains the pipeline.
+    import signal
+
+    # SIGTERM keeps its default so the coordinator can still terminate a worker that hangs.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -1,0 +1,241 @@
+"""Decode stage (one per source): read frames and hand each to the GPU worker and the render stage.
+
+Offline, every send blocks while the receiver's queue is full, so backpressure reaches the decoder and
+nothing is lost. Live, a reader thread keeps pulling frames from the camera into a short queue; when
+the downstream stages are behind, the oldest queued frame is replaced by a ``skip`` marker (counted as
+a drop), so latency stays bounded and reorder buffers downstream never wait for it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+import zmq
+
+from stream.frames import DecodedFrame
+from stream.messages import EOS, SKIP, Message, control_message, frame_message
+from stream.sources import open_source
+from stream.transport import Stopped, make_socket, send_until
+from stream.workers.base import SourcePlan, StageLink, WorkerSpec
+
+LIVE_QUEUE_FRAMES = 2  # frames a live source may hold while downstream is busy
+
+
+class FrameSender:
+    """Numbers one source's messages and sends each to both the GPU worker and the render stage."""
+
+    def __init__(self, context: zmq.Context, spec: WorkerSpec, plan: SourcePlan, link: StageLink) -> None:
+        hwm = spec.config.queue_frames
+        self.gpu = make_socket(context, zmq.PUSH, spec.endpoints["infer"], bind=False, hwm=hwm)
+        self.render = make_socket(
+            context, zmq.PUSH, spec.endpoints[f"render.{plan.name}.frames"], bind=False, hwm=hwm
+        )
+        self.plan = plan
+        self.link = link
+        self.session = spec.session
+        self.seq = 0
+        self.segment = 0
+        info = plan.info
+        rate = info.frame_rate
+        self.meta = {"rate": [rate.numerator, rate.denominator] if rate else None, "live": plan.live}
+
+    def frame(self, frame: DecodedFrame) -> None:
+        if frame.segment != self.segment:
+            # The previous segment ends first, so per-source state (trackers, smoothers) starts afresh.
+            self.control(EOS, segment=self.segment, final=False)
+            self.segment = frame.segment
+        message = frame_message(self.plan.name, self.seq, frame, self.session, self.meta).stamp("decode")
+        self._send_both(message)
+
+    def control(self, kind: str, **meta) -> None:
+        message = control_message(kind, self.plan.name, self.seq, self.session, **meta)
+        message.segment = self.segment
+        if kind == SKIP:
+            message.frame = meta.get("frame")
+        self._send_both(message)
+
+    def writable(self, timeout_ms: int) -> bool:
+        """True when both receivers can take a message now (live mode sends only then)."""
+        return bool(self.gpu.poll(timeout_ms, zmq.POLLOUT)) and bool(self.render.poll(0, zmq.POLLOUT))
+
+    def _send_both(self, message: Message) -> None:
+        send_until(self.gpu, message, self.link.should_abort)
+        send_until(self.render, message, self.link.should_abort)
+        self.seq += 1
+
+    def close(self) -> None:
+        self.gpu.close()
+        self.render.close()
+
+
+def run_decoder(context: zmq.Context, spec: WorkerSpec, link: StageLink) -> None:
+    (plan,) = spec.sources
+    sender = FrameSender(context, spec, plan, link)
+    decoded = 0
+    try:
+        link.emit("ready")
+        if plan.live:
+            decoded = _run_live(spec, plan, sender, link)
+        else:
+            decoded = _run_offline(plan, sender, link)
+        sender.control(EOS, segment=sender.segment, final=True)
+    except Stopped:
+        pass
+    finally:
+        sender.close()
+        link.emit("decoded", source=plan.name, frames=decoded)
+
+
+def _run_offline(plan: SourcePlan, sender: FrameSender, link: StageLink) -> int:
+    decoded = 0
+    with open_source(plan.info) as frames:
+        for frame in frames:
+            sender.frame(frame)
+            decoded += 1
+            link.poll_control()
+            if link.stop_requested:
+                break
+    return decoded
+
+
+class _LiveQueue:
+    """Frames waiting to be sent; when full, the oldest frame becomes a ``skip`` (dropped, counted)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.items: deque = deque()
+        self.capacity = capacity
+        self.frames = 0
+        self.lock = threading.Condition()
+        self.finished = False
+
+    def put(self, frame: DecodedFrame) -> int | None:
+        """Queue ``frame``; returns the index of a frame it displaced, if any."""
+        with self.lock:
+            dropped = None
+            if self.frames >= self.capacity:
+                for i, item in enumerate(self.items):
+                    if isinstance(item, DecodedFrame):
+                        self.items[i] = ("skip", item.index)
+                        self.frames -= 1
+                        dropped = item.index
+                        break
+            self.items.append(frame)
+            self.frames += 1
+            self.lock.notify()
+            return dropped
+
+    def finish(self) -> None:
+        with self.lock:
+            self.finished = True
+            self.lock.notify()
+
+    def peek(self, timeout: float):
+        with self.lock:
+            if not self.items and not self.finished:
+                self.lock.wait(timeout)
+            return self.items[0] if self.items else None
+
+    def pop(self, expected) -> bool:
+        """Remove the head if it is still ``expected`` (the reader may have turned it into a skip)."""
+        with self.lock:
+            if self.items and self.items[0] is expected:
+                self.items.popleft()
+                if isinstance(expected, DecodedFrame):
+                    self.frames -= 1
+                return True
+            return False
+
+
+def _run_live(spec: WorkerSpec, plan: SourcePlan, sender: FrameSender, link: StageLink) -> int:
+    from stream.live import LiveOptions
+    from stream.metrics import SourceStats
+
+    cfg = spec.config
+    stats = SourceStats(plan.name)  # the source's own drops and reconnects, forwarded to the coordinator
+    options = LiveOptions(rtsp_transport=cfg.rtsp_transport)
+    queue = _LiveQueue(LIVE_QUEUE_FRAMES)
+    counts = {"decoded": 0}
+    reader_error: list[BaseException] = []
+
+    with open_source(plan.info, options, stats) as frames:
+
+        def read() -> None:
+            try:
+                for frame in frames:
+                    counts["decoded"] += 1
+                    dropped = queue.put(frame)
+                    if dropped is not None:
+                        link_events.append(dropped)
+                    if stopping.is_set():
+                        break
+            except Exception as exc:  # handed to the sender loop, which reports it
+                reader_error.append(exc)
+            finally:
+                queue.finish()
+
+        link_events: deque = deque()
+        stopping = threading.Event()
+        reader = threading.Thread(target=read, name=f"live-reader-{plan.name}", daemon=True)
+        reader.start()
+        try:
+            _send_live(queue, sender, link, link_events, stats)
+        finally:
+            stopping.set()
+            # Closing the source unblocks the reader in any state (connecting, reconnecting, reading).
+        if reader_error:
+            raise reader_error[0]
+    reader.join(timeout=5.0)
+    return counts["decoded"]
+
+
+def _send_live(queue: _LiveQueue, sender: FrameSender, link: StageLink, dropped: deque, stats) -> None:
+    forwarded = _StatsForwarder(stats, link, sender.plan.name)
+    while True:
+        while dropped:
+            link.emit("drop", source=sender.plan.name, cause="behind", frame=dropped.popleft())
+        forwarded.update()
+        link.poll_control()
+        if link.stop_requested:
+            return
+        head = queue.peek(timeout=0.1)
+        if head is None:
+            if queue.finished:
+                return
+            continue
+        if isinstance(head, DecodedFrame):
+            if not sender.writable(timeout_ms=20):
+                continue  # meanwhile the reader may turn this frame into a skip
+            if queue.pop(head):
+                sender.frame(head)
+        elif queue.pop(head):
+            sender.control(SKIP, frame=head[1], cause="behind")
+
+
+class _StatsForwarder:
+    """Sends the coordinator what the live source counted itself (its own drops, reconnects, frames in)."""
+
+    def __init__(self, stats, link: StageLink, name: str) -> None:
+        self.stats = stats
+        self.link = link
+        self.name = name
+        self.drops: dict[str, int] = {}
+        self.reconnects = 0
+        self.last = 0.0
+
+    def update(self) -> None:
+        now = time.monotonic()
+        if now - self.last < 0.5:
+            return
+        self.last = now
+        summary = self.stats.summary()
+        for cause, count in summary.get("drops_by_cause", {}).items():
+            delta = int(count) - self.drops.get(cause, 0)
+            if delta > 0:
+                self.link.emit("drop", source=self.name, cause=cause, count=delta)
+                self.drops[cause] = int(count)
+        reconnects = int(summary.get("reconnects", 0))
+        for _ in range(reconnects - self.reconnects):
+            self.link.emit("reconnect", source=self.name)
+        self.reconnects = reconnects

@@ -1,0 +1,402 @@
+"""GPU worker (one per device): detect -> crop+warp -> Sapiens2 -> decode, batched across sources.
+
+Frames from every decoder arrive on one PULL socket. The worker collects a group of up to
+``max_batch`` frames or ``max_wait_ms`` (whichever comes first), detects persons in the whole group
+at once, warps every person box to the model input and runs the model in chunks padded to a few
+static batch sizes (flip-TTA doubles each chunk inside the same forward). Keypoints and label maps are
+decoded on the device; only those small results leave it, one ``results`` message per frame, to the
+source's track stage. Control messages (``eos``, ``skip``) travel in the group in arrival order, so
+each source's messages leave in the order they came.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import zmq
+
+from stream.config import PipelineConfig
+from stream.frames import FrameResult
+from stream.messages import EOS, FRAME, RESULTS, SKIP, Message, follow_up, result_arrays
+from stream.transport import Stopped, make_socket, recv_message, send_until
+from stream.workers.base import StageLink, WorkerSpec
+from stream.workers.device import (
+    DeviceStreams,
+    OverlapScheduler,
+    StagedTensors,
+    padded_size,
+    static_batch_sizes,
+)
+
+ARCH_PATTERN = re.compile(r"(0\.1b|0\.4b|0\.8b|1b|5b)", re.IGNORECASE)
+
+
+class ModelLoadError(RuntimeError):
+    """A model that cannot be loaded (one line naming the model and the reason)."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available here (use --device cpu)")
+    return device
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    if precision == "auto":
+        # The models were trained in bf16; CPUs run fp32 faster and exactly.
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def load_task_model(spec: str, task: str, cfg: PipelineConfig, device: torch.device, dtype: torch.dtype):
+    """The ``task`` model from a Hub id or directory, or a randomly initialised one (demo fallback)."""
+    from models import Sapiens2Config, build_sapiens2, load_sapiens2
+
+    if cfg.random_weights:
+        match = ARCH_PATTERN.search(spec)
+        arch = match.group(1).lower() if match else "0.4b"
+        config = Sapiens2Config.from_arch(arch, task=task, image_size=cfg.input_size)
+        return build_sapiens2(config, device=device, dtype=dtype)
+    try:
+        model = load_sapiens2(spec, device=device, dtype=dtype)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load {task} model {spec!r}: {_one_line(exc)}") from exc
+    if getattr(model, "task", task) != task:
+        raise ModelLoadError(f"{task} model {spec!r} is a {model.task} model")
+    return model
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+@dataclass
+class Group:
+    """Messages collected for one batch, in arrival order, and the frames among them."""
+
+    messages: list[Message] = field(default_factory=list)
+    frames: list[Message] = field(default_factory=list)
+
+
+@dataclass
+class PreparedGroup:
+    """A group after detection, with its frames uploaded (or uploading) to the device."""
+
+    group: Group
+    staged: StagedTensors
+    boxes: list[np.ndarray]  # per frame (N_i, 4) float32
+    scores: list[np.ndarray]  # per frame (N_i,) float32
+    skipped: dict[int, str]  # position in group.frames -> drop cause
+
+
+class InferenceEngine:
+    """Detector and Sapiens2 models on one device, with batched, padded, flip-aware forwards."""
+
+    def __init__(self, cfg: PipelineConfig, live: bool = False) -> None:
+        from models.detector import make_detector
+
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.dtype = resolve_dtype(cfg.precision, self.device)
+        self.flip = cfg.flip if cfg.flip is not None else not live
+        self.live = live
+        self.sizes = static_batch_sizes(cfg.max_batch)
+        self.streams = DeviceStreams(self.device)
+        self.detector = make_detector(
+            cfg.detector,
+            device=str(self.device),
+            conf=cfg.conf,
+            iou=cfg.iou,
+            max_det=cfg.max_persons,
+            imgsz=cfg.detector_imgsz,
+        )
+        self.pose_model = (
+            load_task_model(cfg.pose_model, "pose", cfg, self.device, self.dtype) if cfg.pose else None
+        )
+        self.seg_model = (
+            load_task_model(cfg.seg_model, "seg", cfg, self.device, self.dtype) if cfg.seg else None
+        )
+        self.last_boxes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.seg_smoothers: dict[str, object] = {}
+        self.dropped_boxes = 0
+
+    # --- warm-up ------------------------------------------------------------------------------------
+
+    def warm_up(self) -> None:
+        """Run every static batch size once (CUDA only: kernels, autotuning and allocator settle)."""
+        if self.device.type != "cuda":
+            return
+        h, w = self.cfg.input_size
+        for model in (self.pose_model, self.seg_model):
+            if model is None:
+                continue
+            for size in self.sizes:
+                self._forward(model, torch.zeros(size, 3, h, w, device=self.device))
+        torch.cuda.synchronize(self.device)
+
+    # --- per group ----------------------------------------------------------------------------------
+
+    def prepare(self, group: Group) -> PreparedGroup:
+        """Detect persons in the group's frames and start uploading the frames to the device."""
+        skipped = {}
+        if self.live:
+            now = time.time()
+            for i, message in enumerate(group.frames):
+                if now - message.capture > self.cfg.stale_after:
+                    skipped[i] = "stale"
+        active = [i for i in range(len(group.frames)) if i not in skipped]
+        boxes = [np.zeros((0, 4), np.float32) for _ in group.frames]
+        scores = [np.zeros((0,), np.float32) for _ in group.frames]
+        detect = [i for i in active if self._needs_detection(group.frames[i])]
+        if detect:
+            images = [group.frames[i].arrays["image"] for i in detect]
+            indices = [int(group.frames[i].frame) for i in detect]
+            for i, (b, s) in zip(detect, self.detector(images, indices), strict=True):
+                boxes[i], scores[i] = np.asarray(b, np.float32).reshape(-1, 4), np.asarray(s, np.float32)
+                self.last_boxes[group.frames[i].source] = (boxes[i], scores[i])
+        for i in active:
+            if i not in detect:
+                # Between detections the previous boxes are reused (people move little in k frames).
+                boxes[i], scores[i] = self.last_boxes.get(group.frames[i].source, (boxes[i], scores[i]))
+        images = [group.frames[i].arrays["image"] for i in active]
+        staged = self.streams.upload(images)
+        return PreparedGroup(group, staged, boxes, scores, skipped)
+
+    def _needs_detection(self, message: Message) -> bool:
+        k = self.cfg.detect_every
+        return k == 1 or message.source not in self.last_boxes or int(message.frame) % k == 0
+
+    @torch.inference_mode()
+    def compute(self, prepared: PreparedGroup) -> list[Message]:
+        """Run the models on a prepared group; returns the outgoing messages in arrival order."""
+        group = prepared.group
+        active = [i for i in range(len(group.frames)) if i not in prepared.skipped]
+        results: dict[int, FrameResult] = {}
+        crops: dict[int, np.ndarray] = {}
+        with self.streams.compute(prepared.staged):
+            frames = prepared.staged.tensors
+            boxes = [prepared.boxes[i] for i in active]
+            scores = [prepared.scores[i] for i in active]
+            boxes, scores = self._valid_boxes(frames, boxes, scores)
+            for slot, i in enumerate(active):
+                results[i] = FrameResult(
+                    boxes=boxes[slot],
+                    scores=scores[slot],
+                    track_ids=np.full(len(boxes[slot]), -1, np.int64),
+                )
+            if self.pose_model is not None and frames:
+                self._run_pose(frames, boxes, [results[i] for i in active], crops, active)
+            if self.seg_model is not None and frames:
+                self._run_seg(frames, [group.frames[i] for i in active], [results[i] for i in active])
+        return self._messages(group, results, crops, prepared.skipped)
+
+    def _valid_boxes(self, frames, boxes, scores):
+        from models.preprocess import valid_box_mask
+
+        sizes = [tuple(f.shape[:2]) for f in frames]
+        kept_boxes, kept_scores = [], []
+        for slot, (b, s) in enumerate(zip(boxes, scores, strict=True)):
+            b = b[: self.cfg.max_persons]
+            s = s[: self.cfg.max_persons]
+            if len(b):
+                index = torch.full((len(b),), slot, dtype=torch.long)
+                mask = valid_box_mask(torch.from_numpy(b), torch.from_numpy(s), sizes, index).cpu().numpy()
+                self.dropped_boxes += int((~mask).sum())
+                b, s = b[mask], s[mask]
+            kept_boxes.append(np.ascontiguousarray(b, np.float32))
+            kept_scores.append(np.ascontiguousarray(s, np.float32))
+        return kept_boxes, kept_scores
+
+    def _run_pose(self, frames, boxes, results, crops, active) -> None:
+        from models.postprocess import decode_pose_heatmaps
+        from models.preprocess import crop_and_warp
+
+        counts = [len(b) for b in boxes]
+        if sum(counts) == 0:
+            k = (
+                self.pose_model.config.num_keypoints
+                if hasattr(self.pose_model.config, "num_keypoints")
+                else 308
+            )
+            for result in results:
+                result.keypoints = np.zeros((0, k, 2), np.float32)
+                result.keypoint_scores = np.zeros((0, k), np.float32)
+            return
+        all_boxes = torch.from_numpy(np.concatenate(boxes)).to(self.device)
+        frame_index = torch.repeat_interleave(torch.arange(len(frames)), torch.tensor(counts)).to(self.device)
+        batch = crop_and_warp(frames, all_boxes, frame_index, input_size=self.cfg.input_size)
+        heatmaps = self._forward(self.pose_model, batch.pixel_values)
+        keypoints, keypoint_scores = decode_pose_heatmaps(
+            heatmaps.float(), batch.crop_to_frame, self.cfg.input_size
+        )
+        keypoints = _numpy(keypoints).astype(np.float32)
+        keypoint_scores = _numpy(keypoint_scores).astype(np.float32)
+        affines = _numpy(batch.crop_to_frame).astype(np.float32)
+        start = 0
+        for slot, (count, result) in enumerate(zip(counts, results, strict=True)):
+            result.keypoints = keypoints[start : start + count]
+            result.keypoint_scores = keypoint_scores[start : start + count]
+            crops[active[slot]] = affines[start : start + count]
+            start += count
+        k = keypoints.shape[1]
+        for result in results:
+            if result.keypoints is None:
+                result.keypoints = np.zeros((0, k, 2), np.float32)
+                result.keypoint_scores = np.zeros((0, k), np.float32)
+
+    def _run_seg(self, frames, messages: list[Message], results: list[FrameResult]) -> None:
+        from models.postprocess import segment_full_frame
+        from models.preprocess import prepare_full_frame
+
+        pixel_values = prepare_full_frame(frames, self.cfg.input_size)
+        logits = self._forward(self.seg_model, pixel_values)
+        for frame, message, result, frame_logits in zip(frames, messages, results, logits, strict=True):
+            frame_hw = tuple(frame.shape[:2])
+            if self.cfg.smooth:
+                _, probs = segment_full_frame(frame_logits.float(), frame_hw, return_probs=True)
+                smoother = self._seg_smoother(message.source)
+                probs = smoother(_numpy(probs), _timestamp(message))
+                result.seg_labels = np.asarray(probs).argmax(axis=0).astype(np.uint8)
+            else:
+                labels = segment_full_frame(frame_logits.float(), frame_hw, return_probs=False)
+                labels = labels[0] if isinstance(labels, tuple) else labels
+                result.seg_labels = _numpy(labels).astype(np.uint8)
+
+    def _seg_smoother(self, source: str):
+        if source not in self.seg_smoothers:
+            from trackers import SegmentationSmoother
+
+            self.seg_smoothers[source] = SegmentationSmoother()
+        return self.seg_smoothers[source]
+
+    def end_segment(self, source: str) -> None:
+        """Forget a source's temporal state (its segment ended: reconnect, new resolution or the end)."""
+        self.last_boxes.pop(source, None)
+        smoother = self.seg_smoothers.pop(source, None)
+        if smoother is not None and hasattr(smoother, "reset"):
+            smoother.reset()
+
+    def _forward(self, model, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The model's main output for every row, in chunks padded to the static batch sizes."""
+        from models import flip_tta
+
+        outputs = []
+        largest = self.sizes[-1]
+        for chunk in pixel_values.split(largest):
+            count = chunk.shape[0]
+            size = padded_size(count, self.sizes)
+            if size > count:
+                pad = chunk.new_zeros((size - count, *chunk.shape[1:]))
+                chunk = torch.cat([chunk, pad])
+            chunk = chunk.to(self.dtype)
+            out = flip_tta(model, chunk) if self.flip else model(chunk)
+            value = out.heatmaps if getattr(out, "heatmaps", None) is not None else out.logits
+            outputs.append(value[:count])
+        return torch.cat(outputs)
+
+    def _messages(self, group: Group, results, crops, skipped) -> list[Message]:
+        out = []
+        position = {id(m): i for i, m in enumerate(group.frames)}
+        for message in group.messages:
+            if message.kind != FRAME:
+                out.append(message)
+                continue
+            i = position[id(message)]
+            if i in skipped:
+                out.append(follow_up(message, SKIP, cause=skipped[i]))
+                continue
+            arrays = result_arrays(results[i], crops.get(i))
+            out.append(follow_up(message, RESULTS, arrays).stamp("infer"))
+        return out
+
+
+def _numpy(value) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().float().cpu().numpy() if value.is_floating_point() else value.cpu().numpy()
+    return np.asarray(value)
+
+
+def _timestamp(message: Message) -> float:
+    return float(message.pts) if message.pts is not None else float(message.capture)
+
+
+# --- the worker loop ------------------------------------------------------------------------------------
+
+
+def run_inference(context: zmq.Context, spec: WorkerSpec, link: StageLink) -> None:
+    cfg = spec.config
+    names = [plan.name for plan in spec.sources]
+    live = any(plan.live for plan in spec.sources)
+    inbox = make_socket(
+        context, zmq.PULL, spec.endpoints["infer"], bind=True, hwm=cfg.queue_frames * max(1, len(names))
+    )
+    outboxes = {
+        name: make_socket(
+            context, zmq.PUSH, spec.endpoints[f"track.{name}"], bind=False, hwm=cfg.queue_frames * 4
+        )
+        for name in names
+    }
+    try:
+        engine = InferenceEngine(cfg, live=live)
+        engine.warm_up()
+        dtype = str(engine.dtype).replace("torch.", "")
+        link.emit("ready", device=str(engine.device), dtype=dtype, flip=engine.flip)
+        scheduler = OverlapScheduler(engine.prepare, engine.compute)
+        open_sources = set(names)
+        while open_sources:
+            group = _collect(inbox, cfg, link, wait=not scheduler.has_pending)
+            if group is None:
+                if link.aborted:
+                    return
+                outputs = scheduler.flush()
+            else:
+                outputs = scheduler.submit(group)
+            for messages in outputs:
+                for message in messages:
+                    if message.kind == EOS:
+                        engine.end_segment(message.source)
+                        if message.meta.get("final"):
+                            open_sources.discard(message.source)
+                    elif message.kind == SKIP and message.meta.get("cause") == "stale":
+                        link.emit("drop", source=message.source, cause="stale", frame=message.frame)
+                    send_until(outboxes[message.source], message, link.should_abort)
+        link.emit("done", boxes_dropped=engine.dropped_boxes)
+    except Stopped:
+        pass
+    finally:
+        inbox.close(linger=0)
+        for sock in outboxes.values():
+            sock.close()
+
+
+def _collect(inbox: zmq.Socket, cfg: PipelineConfig, link: StageLink, wait: bool) -> Group | None:
+    """Up to ``max_batch`` frames, waiting at most ``max_wait_ms`` after the first; None if nothing came."""
+    group = Group()
+    if wait:
+        while not inbox.poll(100, zmq.POLLIN):
+            if link.should_abort():
+                return None
+    elif not inbox.poll(0, zmq.POLLIN):
+        return None
+    deadline = time.monotonic() + cfg.max_wait_ms / 1000.0
+    _add(group, recv_message(inbox))
+    while len(group.frames) < cfg.max_batch:
+        remaining_ms = int((deadline - time.monotonic()) * 1000.0)
+        if remaining_ms <= 0 or not inbox.poll(remaining_ms, zmq.POLLIN):
+            break
+        _add(group, recv_message(inbox))
+    return group
+
+
+def _add(group: Group, message: Message) -> None:
+    group.messages.append(message)
+    if message.kind == FRAME:
+        group.frames.append(message)

@@ -1,0 +1,224 @@
+"""Render+sink stage (one per source): join frames with their results, draw, encode and write.
+
+Frames come straight from the decoder (pixels never pass through the GPU worker's output), results
+from the track stage; both are ordered by ``seq`` and joined. Every frame gets one JSONL line; the
+annotated image goes to the video (source frame rate, time base and timestamps kept); segmentation
+label maps are written losslessly. A ``skip`` on either side writes a ``"skipped": true`` line. The
+final ``eos`` closes every sink, so the outputs are complete and playable; on abort the sinks are
+closed too, with whatever was written.
+"""
+
+from __future__ import annotations
+
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import numpy as np
+import zmq
+
+from stream.frames import FrameResult
+from stream.messages import EOS, FRAME, RESULTS, SKIP, Message, to_decoded_frame, to_frame_result
+from stream.transport import make_socket, recv_message, send_message
+from stream.workers.base import SourcePlan, StageLink, WorkerSpec
+from stream.workers.reorder import ReorderBuffer
+
+PREVIEW_HWM = 2  # the preview shows the newest frames; older ones are dropped, never queued
+
+
+class SourceOutputs:
+    """A source's sinks: annotated video, JSONL and (for segmentation) label maps."""
+
+    def __init__(self, spec: WorkerSpec, plan: SourcePlan) -> None:
+        from stream.render import Renderer
+        from stream.sinks import JsonlSink
+
+        cfg = spec.config
+        self.cfg = cfg
+        self.plan = plan
+        self.out = Path(cfg.out)
+        self.renderer = Renderer(
+            keypoint_threshold=cfg.keypoint_threshold, draw_boxes=cfg.draw_boxes, seg_alpha=cfg.seg_alpha
+        )
+        self.jsonl = JsonlSink(self.out / f"{plan.name}.jsonl")
+        self.video = None
+        self.video_size: tuple[int, int] | None = None
+        self.labels = None
+        self.frames_written = 0
+        self.lines = 0
+        self.skipped = 0
+
+    def write(self, frame_msg: Message, result_msg: Message) -> np.ndarray | None:
+        """Write one position of the source; returns the rendered image (None for a skipped frame)."""
+        from stream.sinks import jsonl_record
+
+        frame = to_decoded_frame(frame_msg) if frame_msg.kind == FRAME else None
+        if frame_msg.kind == SKIP or result_msg.kind == SKIP or frame is None:
+            skipped = (
+                frame
+                if frame is not None
+                else to_decoded_frame(result_msg if result_msg.kind != SKIP else frame_msg)
+            )
+            self.jsonl.write(jsonl_record(self.plan.name, skipped, None, skipped=True))
+            self.lines += 1
+            self.skipped += 1
+            return None
+        result = to_frame_result(result_msg) if result_msg.kind == RESULTS else FrameResult.empty()
+        self.jsonl.write(jsonl_record(self.plan.name, frame, result))
+        self.lines += 1
+        if result.seg_labels is not None:
+            self._label_sink().write(frame.index, result.seg_labels)
+        image = self.renderer(frame.image, result, banner=self.cfg.banner)
+        self._write_video(image, frame_msg)
+        return image
+
+    def _write_video(self, image: np.ndarray, frame_msg: Message) -> None:
+        from stream.sinks import VideoSink
+
+        if self.video is None:
+            height, width = image.shape[:2]
+            rate = frame_msg.meta.get("rate")
+            frame_rate = (
+                Fraction(rate[0], rate[1]) if rate else Fraction(self.cfg.folder_fps).limit_denominator(1001)
+            )
+            # Live streams restart their clocks on reconnect: their video gets fresh, even timestamps.
+            time_base = None if self.plan.live else frame_msg.time_base
+            self.video = VideoSink(
+                self.out / f"{self.plan.name}.mp4",
+                width,
+                height,
+                frame_rate,
+                time_base=time_base,
+                codec=self.cfg.codec,
+                crf=self.cfg.crf,
+                preset=self.cfg.preset,
+            )
+            self.video_size = (width, height)
+        if (image.shape[1], image.shape[0]) != self.video_size:
+            # A resolution change mid-source: one playable file at the first size.
+            image = cv2.resize(image, self.video_size, interpolation=cv2.INTER_AREA)
+        pts = frame_msg.pts_raw if not self.plan.live and frame_msg.time_base is not None else None
+        self.video.write(image, pts)
+        self.frames_written += 1
+
+    def _label_sink(self):
+        if self.labels is None:
+            from stream.sinks import LabelMapSink
+
+            self.labels = LabelMapSink(self.out / f"{self.plan.name}_seg")
+        return self.labels
+
+    def close(self) -> None:
+        for sink in (self.video, self.jsonl, self.labels):
+            if sink is not None:
+                sink.close()
+
+    def outputs(self) -> dict[str, str]:
+        paths = {"jsonl": str(self.out / f"{self.plan.name}.jsonl")}
+        if self.video is not None:
+            paths["video"] = str(self.out / f"{self.plan.name}.mp4")
+        if self.labels is not None:
+            paths["seg"] = str(self.out / f"{self.plan.name}_seg")
+        return paths
+
+
+class Joiner:
+    """Pairs the frame stream and the result stream of one source position by position."""
+
+    def __init__(self) -> None:
+        self.frames = ReorderBuffer()
+        self.results = ReorderBuffer()
+        self.ready_frames: list[Message] = []
+        self.ready_results: list[Message] = []
+
+    def add_frame(self, message: Message) -> None:
+        self.ready_frames.extend(self.frames.push(message))
+
+    def add_result(self, message: Message) -> None:
+        self.ready_results.extend(self.results.push(message))
+
+    def pairs(self):
+        count = min(len(self.ready_frames), len(self.ready_results))
+        frames, self.ready_frames = self.ready_frames[:count], self.ready_frames[count:]
+        results, self.ready_results = self.ready_results[:count], self.ready_results[count:]
+        for frame, result in zip(frames, results, strict=True):
+            if frame.seq != result.seq:
+                raise RuntimeError(f"frame seq {frame.seq} joined with result seq {result.seq}")
+            yield frame, result
+
+
+def run_renderer(context: zmq.Context, spec: WorkerSpec, link: StageLink) -> None:
+    (plan,) = spec.sources
+    cfg = spec.config
+    # The frame queue holds what the GPU path has in flight; it never blocks the decoder for long
+    # because this loop always drains both sockets.
+    frames_in = make_socket(
+        context, zmq.PULL, spec.endpoints[f"render.{plan.name}.frames"], bind=True, hwm=cfg.queue_frames
+    )
+    results_in = make_socket(
+        context, zmq.PULL, spec.endpoints[f"render.{plan.name}.results"], bind=True, hwm=cfg.queue_frames * 4
+    )
+    preview = None
+    if cfg.show or cfg.serve:
+        preview = make_socket(
+            context, zmq.PUSH, spec.endpoints["preview"], bind=False, hwm=PREVIEW_HWM, linger_ms=0
+        )
+    outputs = SourceOutputs(spec, plan)
+    joiner = Joiner()
+    poller = zmq.Poller()
+    poller.register(frames_in, zmq.POLLIN)
+    poller.register(results_in, zmq.POLLIN)
+    link.emit("ready")
+    finished = False
+    try:
+        while not finished:
+            events = dict(poller.poll(100))
+            if link.should_abort():
+                break
+            if frames_in in events:
+                joiner.add_frame(recv_message(frames_in))
+            if results_in in events:
+                joiner.add_result(recv_message(results_in))
+            for frame_msg, result_msg in joiner.pairs():
+                if frame_msg.kind == EOS or result_msg.kind == EOS:
+                    finished = finished or bool(frame_msg.meta.get("final"))
+                    continue
+                image = outputs.write(frame_msg, result_msg)
+                latency = time.time() - frame_msg.capture
+                link.emit(
+                    "progress",
+                    source=plan.name,
+                    frame=frame_msg.frame,
+                    skipped=image is None,
+                    latency=latency,
+                    stamps=result_msg.stamps,
+                )
+                if preview is not None and image is not None:
+                    _publish_preview(preview, plan.name, image, frame_msg)
+    finally:
+        outputs.close()
+        frames_in.close(linger=0)
+        results_in.close(linger=0)
+        if preview is not None:
+            preview.close(linger=0)
+    link.emit(
+        "done",
+        source=plan.name,
+        frames=outputs.frames_written,
+        lines=outputs.lines,
+        skipped=outputs.skipped,
+        outputs=outputs.outputs(),
+        complete=finished,
+    )
+
+
+def _publish_preview(sock: zmq.Socket, name: str, image: np.ndarray, frame_msg: Message) -> None:
+    from stream.messages import follow_up
+
+    message = follow_up(frame_msg, FRAME, {"image": image})
+    message.source = name
+    try:
+        send_message(sock, message, flags=zmq.NOBLOCK)
+    except zmq.Again:
+        pass  # the preview is behind: this frame is simply not shown
