@@ -1,0 +1,205 @@
+"""PersonTracker: ids stay stable through crossings, misses, stops and skipped frames."""
+
+import numpy as np
+import pytest
+
+from trackers import PersonTracker
+from trackers.person_tracker import box_iou, keypoint_oks
+
+FPS = 30.0
+
+
+def person_box(cx: float, cy: float, w: float = 60.0, h: float = 150.0) -> np.ndarray:
+    return np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+
+
+def run(tracker: PersonTracker, frames: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+    return [tracker.update(b, s, i / FPS) for i, (b, s) in enumerate(frames)]
+
+
+def one(tracker: PersonTracker, box: np.ndarray, frame: int, score: float = 0.9) -> int:
+    return int(tracker.update(box[None], np.array([score]), frame / FPS)[0])
+
+
+def test_ids_stable_through_a_crossing_with_occlusion():
+    # A walks right, B walks left on nearly the same line; B is behind A while they overlap, so its
+    # detection scores low (second-stage association) or is missed.
+    tracker = PersonTracker(frame_rate=FPS)
+    ids_a, ids_b = [], []
+    for f in range(80):
+        a = person_box(100 + 5 * f, 200)
+        b = person_box(500 - 5 * f, 196, w=56, h=140)
+        overlap = box_iou(a[None], b[None])[0, 0]
+        boxes, scores = [a], [0.9]
+        if overlap < 0.6:
+            boxes.append(b)
+            scores.append(0.85 if overlap < 0.1 else 0.2)
+        ids = tracker.update(np.array(boxes), np.array(scores), f / FPS)
+        ids_a.append(ids[0])
+        if len(ids) > 1:
+            ids_b.append(ids[1])
+    assert len(set(ids_a)) == 1 and ids_a[0] >= 1
+    tracked_b = [i for i in ids_b if i >= 0]
+    assert len(set(tracked_b)) == 1 and tracked_b[0] != ids_a[0]
+    assert ids_b[-1] == tracked_b[0]
+
+
+def test_id_kept_through_a_missed_stretch():
+    tracker = PersonTracker(frame_rate=FPS)
+    seen = []
+    for f in range(70):
+        if 25 <= f < 45:  # 20 frames (0.67 s) without any detection
+            ids = tracker.update(np.zeros((0, 4)), np.zeros(0), f / FPS)
+            assert ids.shape == (0,) and ids.dtype == np.int64
+            continue
+        seen.append(tracker.update(person_box(100 + 3 * f, 240)[None], np.array([0.8]), f / FPS)[0])
+    assert set(seen) == {seen[0]} and seen[0] >= 1
+
+
+def test_reentry_within_buffer_keeps_id_and_after_buffer_gets_new_one():
+    tracker = PersonTracker(frame_rate=FPS, track_buffer=30)  # 1 s
+    first = run(tracker, [(person_box(50 + 4 * f, 240)[None], np.array([0.9])) for f in range(20)])
+    # Leaves the view for 0.5 s, re-enters where its motion leads.
+    back = [one(tracker, person_box(50 + 4 * f, 240), f) for f in range(35, 45)]
+    assert back[-1] == first[-1][0]
+    # Gone for 2 s: a different person as far as the tracker can tell.
+    later = [one(tracker, person_box(220, 240), 105 + f) for f in range(3)]
+    assert later[-1] >= 1 and later[-1] != first[-1][0]
+
+
+def test_person_who_stops_while_occluded_is_recovered_from_last_observation():
+    # The Kalman prediction keeps walking during the gap; the last observed box does not.
+    tracker = PersonTracker(frame_rate=FPS)
+    walk = run(tracker, [(person_box(100 + 8 * f, 240)[None], np.array([0.9])) for f in range(15)])
+    stop = person_box(100 + 8 * 14, 240)
+    for f in range(15, 22):
+        tracker.update(np.zeros((0, 4)), np.zeros(0), f / FPS)
+    back = tracker.update(stop[None], np.array([0.9]), 22 / FPS)
+    assert back[0] == walk[-1][0]
+
+
+def test_skipped_frames_are_bridged_by_timestamps():
+    # A fast walker (15 px per frame) observed only every 6th frame: boxes do not overlap between
+    # observations; the prediction over the elapsed time does.
+    tracker = PersonTracker(frame_rate=FPS)
+    dense = run(tracker, [(person_box(60 + 15 * f, 240, w=40)[None], np.array([0.9])) for f in range(6)])
+    sparse = [
+        tracker.update(person_box(60 + 15 * f, 240, w=40)[None], np.array([0.9]), f / FPS)[0]
+        for f in range(12, 60, 6)
+    ]
+    assert set(sparse) == {dense[-1][0]}
+
+
+def test_low_score_detection_alone_does_not_start_a_track():
+    tracker = PersonTracker(frame_rate=FPS)
+    ids = [tracker.update(person_box(300, 240)[None], np.array([0.2]), f / FPS)[0] for f in range(10)]
+    assert ids == [-1] * 10
+
+
+def test_new_track_is_tentative_until_its_second_hit():
+    tracker = PersonTracker(frame_rate=FPS)
+    tracker.update(person_box(100, 240)[None], np.array([0.9]), 0.0)
+    two = np.array([0.9, 0.9])
+    ids = tracker.update(np.stack([person_box(102, 240), person_box(400, 240)]), two, 1 / FPS)
+    assert ids[0] >= 1 and ids[1] == -1
+    ids = tracker.update(np.stack([person_box(104, 240), person_box(401, 240)]), two, 2 / FPS)
+    assert ids[1] >= 1 and ids[1] != ids[0]
+
+
+def test_duplicate_box_on_a_tracked_person_is_not_a_new_person():
+    tracker = PersonTracker(frame_rate=FPS)
+    box = person_box(200, 240)
+    for f in range(10):
+        ids = tracker.update(np.stack([box, box + 2.0]), np.array([0.9, 0.7]), f / FPS)
+        assert ids[1] == -1
+    assert ids[0] >= 1
+
+
+def test_predict_extrapolates_and_leaves_state_alone():
+    tracker = PersonTracker(frame_rate=FPS)
+    for f in range(20):
+        ids = tracker.update(person_box(100 + 4 * f, 240)[None], np.array([0.9]), f / FPS)
+    pred_ids, boxes = tracker.predict(24 / FPS)
+    assert pred_ids.tolist() == ids.tolist()
+    expected = person_box(100 + 4 * 24, 240)
+    assert np.abs(boxes[0] - expected).max() < 4.0
+    assert tracker.time == pytest.approx(19 / FPS)
+    assert tracker.update(person_box(100 + 4 * 20, 240)[None], np.array([0.9]), 20 / FPS)[0] == ids[0]
+
+
+def test_reset_forgets_tracks_but_never_reuses_ids():
+    tracker = PersonTracker(frame_rate=FPS)
+    for f in range(5):
+        old = tracker.update(person_box(100, 240)[None], np.array([0.9]), f / FPS)
+    tracker.reset()
+    assert tracker.predict(0.0)[0].shape == (0,)
+    new = tracker.update(person_box(100, 240)[None], np.array([0.9]), 0.0)  # time may restart
+    assert new[0] >= 1 and new[0] != old[0]
+    tracker.reset(restart_ids=True)
+    assert tracker.update(person_box(100, 240)[None], np.array([0.9]), 0.0)[0] == 1
+
+
+def test_empty_and_degenerate_input_gives_no_nan_and_no_ids():
+    tracker = PersonTracker(frame_rate=FPS)
+    assert tracker.update(np.zeros((0, 4)), np.zeros(0), 0.0).shape == (0,)
+    ids_, boxes = tracker.predict(0.1)
+    assert ids_.shape == (0,) and boxes.shape == (0, 4)
+    bad = np.array([[10, 10, 10, 50], [np.nan, 0, 5, 5], [0, 0, 50, 120]], float)
+    ids = tracker.update(bad, np.array([0.9, 0.9, np.nan]), 0.2)
+    assert ids.tolist() == [-1, -1, -1]
+    for f in range(7, 12):
+        tracker.update(person_box(200, 240)[None], np.array([0.9]), f / FPS)
+    _, boxes = tracker.predict(1.0)
+    assert np.isfinite(boxes).all()
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda t: t.update(np.zeros((2, 4)), np.zeros(3), 0.0), "2 boxes but 3 scores"),
+        (lambda t: t.update(np.zeros((1, 4)), np.ones(1), float("nan")), "finite"),
+        (lambda t: t.update(np.zeros((1, 4)), np.ones(1), 0.0, keypoints=np.zeros((1, 5, 3))), "(N, K, 2)"),
+        (lambda t: t.update(np.zeros((1, 4)), np.ones(1), 0.0, keypoints=np.zeros((1, 5, 2))), "5 keypoints"),
+    ],
+)
+def test_bad_input_is_refused_with_a_clear_message(call, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        call(PersonTracker(frame_rate=FPS))
+
+
+def test_time_going_backwards_is_refused():
+    tracker = PersonTracker(frame_rate=FPS)
+    tracker.update(person_box(100, 240)[None], np.array([0.9]), 1.0)
+    with pytest.raises(ValueError, match="backwards"):
+        tracker.update(person_box(100, 240)[None], np.array([0.9]), 0.5)
+
+
+def test_keypoint_similarity_of_identical_and_distant_poses():
+    rng = np.random.default_rng(0)
+    pose = rng.uniform(0, 100, (1, 17, 2))
+    visible = np.ones((1, 17), bool)
+    sigmas = np.full(17, 0.05)
+    oks, common = keypoint_oks(pose, visible, np.concatenate([pose, pose + 300]), np.ones((2, 17), bool),
+                               np.array([1e4, 1e4]), sigmas)
+    assert oks[0, 0] == pytest.approx(1.0) and oks[0, 1] < 1e-3 and common.all()
+    oks, common = keypoint_oks(pose, np.zeros((1, 17), bool), pose, visible, np.array([1e4]), sigmas)
+    assert not common[0, 0] and oks[0, 0] == 0.0
+
+
+def test_pose_aware_association_keeps_ids_when_boxes_swap_places():
+    # Two people side by side turn into boxes that overlap both; the keypoints tell them apart.
+    rng = np.random.default_rng(1)
+    skeleton = rng.uniform(-25, 25, (308, 2)) * np.array([1.0, 2.5])
+    scores = np.ones((2, 308))
+    tracker = PersonTracker(frame_rate=FPS)
+    for f in range(8):
+        centres = np.array([[200.0, 240.0], [262.0, 240.0]])
+        boxes = np.stack([person_box(*c) for c in centres])
+        ids = tracker.update(boxes, np.array([0.9, 0.9]), f / FPS, skeleton + centres[:, None], scores)
+    first = ids.copy()
+    # Next frame: both boxes widen into one blob region; the box of person 0 now sits right of centre.
+    centres = np.array([[203.0, 240.0], [259.0, 240.0]])
+    boxes = np.stack([person_box(231, 240, w=70), person_box(231, 240, w=66)])
+    keypoints = skeleton + centres[::-1][:, None]  # box 0 holds person 1's keypoints and vice versa
+    ids = tracker.update(boxes, np.array([0.9, 0.9]), 8 / FPS, keypoints, scores)
+    assert ids.tolist() == first[::-1].tolist()

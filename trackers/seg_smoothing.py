@@ -1,0 +1,165 @@
+"""Temporal smoothing of segmentation probability maps, per source (full frame) or per track (crop).
+
+Per-frame segmentation flickers at part boundaries and on thin parts: a pixel's argmax flips between
+two classes of near-equal probability from one frame to the next. Averaging probabilities over time
+removes that, but only if the previous map is first carried into the current geometry, otherwise a
+moving person leaves a trail. Two ways to carry it:
+
+- ``shift``: a (2,3) affine that maps pixel coordinates of the previous map to the current one. For a
+  crop this is the box shift (previous crop -> frame -> current crop); for a full frame of a static
+  camera it is None (identity).
+- ``flow=True``: OpenCV's DIS optical flow from the current to the previous frame (on the grey image
+  passed as ``image``, or, without one, on the foreground probability) warps the previous map pixel
+  by pixel, for full-frame maps of moving people.
+
+Then the carried map and the current one are blended: ``"ema"`` with a factor from the elapsed time
+and ``time_constant``; ``"uncertainty"`` weights each pixel's two maps by their confidence (max class
+probability), so a confident new observation wins at once where the history is unsure. Pixels the
+previous map does not cover take the current map as is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+_MODES = ("ema", "uncertainty")
+
+
+@dataclass
+class _MapState:
+    probs: np.ndarray  # (H, W, C) float32, channels last for OpenCV
+    time: float
+    guide: np.ndarray | None  # (H, W) uint8 image the flow is computed on
+
+
+class SegmentationSmoother:
+    """``seg(probs (C,H,W), timestamp, key=0, shift=None, image=None) -> (C,H,W) float32``.
+
+    ``key`` separates independent maps (0 for a source's full frame, the track id for crops).
+    ``time_constant`` (seconds) sets how long the past weighs: the per-frame weight of the current
+    map is ``1 - exp(-dt / time_constant)``. A key unseen for ``forget_after`` seconds, or whose map
+    changes size without a ``shift``, starts afresh.
+    """
+
+    def __init__(
+        self,
+        mode: str = "uncertainty",
+        time_constant: float = 0.1,
+        flow: bool = False,
+        background_class: int = 0,
+        forget_after: float = 1.0,
+    ) -> None:
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        if time_constant <= 0:
+            raise ValueError(f"time_constant must be positive seconds, got {time_constant}")
+        self.mode = mode
+        self.time_constant = float(time_constant)
+        self.flow = flow
+        self.background_class = background_class
+        self.forget_after = float(forget_after)
+        self._states: dict[Hashable, _MapState] = {}
+        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST) if flow else None
+
+    def reset(self) -> None:
+        self._states.clear()
+
+    def __call__(
+        self,
+        probs: np.ndarray,
+        timestamp: float,
+        key: Hashable = 0,
+        shift: np.ndarray | None = None,
+        image: np.ndarray | None = None,
+    ) -> np.ndarray:
+        probs = np.asarray(probs)
+        if probs.ndim != 3:
+            raise ValueError(f"probs must be (C, H, W), got shape {probs.shape}")
+        current = np.ascontiguousarray(np.nan_to_num(probs.astype(np.float32)).transpose(1, 2, 0))
+        timestamp = float(timestamp)
+        self._forget(timestamp)
+        guide = self._guide(current, image) if self.flow else None
+        state = self._states.get(key)
+        if state is not None and timestamp < state.time:
+            raise ValueError(f"timestamp went backwards for key {key!r}; call reset() at a new segment")
+        if state is None or (shift is None and state.probs.shape != current.shape):
+            self._states[key] = _MapState(current, timestamp, guide)
+            return current.transpose(2, 0, 1).copy()
+
+        carried, covered = self._carry(state, current.shape[:2], shift, guide)
+        blended = self._blend(current, carried, covered, timestamp - state.time)
+        self._states[key] = _MapState(blended, timestamp, guide)
+        return blended.transpose(2, 0, 1).copy()
+
+    def _forget(self, timestamp: float) -> None:
+        for key in [k for k, s in self._states.items() if timestamp - s.time > self.forget_after]:
+            del self._states[key]
+
+    def _guide(self, current: np.ndarray, image: np.ndarray | None) -> np.ndarray:
+        """The grey uint8 image optical flow runs on, at the map's size."""
+        height, width = current.shape[:2]
+        if image is None:
+            foreground = 1.0 - current[..., self.background_class]
+            return np.clip(foreground * 255.0, 0, 255).astype(np.uint8)
+        image = np.asarray(image)
+        if image.ndim == 3:
+            image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        if image.shape != (height, width):
+            image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+        return image.astype(np.uint8, copy=False)
+
+    def _carry(
+        self, state: _MapState, size: tuple[int, int], shift: np.ndarray | None, guide: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The previous map in the current geometry, and (H,W) float coverage of valid history."""
+        height, width = size
+        previous = state.probs
+        coverage = np.ones(previous.shape[:2], np.float32)
+        if shift is not None:
+            matrix = np.asarray(shift, dtype=np.float64)
+            if matrix.shape != (2, 3):
+                raise ValueError(f"shift must be a (2, 3) affine matrix, got shape {matrix.shape}")
+            previous = _warp_affine(previous, matrix, width, height)
+            coverage = _warp_affine(coverage, matrix, width, height)
+        if self._dis is not None and state.guide is not None and guide is not None:
+            previous_guide = state.guide
+            if shift is not None:
+                previous_guide = _warp_affine(previous_guide, np.asarray(shift, np.float64), width, height)
+            previous, coverage = self._follow_flow(previous, coverage, previous_guide, guide)
+        return previous, coverage
+
+    def _follow_flow(
+        self, previous: np.ndarray, coverage: np.ndarray, previous_guide: np.ndarray, guide: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        # Flow from the current frame to the previous one: where each current pixel came from.
+        flow = self._dis.calc(guide, previous_guide, None)
+        height, width = guide.shape
+        grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+        map_x, map_y = grid_x + flow[..., 0], grid_y + flow[..., 1]
+        previous = cv2.remap(previous, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        coverage = cv2.remap(coverage, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        return previous.reshape(height, width, -1), coverage
+
+    def _blend(self, current: np.ndarray, carried: np.ndarray, covered: np.ndarray, dt: float) -> np.ndarray:
+        alpha = 1.0 - np.exp(-max(dt, 0.0) / self.time_constant)  # weight of the current map
+        history = (1.0 - alpha) * np.clip(covered, 0.0, 1.0)[..., None]  # (H,W,1)
+        present = np.full_like(history, alpha)
+        if self.mode == "uncertainty":
+            present = present * current.max(axis=-1, keepdims=True)
+            history = history * carried.max(axis=-1, keepdims=True)
+        total = np.maximum(present + history, 1e-6)
+        blended = (present * current + history * carried) / total
+        # Pixels with neither weight (nothing carried, zero confidence) keep the current map.
+        return np.where(present + history > 1e-6, blended, current).astype(np.float32)
+
+
+def _warp_affine(array: np.ndarray, matrix: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Warp (H,W) or (H,W,C) with an affine that maps source pixels to destination pixels."""
+    warped = cv2.warpAffine(
+        array, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+    )
+    return warped.reshape(height, width, *array.shape[2:])
