@@ -116,6 +116,14 @@ def test_segmentation_overlay_follows_the_palette_and_leaves_background_untinted
             assert np.abs(pixel - expected).max() <= 1, f"class {class_id}: {pixel} vs {expected}"
     assert (out[:, num_classes * stripe :] == GREY).all()  # the unlabelled remainder is class 0
 
+    # A class id outside the palette shows as white rather than failing; all background changes nothing.
+    labels[:] = 0
+    labels[10:20, 10:20] = 250
+    out = Renderer(seg_alpha=alpha)(image, result)
+    assert np.abs(out[15, 15].astype(int) - (GREY + 255) / 2).max() <= 1
+    labels[:] = 0
+    assert (Renderer(seg_alpha=alpha)(image, result) == GREY).all()
+
 
 def test_segmentation_of_another_size_is_rejected():
     result = FrameResult.empty()

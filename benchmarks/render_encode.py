@@ -1,0 +1,118 @@
+"""Render and output throughput per frame size: overlay drawing, H.264 encode, JSONL and label-map writes.
+
+    python -m benchmarks.render_encode [--sizes 1280x720,1920x1080] [--persons 3] [--frames 60] [--out F]
+
+Figures are milliseconds per frame (median) and encode frames per second, on synthetic frames with
+``--persons`` full 308-keypoint skeletons and a segmentation map covering them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks._common import time_call, write_results
+from models.meta import pose_meta
+from stream.frames import DecodedFrame, FrameResult
+from stream.render import Renderer
+from stream.sinks import JsonlSink, LabelMapSink, VideoSink, jsonl_record
+from stream.synth import moving_squares
+
+
+def synthetic_result(height: int, width: int, persons: int, seed: int = 0) -> FrameResult:
+    """``persons`` side by side, each with all keypoints scattered in its box and a body-part map."""
+    rng = np.random.default_rng(seed)
+    num_keypoints = len(pose_meta().names)
+    boxes, keypoints = [], []
+    labels = np.zeros((height, width), np.uint8)
+    slot = width / persons
+    for i in range(persons):
+        x1, x2 = (i + 0.15) * slot, (i + 0.85) * slot
+        y1, y2 = 0.1 * height, 0.95 * height
+        boxes.append((x1, y1, x2, y2))
+        keypoints.append(
+            np.stack([rng.uniform(x1, x2, num_keypoints), rng.uniform(y1, y2, num_keypoints)], 1)
+        )
+        # Horizontal bands of body-part classes inside the box.
+        bands = np.linspace(y1, y2, 9).astype(int)
+        for band, (top, bottom) in enumerate(zip(bands[:-1], bands[1:], strict=True)):
+            labels[top:bottom, int(x1) : int(x2)] = 1 + (band * 3 + i) % 28
+    return FrameResult(
+        boxes=np.asarray(boxes, np.float32),
+        scores=rng.uniform(0.5, 1.0, persons).astype(np.float32),
+        track_ids=np.arange(persons, dtype=np.int64),
+        keypoints=np.asarray(keypoints, np.float32),
+        keypoint_scores=rng.uniform(0.0, 1.0, (persons, num_keypoints)).astype(np.float32),
+        seg_labels=labels,
+    )
+
+
+def _ms(times: list[float]) -> float:
+    return round(1000 * statistics.median(times), 3)
+
+
+def bench_size(width: int, height: int, persons: int, frames: int, workdir: Path) -> dict:
+    images = list(moving_squares(frames, (width, height)))
+    result = synthetic_result(height, width, persons)
+    renderer = Renderer()
+    stats = ["fps 30.0 | latency 41 ms | persons 3"]
+
+    render_pose = time_call(lambda: renderer(images[0], _without_seg(result), stats), repeats=20)
+    render_all = time_call(lambda: renderer(images[0], result, stats, banner="UNTRAINED WEIGHTS"), repeats=20)
+    rendered = [renderer(image, result, stats) for image in images]
+
+    start = time.perf_counter()
+    with VideoSink(workdir / f"{width}x{height}.mp4", width, height, Fraction(30), codec="libx264") as sink:
+        for i, image in enumerate(rendered):
+            sink.write(image, i)
+    encode_s = time.perf_counter() - start
+
+    frame = DecodedFrame(images[0], 0, 0.0, Fraction(1, 30), 0.0)
+    with JsonlSink(workdir / f"{width}x{height}.jsonl") as jsonl:
+        jsonl_times = time_call(lambda: jsonl.write(jsonl_record("bench", frame, result)), repeats=20)
+    with LabelMapSink(workdir / f"{width}x{height}_seg") as label_maps:
+        label_times = time_call(lambda: label_maps.write(0, result.seg_labels), repeats=20)
+
+    return {
+        "size": f"{width}x{height}",
+        "persons": persons,
+        "render_pose_boxes_text_ms": _ms(render_pose),
+        "render_pose_seg_banner_ms": _ms(render_all),
+        "encode_libx264_veryfast_fps": round(frames / encode_s, 2),
+        "jsonl_record_and_write_ms": _ms(jsonl_times),
+        "label_map_png_write_ms": _ms(label_times),
+    }
+
+
+def _without_seg(result: FrameResult) -> FrameResult:
+    return FrameResult(
+        result.boxes, result.scores, result.track_ids, result.keypoints, result.keypoint_scores, None
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1280x720,1920x1080", help="comma-separated WxH")
+    parser.add_argument("--persons", type=int, default=3)
+    parser.add_argument("--frames", type=int, default=60, help="frames encoded per size")
+    parser.add_argument("--out", default=None, help="JSON results path")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in args.sizes.split(","):
+            width, height = (int(v) for v in size.lower().split("x"))
+            rows.append(bench_size(width, height, args.persons, args.frames, Path(tmp)))
+    write_results("render_encode", {"config": vars(args), "results": rows}, args.out)
+
+
+if __name__ == "__main__":
+    main()
