@@ -82,7 +82,8 @@ class Renderer:
 
     ``keypoint_threshold``: keypoints scoring at or below it are not drawn, nor links touching them.
     ``draw_boxes``: person boxes with their track id. ``seg_alpha``: opacity of the segmentation colours
-    (class 0, background, stays untinted).
+    (class 0, background, stays untinted). A renderer keeps work buffers between calls: use one per
+    thread.
     """
 
     def __init__(self, keypoint_threshold: float = 0.3, draw_boxes: bool = True, seg_alpha: float = 0.5):
@@ -120,6 +121,7 @@ class Renderer:
             raise ValueError(
                 f"Renderer expects an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}"
             )
+        image = np.ascontiguousarray(image)  # cv2 cannot take views with negative strides
         height, width = image.shape[:2]
         sizes = DrawSizes.for_frame(height, width)
         if result is not None and result.seg_labels is not None and self.seg_alpha > 0:

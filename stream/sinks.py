@@ -82,6 +82,13 @@ def _encoder_options(codec: str, crf: int, preset: str) -> dict[str, str]:
     return {}
 
 
+def _as_fraction(value: Fraction | int | float) -> Fraction:
+    """Fractions and ints as they are; a float (29.97) as the nearest small fraction (2997/100)."""
+    if isinstance(value, float):
+        return Fraction(value).limit_denominator(1_000_000)
+    return Fraction(value)
+
+
 class VideoSink(_Sink):
     """Encodes RGB frames to H.264 (mp4 or any container PyAV writes), keeping the source's timestamps.
 
@@ -111,10 +118,10 @@ class VideoSink(_Sink):
     ):
         if width < 1 or height < 1:
             raise ValueError(f"video size must be positive, got {width}x{height}")
-        frame_rate = Fraction(frame_rate).limit_denominator(1_000_000)
+        frame_rate = _as_fraction(frame_rate)
         if frame_rate <= 0:
             raise ValueError(f"frame rate must be positive, got {frame_rate}")
-        source_time_base = Fraction(time_base) if time_base is not None else 1 / frame_rate
+        source_time_base = _as_fraction(time_base) if time_base is not None else 1 / frame_rate
         if source_time_base <= 0:
             raise ValueError(f"time base must be positive, got {source_time_base}")
 

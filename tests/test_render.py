@@ -165,6 +165,14 @@ def test_banner_and_text_lines():
     assert (with_text == 255).all(axis=2).sum() > 50
 
 
+def test_views_with_negative_strides_are_accepted():
+    image = _canvas()
+    image[:, : WIDTH // 2] = 0
+    out = Renderer()(image[:, ::-1], None, text_lines=["x"])  # e.g. an RGB view of a BGR frame
+    assert out.shape == image.shape and out.flags.c_contiguous
+    assert (out[HEIGHT - 1, 0] == GREY).all() and (out[HEIGHT - 1, WIDTH - 1] == 0).all()
+
+
 def test_bad_image_is_rejected():
     with pytest.raises(ValueError, match="uint8 RGB image"):
         Renderer()(np.zeros((10, 10), np.uint8), FrameResult.empty())

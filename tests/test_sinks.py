@@ -106,7 +106,8 @@ def test_odd_size_is_padded_by_one_pixel_and_other_sizes_are_resized(tmp_path):
 
 
 def test_close_is_idempotent_and_writing_after_close_is_an_error(tmp_path):
-    sink = VideoSink(tmp_path / "a.mp4", 32, 32, 30, codec="libx264")
+    sink = VideoSink(tmp_path / "a.mp4", 32, 32, 29.97, codec="libx264")
+    assert sink.frame_rate == Fraction(2997, 100) and sink.time_base == Fraction(1, 2997)
     sink.write(np.zeros((32, 32, 3), np.uint8))
     sink.close()
     sink.close()
