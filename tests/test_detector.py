@@ -155,6 +155,14 @@ def test_yolo_name_not_cached_fails_fast_with_the_fix(monkeypatch, tmp_path):
     assert "'yolo11x.pt' are not cached" in text and "--detector PATH" in text and "boxes:FILE" in text
 
 
+def test_unknown_yolo_name_fails_fast_even_when_online_is_allowed(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("YOLO_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(DetectorError, match="not a name ultralytics publishes.*--detector PATH"):
+        make_detector("my-own-detector.pt")
+
+
 def test_missing_yolo_path_and_model_definition_are_rejected(tmp_path):
     with pytest.raises(DetectorError, match="weights file not found"):
         make_detector(str(tmp_path / "missing.pt"))
