@@ -62,9 +62,10 @@ class LiveOptions:
 
     rtsp_transport: str = "tcp"
     stall_timeout: float = 5.0
-    open_timeout: float | None = None  # None: same as stall_timeout
+    open_timeout: float | None = None  # None: stall_timeout, at least 5 s (probing takes ~1 s)
     backoff_initial: float = 0.5
-    backoff_max: float = 2.0  # a camera that comes back is picked up within about this long
+    # A camera that comes back is picked up within about this long plus ~1 s of set-up (first keyframe).
+    backoff_max: float = 1.5
     backoff_factor: float = 2.0
     jitter: float = 0.2  # +-20 % so many cameras behind one switch do not redial in lockstep
     max_retries: int | None = None  # consecutive failed attempts before giving up; None: never
@@ -100,7 +101,7 @@ class LiveOptions:
 
     @property
     def effective_open_timeout(self) -> float:
-        return self.open_timeout if self.open_timeout is not None else self.stall_timeout
+        return self.open_timeout if self.open_timeout is not None else max(self.stall_timeout, 5.0)
 
     def backoff(self, attempt: int, rng: random.Random | None = None) -> float:
         """Delay before retry number ``attempt`` (1-based): exponential, jittered, never above the cap."""
@@ -178,8 +179,9 @@ def open_args(spec: str, options: LiveOptions, platform: str | None = None) -> O
     if not parts.hostname:
         raise ValueError(f"no host in source URL {redact_url(spec)}")
     io_timeout = _microseconds(options.stall_timeout)
-    # Low delay: no input buffering, no B-frame reordering wait beyond what the stream needs.
-    ffmpeg_options = {"fflags": "nobuffer", "flags": "low_delay", "analyzeduration": "1000000"}
+    # Low delay, and probe 0.5 s instead of FFmpeg's 5 s (cameras announce their codec parameters in the
+    # SDP or in-band). Not "fflags nobuffer": it discards the probed packets, first keyframe included.
+    ffmpeg_options = {"flags": "low_delay", "analyzeduration": "500000"}
     if scheme in ("rtsp", "rtsps"):
         ffmpeg_options.update(rtsp_transport=options.rtsp_transport, timeout=io_timeout, max_delay="500000")
         if options.rtsp_transport == "udp":

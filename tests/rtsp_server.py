@@ -17,13 +17,15 @@ import argparse
 import ipaddress
 import os
 import signal
+import socket
+import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
-import gi
-
-gi.require_version("Gst", "1.0")
-gi.require_version("GstRtspServer", "1.0")
-from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402 - versions must be required first
+SYSTEM_PYTHON = "/usr/bin/python3"
+SCRIPT = Path(__file__).resolve()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,8 +61,9 @@ def launch_line(args: argparse.Namespace) -> str:
     )
 
 
-def add_basic_auth(server: GstRtspServer.RTSPServer, factory: GstRtspServer.RTSPMediaFactory,
-                   user: str, password: str) -> None:
+def add_basic_auth(server, factory, user: str, password: str) -> None:
+    from gi.repository import GstRtspServer
+
     auth = GstRtspServer.RTSPAuth()
     token = GstRtspServer.RTSPToken()
     token.set_string(GstRtspServer.RTSP_TOKEN_MEDIA_FACTORY_ROLE, "viewer")
@@ -74,6 +77,12 @@ def add_basic_auth(server: GstRtspServer.RTSPServer, factory: GstRtspServer.RTSP
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    import gi
+
+    gi.require_version("Gst", "1.0")
+    gi.require_version("GstRtspServer", "1.0")
+    from gi.repository import GLib, Gst, GstRtspServer
+
     Gst.init(None)
     server = GstRtspServer.RTSPServer()
     server.set_address(args.host)
@@ -104,6 +113,96 @@ def main(argv: list[str] | None = None) -> int:
     print(f"READY rtsp://{args.host}:{args.port}{args.mount}", flush=True)
     loop.run()
     return 0
+
+
+# -- used by the tests and the benchmark (any Python): start, stop and restart the server process --
+
+
+def server_unavailable_reason() -> str | None:
+    """Why the server cannot run here (missing system packages), or None when it can."""
+    if not os.path.exists(SYSTEM_PYTHON):
+        return f"{SYSTEM_PYTHON} not found"
+    probe = (
+        "import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstRtspServer', '1.0');"
+        "from gi.repository import Gst, GstRtspServer; Gst.init(None);"
+        "missing = [e for e in ('videotestsrc', 'x264enc', 'rtph264pay') if not Gst.ElementFactory.find(e)];"
+        "print(' '.join(missing))"
+    )
+    try:
+        done = subprocess.run([SYSTEM_PYTHON, "-c", probe], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"cannot run {SYSTEM_PYTHON}: {exc}"
+    if done.returncode != 0:
+        return ("GStreamer RTSP server bindings missing (python3-gi, python3-gst-1.0, "
+                "gir1.2-gst-rtsp-server-1.0)")
+    if done.stdout.strip():
+        return f"GStreamer elements missing: {done.stdout.strip()} (gstreamer1.0-plugins-ugly/-good/-base)"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RtspServerProcess:
+    """The server as a subprocess: ``start()`` waits until it listens, ``stop()`` kills it (camera down)."""
+
+    def __init__(self, port: int | None = None, user: str | None = None, password: str | None = None,
+                 duration: float = 300.0, **options) -> None:
+        self.port = port or free_port()
+        self.user, self.password = user, password
+        self.duration = duration
+        self.options = options  # width, height, fps, keyint, pattern, mount
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f"{self.user}:{self.password}@" if self.user is not None else ""
+        return f"rtsp://{auth}127.0.0.1:{self.port}{self.options.get('mount', '/cam')}"
+
+    def start(self, timeout: float = 20.0) -> RtspServerProcess:
+        command = [SYSTEM_PYTHON, str(SCRIPT), "--port", str(self.port), "--duration", str(self.duration)]
+        if self.user is not None:
+            command += ["--user", self.user, "--password", self.password]
+        for key, value in self.options.items():
+            command += [f"--{key}", str(value)]
+        deadline = time.monotonic() + timeout
+        while True:
+            # stderr to a file: GStreamer warnings must never fill a pipe nobody reads.
+            self._stderr = tempfile.TemporaryFile(mode="w+")
+            self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self._stderr, text=True)
+            line = self.process.stdout.readline()  # "READY ..." or EOF when it could not listen
+            if line.startswith("READY"):
+                return self
+            self.process.wait(timeout=5)
+            if time.monotonic() > deadline:
+                self._stderr.seek(0)
+                raise RuntimeError(f"RTSP server did not start: {self._stderr.read().strip()}")
+            time.sleep(0.2)  # the port may still be held by the previous instance
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        if self.process is not None:
+            self.process.stdout.close()
+            self._stderr.close()
+        self.process = None
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections stay open but no data flows, a stalled camera."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+
+    def __enter__(self) -> RtspServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 if __name__ == "__main__":
