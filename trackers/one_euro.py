@@ -224,8 +224,13 @@ class KeypointSmoother:
         keypoints = np.asarray(keypoints)
         if keypoints.ndim != 3:
             raise ValueError(f"keypoints must be (N, K, 2), got shape {keypoints.shape}")
+        keypoint_scores = np.asarray(keypoint_scores, np.float64)
+        if keypoint_scores.shape != keypoints.shape[:2]:
+            raise ValueError(
+                f"keypoint_scores must be (N, K) = {keypoints.shape[:2]}, got {keypoint_scores.shape}"
+            )
         if scale is None:
-            good = np.nan_to_num(np.asarray(keypoint_scores, np.float64), nan=0.0)
+            good = np.nan_to_num(keypoint_scores, nan=0.0)
             scale = keypoint_scale(keypoints, good >= self._bank.score_threshold)
         return self._bank(ids, keypoints, keypoint_scores, timestamp, scale)
 

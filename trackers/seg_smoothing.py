@@ -5,9 +5,10 @@ two classes of near-equal probability from one frame to the next. Averaging prob
 removes that, but only if the previous map is first carried into the current geometry, otherwise a
 moving person leaves a trail. Two ways to carry it:
 
-- ``shift``: a (2,3) affine that maps pixel coordinates of the previous map to the current one. For a
-  crop this is the box shift (previous crop -> frame -> current crop); for a full frame of a static
-  camera it is None (identity).
+- ``shift``: a (2,3) affine that maps pixel coordinates of the previous map to the current one,
+  following the person. For a crop, ``crop_shift`` builds it from the two crops' transforms and the
+  person's motion (the box shift: previous crop -> frame, moved with the person -> current crop);
+  for a full frame of a static camera it is None (identity).
 - ``flow=True``: OpenCV's DIS optical flow from the current to the previous frame (on the grey image
   passed as ``image``, or, without one, on the foreground probability) warps the previous map pixel
   by pixel, for full-frame maps of moving people.
@@ -27,6 +28,11 @@ import cv2
 import numpy as np
 
 _MODES = ("ema", "uncertainty")
+_FLOW_PRESETS = {
+    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+}
 
 
 @dataclass
@@ -48,22 +54,27 @@ class SegmentationSmoother:
     def __init__(
         self,
         mode: str = "uncertainty",
-        time_constant: float = 0.1,
+        time_constant: float = 0.08,
         flow: bool = False,
+        flow_preset: str = "medium",
+        flow_tolerance: float = 12.0,
         background_class: int = 0,
         forget_after: float = 1.0,
     ) -> None:
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        if flow_preset not in _FLOW_PRESETS:
+            raise ValueError(f"flow_preset must be one of {sorted(_FLOW_PRESETS)}, got {flow_preset!r}")
         if time_constant <= 0:
             raise ValueError(f"time_constant must be positive seconds, got {time_constant}")
         self.mode = mode
         self.time_constant = float(time_constant)
         self.flow = flow
+        self.flow_tolerance = float(flow_tolerance)
         self.background_class = background_class
         self.forget_after = float(forget_after)
         self._states: dict[Hashable, _MapState] = {}
-        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST) if flow else None
+        self._dis = cv2.DISOpticalFlow_create(_FLOW_PRESETS[flow_preset]) if flow else None
 
     def reset(self) -> None:
         self._states.clear()
@@ -142,6 +153,13 @@ class SegmentationSmoother:
         map_x, map_y = grid_x + flow[..., 0], grid_y + flow[..., 1]
         previous = cv2.remap(previous, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
         coverage = cv2.remap(coverage, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        # Where the warped previous image does not look like the current one, the flow is wrong
+        # (occlusion boundaries, fast limbs): trust the history there less.
+        warped_guide = cv2.remap(
+            previous_guide, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+        )
+        mismatch = np.abs(guide.astype(np.float32) - warped_guide.astype(np.float32))
+        coverage = coverage * np.clip(1.0 - mismatch / self.flow_tolerance, 0.0, 1.0)
         return previous.reshape(height, width, -1), coverage
 
     def _blend(self, current: np.ndarray, carried: np.ndarray, covered: np.ndarray, dt: float) -> np.ndarray:
@@ -155,6 +173,23 @@ class SegmentationSmoother:
         blended = (present * current + history * carried) / total
         # Pixels with neither weight (nothing carried, zero confidence) keep the current map.
         return np.where(present + history > 1e-6, blended, current).astype(np.float32)
+
+
+def crop_shift(
+    previous_crop_to_frame: np.ndarray, crop_to_frame: np.ndarray, motion: tuple[float, float] = (0.0, 0.0)
+) -> np.ndarray:
+    """The ``shift`` for per-track crop maps: (2,3) affine from the previous crop's pixels to the
+    current crop's, for a person who moved by ``motion`` (frame px, e.g. the displacement of the
+    tracker's or the box smoother's box) between the two frames.
+
+    ``crop_to_frame`` matrices map crop pixels to frame pixels (as ``CropBatch.crop_to_frame``).
+    With the person's real motion, detector jitter of the crop box is undone; with zero motion the
+    carry assumes a person standing still in the frame.
+    """
+    previous = np.vstack([np.asarray(previous_crop_to_frame, np.float64).reshape(2, 3), [0.0, 0.0, 1.0]])
+    current = np.vstack([np.asarray(crop_to_frame, np.float64).reshape(2, 3), [0.0, 0.0, 1.0]])
+    moved = np.array([[1.0, 0.0, motion[0]], [0.0, 1.0, motion[1]], [0.0, 0.0, 1.0]])
+    return (np.linalg.inv(current) @ moved @ previous)[:2]
 
 
 def _warp_affine(array: np.ndarray, matrix: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -1,0 +1,284 @@
+"""Temporal smoothing on synthetic ground truth: keypoint jitter/lag and mask flicker/mIoU.
+
+Keypoints: 308 keypoints of a person 200 px tall, 30 fps, 5 s per case; observations are the truth
+plus Gaussian noise (1 % of the person scale; 3 % for ``noise``), scores in 0.5-1. Cases: ``still``,
+``slow`` (a 0.25 scale/s drift), ``fast`` (1 Hz swing of half the scale: up to 3 scales/s), ``step``
+(a sudden jump of half the scale), ``noise``, ``outliers`` (3 % of samples thrown 20-60 % of the scale
+away, with the low score a pose model gives them). Per case, raw against smoothed:
+
+- jitter: RMS of the frame-to-frame change of the error (px), the shake one sees;
+- acceleration error: mean |second difference of output - of truth| (px / frame^2);
+- lag: the delay (frames) that best aligns output with truth on moving cases; for ``step``, the
+  frames until the error falls under 10 % of the jump.
+
+Masks: a moving figure of 3 parts over background (4 classes), 160x128, 60 frames; per-frame noisy
+logits -> probabilities. Flicker = share of pixels whose label changes from one frame to the next
+while the true label does not; mIoU over classes, mean over frames. Modes: a crop that follows the
+person (previous map carried by the box shift), and a full frame (carried by DIS optical flow on the
+rendered image).
+
+Run: ``.venv/bin/python benchmarks/smoothing.py [--out FILE]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import write_results  # noqa: E402
+from trackers import BoxSmoother, KeypointSmoother, SegmentationSmoother  # noqa: E402
+from trackers.seg_smoothing import crop_shift  # noqa: E402
+
+FPS = 30.0
+NUM_KEYPOINTS = 308
+SCALE = 200.0  # person scale in px (sqrt of box area)
+
+
+# ---------------------------------------------------------------------------------------- keypoints
+
+
+def keypoint_case(kind: str, rng: np.random.Generator, frames: int = 150) -> tuple:
+    """truth (T,K,2), observed (T,K,2), scores (T,K)."""
+    t = np.arange(frames) / FPS
+    body = rng.uniform(-0.5, 0.5, (NUM_KEYPOINTS, 2)) * SCALE * np.array([0.6, 1.6]) + np.array([320, 240.0])
+    offset = np.zeros((frames, 1, 2))
+    if kind == "slow":
+        offset[:, 0, 0] = 0.25 * SCALE * t
+    elif kind == "fast":
+        offset[:, 0, 0] = 0.5 * SCALE * np.sin(2 * np.pi * 1.0 * t)
+    elif kind == "step":
+        offset[t >= 2.5, 0, 0] = 0.5 * SCALE
+    truth = body[None] + offset
+    noise = 0.03 if kind == "noise" else 0.01
+    observed = truth + rng.normal(0.0, noise * SCALE, truth.shape)
+    scores = rng.uniform(0.5, 1.0, truth.shape[:2])
+    if kind == "outliers":
+        hit = rng.random(truth.shape[:2]) < 0.03
+        angle = rng.uniform(0, 2 * np.pi, hit.sum())
+        radius = rng.uniform(0.2, 0.6, hit.sum()) * SCALE
+        observed[hit] += np.stack([np.cos(angle), np.sin(angle)], axis=1) * radius[:, None]
+        scores[hit] = rng.uniform(0.02, 0.25, hit.sum())
+    return truth, observed, scores
+
+
+def jitter(out: np.ndarray, truth: np.ndarray) -> float:
+    step = np.diff(out - truth, axis=0)
+    return float(np.sqrt((step**2).sum(-1).mean()))
+
+
+def acceleration_error(out: np.ndarray, truth: np.ndarray) -> float:
+    diff = np.diff(out, 2, axis=0) - np.diff(truth, 2, axis=0)
+    return float(np.linalg.norm(diff, axis=-1).mean())
+
+
+def best_delay(out: np.ndarray, truth: np.ndarray, warmup: int = 30) -> float:
+    """Delay (frames, 0.05 steps) of the truth that best matches the output (x only)."""
+    t = np.arange(len(truth), dtype=np.float64)
+    errors = []
+    delays = np.arange(0.0, 6.0, 0.05)
+    for d in delays:
+        shifted = np.stack([np.interp(t - d, t, truth[:, k, 0]) for k in range(truth.shape[1])], 1)
+        errors.append(np.sqrt(((out[warmup:, :, 0] - shifted[warmup:]) ** 2).mean()))
+    return float(delays[int(np.argmin(errors))])
+
+
+def settle_frames(out: np.ndarray, truth: np.ndarray, jump_frame: int, jump: float) -> int:
+    error = np.abs(out[:, :, 0] - truth[:, :, 0]).mean(axis=1)
+    after = np.flatnonzero(error[jump_frame:] < 0.1 * jump)
+    return int(after[0]) if len(after) else len(error) - jump_frame
+
+
+def run_keypoint_case(kind: str, smoother: KeypointSmoother, seed: int) -> dict:
+    truth, observed, scores = keypoint_case(kind, np.random.default_rng(seed))
+    smoother.reset()
+    ids = np.array([1])
+    out = np.stack([smoother(ids, observed[i][None], scores[i][None], i / FPS)[0] for i in range(len(truth))])
+    result = {}
+    for name, series in (("raw", observed), ("smoothed", out)):
+        entry = {
+            "jitter_px": jitter(series, truth),
+            "accel_error_px": acceleration_error(series, truth),
+            "rmse_px": float(np.sqrt(((series - truth) ** 2).sum(-1).mean())),
+        }
+        if kind in ("slow", "fast"):
+            entry["lag_frames"] = best_delay(series, truth)
+        if kind == "step":
+            entry["settle_frames"] = settle_frames(series, truth, int(2.5 * FPS), 0.5 * SCALE)
+        result[name] = entry
+    return result
+
+
+def time_keypoint_smoother(persons: int = 10, frames: int = 200) -> float:
+    rng = np.random.default_rng(0)
+    smoother = KeypointSmoother()
+    ids = np.arange(persons)
+    points = rng.uniform(0, 500, (frames, persons, NUM_KEYPOINTS, 2))
+    scores = rng.uniform(0, 1, (frames, persons, NUM_KEYPOINTS))
+    start = time.perf_counter()
+    for i in range(frames):
+        smoother(ids, points[i], scores[i], i / FPS)
+    return 1000.0 * (time.perf_counter() - start) / frames
+
+
+def mean_cases(runs: list[dict]) -> dict:
+    return {
+        which: {k: round(float(np.mean([r[which][k] for r in runs])), 5) for k in runs[0][which]}
+        for which in runs[0]
+    }
+
+
+# ---------------------------------------------------------------------------------------- masks
+
+MASK_SIZE = (128, 160)  # H, W
+NUM_CLASSES = 4
+
+
+def figure_labels(cx: float, cy: float) -> np.ndarray:
+    """(H,W) labels of a figure centred at (cx, cy): torso (1), head (2), arm (3) over background."""
+    h, w = MASK_SIZE
+    labels = np.zeros((h, w), np.uint8)
+    cv2.ellipse(labels, (round(cx), round(cy)), (18, 34), 0, 0, 360, 1, -1)
+    cv2.circle(labels, (round(cx), round(cy - 44)), 11, 2, -1)
+    cv2.rectangle(labels, (round(cx + 14), round(cy - 20)), (round(cx + 22), round(cy + 18)), 3, -1)
+    return labels
+
+
+def noisy_probs(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(C,H,W) probabilities: soft true logits plus per-pixel and blotchy noise, as a model flickers."""
+    one_hot = np.eye(NUM_CLASSES, dtype=np.float32)[labels].transpose(2, 0, 1)
+    logits = np.stack([cv2.GaussianBlur(c, (0, 0), 1.5) for c in one_hot]) * 5.0
+    logits += rng.normal(0, 1.2, logits.shape).astype(np.float32)
+    blotches = rng.normal(0, 1.0, logits.shape).astype(np.float32)
+    logits += np.stack([cv2.GaussianBlur(c, (0, 0), 3.0) for c in blotches]) * 3.0
+    e = np.exp(logits - logits.max(axis=0, keepdims=True))
+    return e / e.sum(axis=0, keepdims=True)
+
+
+def render(labels: np.ndarray, texture: np.ndarray, cx: float, cy: float) -> np.ndarray:
+    """Grey image: static textured background, the figure textured and moving with it."""
+    moved = cv2.warpAffine(texture, np.float32([[1, 0, cx - 80], [0, 1, cy - 64]]), texture.shape[::-1],
+                           borderMode=cv2.BORDER_REFLECT)
+    return np.where(labels > 0, 60 + moved // 2, texture).astype(np.uint8)
+
+
+def miou(pred: np.ndarray, truth: np.ndarray) -> float:
+    ious = []
+    for c in range(NUM_CLASSES):
+        union = np.logical_or(pred == c, truth == c).sum()
+        if union:
+            ious.append(np.logical_and(pred == c, truth == c).sum() / union)
+    return float(np.mean(ious))
+
+
+def flicker(preds: list[np.ndarray], truths: list[np.ndarray]) -> float:
+    pairs = zip(preds[:-1], preds[1:], truths[:-1], truths[1:], strict=True)
+    rates = [np.mean((p1 != p0) & (t1 == t0)) for p0, p1, t0, t1 in pairs]
+    return float(np.mean(rates))
+
+
+def mask_scores(raws: list[np.ndarray], smooths: list[np.ndarray], truths: list[np.ndarray]) -> dict:
+    return {
+        name: {
+            "flicker": flicker(preds, truths),
+            "mIoU": float(np.mean([miou(p, t) for p, t in zip(preds, truths, strict=True)])),
+        }
+        for name, preds in (("raw", raws), ("smoothed", smooths))
+    }
+
+
+def walk(frame: int) -> tuple[float, float]:
+    """The figure's centre: a walk to the right with a sway."""
+    return 50 + 1.2 * frame + 6 * np.sin(frame / 5), 70 + 3 * np.sin(frame / 9)
+
+
+def run_crop_case(seg: SegmentationSmoother, seed: int, frames: int = 60) -> dict:
+    """Crops cut around the detected box (a few px of detector jitter, so the figure moves a little
+    inside the crop); the person's motion is the displacement of the smoothed box."""
+    rng = np.random.default_rng(seed)
+    boxes = BoxSmoother()
+    truths, raws, smooths = [], [], []
+    previous = None
+    for f in range(frames):
+        t = f / FPS
+        cx, cy = walk(f)
+        box = np.array([cx, cy]) + rng.normal(0, 2.0, 2)
+        smooth_centre = boxes(np.array([7]), np.r_[box, box + 1.0][None], t)[0, :2]
+        crop_to_frame = np.float64([[1, 0, box[0] - 80], [0, 1, box[1] - 64]])
+        shift = None
+        if previous is not None:
+            shift = crop_shift(previous[0], crop_to_frame, tuple(smooth_centre - previous[1]))
+        previous = (crop_to_frame, smooth_centre)
+        labels = figure_labels(80 + cx - box[0], 64 + cy - box[1])
+        probs = noisy_probs(labels, rng)
+        smooths.append(seg(probs, t, key=7, shift=shift).argmax(axis=0))
+        truths.append(labels)
+        raws.append(probs.argmax(axis=0))
+    return mask_scores(raws, smooths, truths)
+
+
+def run_full_frame_case(seg: SegmentationSmoother, seed: int, frames: int = 60) -> dict:
+    """Full frames of a static camera; the rendered grey image is given for optical flow."""
+    rng = np.random.default_rng(seed)
+    texture = cv2.GaussianBlur(rng.integers(0, 255, MASK_SIZE).astype(np.uint8), (0, 0), 1.0)
+    truths, raws, smooths = [], [], []
+    for f in range(frames):
+        cx, cy = walk(f)
+        labels = figure_labels(cx, cy)
+        probs = noisy_probs(labels, rng)
+        smooths.append(seg(probs, f / FPS, key=0, image=render(labels, texture, cx, cy)).argmax(axis=0))
+        truths.append(labels)
+        raws.append(probs.argmax(axis=0))
+    return mask_scores(raws, smooths, truths)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=6)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+
+    smoother = KeypointSmoother()
+    keypoints = {}
+    for kind in ("still", "slow", "fast", "step", "noise", "outliers"):
+        keypoints[kind] = mean_cases([run_keypoint_case(kind, smoother, seed) for seed in range(args.seeds)])
+    jitter_ratio = keypoints["still"]["raw"]["jitter_px"] / keypoints["still"]["smoothed"]["jitter_px"]
+    max_lag = max(keypoints[k]["smoothed"]["lag_frames"] for k in ("slow", "fast"))
+
+    masks = {}
+    for mode, run_case, make in (
+        ("crop, box shift", run_crop_case, SegmentationSmoother),
+        ("full frame, DIS flow", run_full_frame_case, lambda: SegmentationSmoother(flow=True)),
+        ("full frame, no motion compensation", run_full_frame_case, SegmentationSmoother),
+    ):
+        masks[mode] = mean_cases([run_case(make(), seed) for seed in range(args.seeds)])
+        raw, smoothed = masks[mode]["raw"], masks[mode]["smoothed"]
+        masks[mode]["flicker_reduction"] = round(raw["flicker"] / max(smoothed["flicker"], 1e-9), 2)
+
+    write_results(
+        "smoothing",
+        {
+            "command": f"benchmarks/smoothing.py --seeds {args.seeds}",
+            "keypoints": keypoints,
+            "keypoint_summary": {
+                "jitter_reduction_at_rest": round(jitter_ratio, 2),
+                "max_lag_frames_in_motion": max_lag,
+                "target": "jitter >= 5x lower with <= 1 frame lag at 30 fps",
+                "target_met": bool(jitter_ratio >= 5.0 and max_lag <= 1.0),
+                "ms_per_frame_10_persons_308_keypoints": round(time_keypoint_smoother(), 3),
+            },
+            "masks": masks,
+            "mask_target": "flicker >= 5x lower, mIoU not below the raw masks'",
+        },
+        args.out,
+    )
+
+
+if __name__ == "__main__":
+    main()
