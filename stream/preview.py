@@ -1,0 +1,380 @@
+"""Previews of the annotated video, kept off the inference path.
+
+``PreviewServer`` (``--serve 127.0.0.1:PORT``): a small page with one MJPEG stream per source and live
+stats, served by the standard library's threading HTTP server. ``publish()`` only swaps a reference to
+the newest frame; JPEG encoding happens in the HTTP threads, once per new frame, and only while someone
+watches. A slow browser just misses frames: nothing ever waits for it.
+
+``PreviewWindow`` (``--show``): an OpenCV window per source, drawn by a thread of its own.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import math
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote
+
+import cv2
+import numpy as np
+
+from stream.metrics import redact_url
+
+log = logging.getLogger(__name__)
+
+_BOUNDARY = "sapiens-frame"
+
+
+def _check_image(image: np.ndarray) -> None:
+    if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3
+            and image.dtype == np.uint8):
+        shape = getattr(image, "shape", None)
+        raise ValueError(f"preview images must be (H, W, 3) uint8 RGB arrays, got {shape} "
+                         f"{getattr(image, 'dtype', type(image).__name__)}")
+
+
+class _Slot:
+    """The newest frame of one source and its JPEG, encoded at most once per frame."""
+
+    def __init__(self, name: str, slot_id: str) -> None:
+        self.name = name
+        self.id = slot_id
+        self.cond = threading.Condition()
+        self.image: np.ndarray | None = None
+        self.stats: dict = {}
+        self.version = 0
+        self._jpeg: bytes | None = None
+        self._jpeg_version = -1
+        self._encode_lock = threading.Lock()
+
+    def jpeg(self, quality: int) -> tuple[int, bytes | None]:
+        """(version, JPEG bytes) of the newest frame; encodes outside the publish path."""
+        with self._encode_lock:
+            with self.cond:
+                version, image = self.version, self.image
+            if image is None:
+                return version, None
+            if self._jpeg_version != version:
+                ok, buffer = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                                          [cv2.IMWRITE_JPEG_QUALITY, quality])
+                if not ok:
+                    raise RuntimeError(f"JPEG encoding failed for preview of {self.name}")
+                self._jpeg, self._jpeg_version = buffer.tobytes(), version
+            return version, self._jpeg
+
+
+class PreviewServer:
+    """Browser preview on ``http://host:port/``: MJPEG per source plus live stats (port 0: any free port).
+
+    Binds 127.0.0.1 unless told otherwise. Routes: ``/`` (page), ``/sources.json`` (names, stream paths,
+    stats), ``/stream/<id>.mjpg`` (multipart MJPEG), ``/frame/<id>.jpg`` (newest frame).
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 8080, jpeg_quality: int = 80,
+                 max_fps: float = 30.0) -> None:
+        if not 1 <= jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
+        if not max_fps > 0:
+            raise ValueError(f"max_fps must be positive, got {max_fps}")
+        self.jpeg_quality = int(jpeg_quality)
+        self.min_interval = 1.0 / max_fps
+        self._lock = threading.Lock()
+        self._slots: dict[str, _Slot] = {}
+        self._closing = threading.Event()
+        try:
+            self._server = _PreviewHTTPServer((host, port), _make_handler(self))
+        except OSError as exc:
+            raise OSError(f"cannot serve the preview on {host}:{port}: {exc.strerror or exc}") from None
+        self.host, self.port = self._server.server_address[:2]
+        self.url = f"http://{f'[{self.host}]' if ':' in self.host else self.host}:{self.port}/"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="preview-http", daemon=True)
+        self._thread.start()
+
+    def publish(self, source: str, image_rgb: np.ndarray, stats: dict | None = None) -> None:
+        """Make ``image_rgb`` the newest frame of ``source``. Never blocks on viewers; do not mutate the
+        array afterwards (it is shared, not copied)."""
+        _check_image(image_rgb)
+        slot = self._slot(source)
+        with slot.cond:
+            slot.image = image_rgb
+            if stats is not None:
+                slot.stats = stats
+            slot.version += 1
+            slot.cond.notify_all()
+
+    def sources(self) -> list[dict]:
+        with self._lock:
+            slots = list(self._slots.values())
+        return [{"name": s.name, "id": s.id, "stream": f"/stream/{s.id}.mjpg", "frame": f"/frame/{s.id}.jpg",
+                 "stats": s.stats, "frames": s.version} for s in slots]
+
+    def close(self) -> None:
+        self._closing.set()
+        with self._lock:
+            slots = list(self._slots.values())
+        for slot in slots:
+            with slot.cond:
+                slot.cond.notify_all()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5.0)
+
+    def __enter__(self) -> PreviewServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- used by the handler -----------------------------------------------------------------------
+    def _slot(self, source: str) -> _Slot:
+        with self._lock:
+            slot = self._slots.get(source)
+            if slot is None:
+                base = re.sub(r"[^A-Za-z0-9_-]+", "_", redact_url(source)).strip("_")[:48] or "source"
+                slot_id, n = base, 1
+                while any(s.id == slot_id for s in self._slots.values()):
+                    n += 1
+                    slot_id = f"{base}-{n}"
+                slot = self._slots[source] = _Slot(redact_url(source), slot_id)
+            return slot
+
+    def _slot_by_id(self, slot_id: str) -> _Slot | None:
+        with self._lock:
+            return next((s for s in self._slots.values() if s.id == slot_id), None)
+
+
+class _PreviewHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def _make_handler(preview: PreviewServer) -> type[BaseHTTPRequestHandler]:
+    def _route(pattern: str, path: str) -> _Slot | None:
+        match = re.fullmatch(pattern, path)
+        return preview._slot_by_id(match[1]) if match else None
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            path = unquote(self.path.split("?", 1)[0])
+            if path in ("/", "/index.html"):
+                self._send(200, "text/html; charset=utf-8", _page(preview.sources()).encode())
+            elif path == "/sources.json":
+                body = json.dumps(_finite(preview.sources()), default=_json_default)
+                self._send(200, "application/json", body.encode())
+            elif (slot := _route(r"/stream/([A-Za-z0-9_-]+)\.mjpg", path)) is not None:
+                self._stream(slot)
+            elif (slot := _route(r"/frame/([A-Za-z0-9_-]+)\.jpg", path)) is not None:
+                _, jpeg = slot.jpeg(preview.jpeg_quality)
+                if jpeg is None:
+                    self.send_error(404, "no frame yet")
+                else:
+                    self._send(200, "image/jpeg", jpeg)
+            else:
+                self.send_error(404)
+
+        def _send(self, status: int, content_type: str, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _stream(self, slot: _Slot) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={_BOUNDARY}")
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            sent = 0
+            try:
+                while not preview._closing.is_set():
+                    with slot.cond:
+                        if slot.version == sent or slot.image is None:
+                            slot.cond.wait(timeout=1.0)  # wakes on publish and on close
+                            continue
+                    started = time.monotonic()
+                    sent, jpeg = slot.jpeg(preview.jpeg_quality)
+                    header = (f"--{_BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
+                              f"Content-Length: {len(jpeg)}\r\n\r\n").encode()
+                    self.wfile.write(header + jpeg + b"\r\n")
+                    self.wfile.flush()
+                    pause = preview.min_interval - (time.monotonic() - started)
+                    if pause > 0:
+                        time.sleep(pause)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the viewer went away
+
+        def log_message(self, format: str, *args) -> None:  # noqa: A002 - http.server's signature
+            log.debug("preview: " + format, *args)
+
+    return Handler
+
+
+def _finite(value):
+    """NaN/inf -> None, recursively: browsers' JSON.parse rejects them."""
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
+def _page(sources: list[dict]) -> str:
+    """The preview page: streams known now are in the HTML; the script adds later ones and the stats."""
+    figures = "\n".join(
+        f'<figure id="src-{s["id"]}"><img src="{s["stream"]}" alt="{html.escape(s["name"])}">'
+        f'<figcaption>{html.escape(s["name"])}</figcaption><pre class="stats"></pre></figure>'
+        for s in sources
+    )
+    return _PAGE_TEMPLATE.replace("{figures}", figures)
+
+
+_PAGE_TEMPLATE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>sapiens-stream preview</title>
+<style>
+body { background: #111; color: #ddd; font: 14px sans-serif; margin: 12px; }
+main { display: flex; flex-wrap: wrap; gap: 12px; }
+figure { margin: 0; }
+img { display: block; max-width: 640px; background: #000; }
+pre { margin: 4px 0; font-size: 12px; }
+</style></head>
+<body><main id="sources">
+{figures}
+</main>
+<script>
+function fmt(stats) {
+  const ms = v => (v === null || v === undefined) ? "-" : (v * 1000).toFixed(0) + " ms";
+  const num = v => (typeof v === "number" && !Number.isInteger(v)) ? v.toFixed(1) : String(v);
+  const known = {fps_in: v => "in " + num(v) + " fps", fps_out: v => "out " + num(v) + " fps",
+                 drops: v => "drops " + v, latency_p50: v => "p50 " + ms(v), latency_p95: v => "p95 " + ms(v),
+                 reconnects: v => "reconnects " + v, state: v => "[" + v + "]"};
+  return Object.entries(stats)
+    .filter(([k, v]) => typeof v !== "object" || v === null)
+    .map(([k, v]) => known[k] ? known[k](v) : k + " " + num(v)).join("  ");
+}
+async function refresh() {
+  try {
+    const sources = await (await fetch("/sources.json", {cache: "no-store"})).json();
+    const main = document.getElementById("sources");
+    for (const s of sources) {
+      let fig = document.getElementById("src-" + s.id);
+      if (!fig) {
+        fig = document.createElement("figure");
+        fig.id = "src-" + s.id;
+        const img = document.createElement("img");
+        img.src = s.stream;
+        img.alt = s.name;
+        const caption = document.createElement("figcaption");
+        caption.textContent = s.name;
+        const pre = document.createElement("pre");
+        pre.className = "stats";
+        fig.append(img, caption, pre);
+        main.append(fig);
+      }
+      fig.querySelector("pre").textContent = fmt(s.stats || {});
+    }
+  } catch (e) { /* server restarting: try again */ }
+}
+refresh();
+setInterval(refresh, 1000);
+</script></body></html>
+"""
+
+
+def display_available() -> bool:
+    """Whether a GUI window can open (an X11/Wayland display on Linux; assumed elsewhere)."""
+    if sys.platform.startswith("linux"):
+        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    return True
+
+
+class PreviewWindow:
+    """``--show``: one OpenCV window per source, drawn at most ``max_fps`` times a second by its own
+    thread. ``publish()`` only swaps the newest frame. Pressing q or Esc in a window calls ``on_quit``."""
+
+    def __init__(self, max_fps: float = 30.0, on_quit: Callable[[], None] | None = None,
+                 title: str = "sapiens-stream") -> None:
+        if not display_available():
+            raise RuntimeError("--show needs a display (DISPLAY/WAYLAND_DISPLAY is not set); "
+                               "use --serve 127.0.0.1:PORT for a browser preview instead")
+        if not max_fps > 0:
+            raise ValueError(f"max_fps must be positive, got {max_fps}")
+        self.interval = 1.0 / max_fps
+        self.on_quit = on_quit
+        self.title = title
+        self.error: str | None = None
+        self.frames_shown = 0
+        self._cond = threading.Condition()
+        self._latest: dict[str, np.ndarray] = {}
+        self._version = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="preview-window", daemon=True)
+        self._thread.start()
+
+    def publish(self, source: str, image_rgb: np.ndarray, stats: dict | None = None) -> None:
+        _check_image(image_rgb)
+        with self._cond:
+            self._latest[redact_url(source)] = image_rgb
+            self._version += 1
+            self._cond.notify()
+
+    def _run(self) -> None:
+        shown_version = 0
+        windows: set[str] = set()
+        try:
+            while not self._stop.is_set():
+                with self._cond:
+                    if self._version == shown_version:
+                        self._cond.wait(timeout=0.1)
+                    frames, shown_version = dict(self._latest), self._version
+                for name, image in frames.items():
+                    window = f"{self.title}: {name}"
+                    if window not in windows:
+                        cv2.namedWindow(window, cv2.WINDOW_NORMAL)
+                        windows.add(window)
+                    cv2.imshow(window, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+                    self.frames_shown += 1
+                key = cv2.waitKey(max(1, math.floor(self.interval * 1000))) & 0xFF
+                if key in (ord("q"), 27) and self.on_quit is not None:
+                    self.on_quit()
+        except cv2.error as exc:  # a broken display must not take the pipeline down
+            self.error = " ".join(str(exc).split())
+            log.error("preview window stopped: %s", self.error)
+        finally:
+            for window in windows:
+                try:
+                    cv2.destroyWindow(window)
+                except cv2.error:
+                    pass
+            try:
+                cv2.waitKey(1)
+            except cv2.error:
+                pass
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify()
+        self._thread.join(timeout=5.0)
+
+    def __enter__(self) -> PreviewWindow:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

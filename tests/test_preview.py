@@ -1,0 +1,225 @@
+"""Browser preview checked in headless Chromium (screenshot colours), the MJPEG stream read by a raw HTTP
+client, and the OpenCV window drawn into a virtual X server (Xvfb) whose framebuffer the test reads back."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import struct
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from stream.preview import PreviewServer, PreviewWindow
+
+RED = (230, 30, 30)
+BLUE = (30, 40, 220)
+GREEN = (20, 200, 60)
+
+
+def solid(color: tuple[int, int, int], size: tuple[int, int] = (160, 120)) -> np.ndarray:
+    image = np.empty((size[1], size[0], 3), np.uint8)
+    image[...] = color
+    return image
+
+
+def color_fraction(image_rgb: np.ndarray, color: tuple[int, int, int], tolerance: int = 40) -> float:
+    """Share of pixels within ``tolerance`` of ``color`` in every channel."""
+    close = np.abs(image_rgb.astype(np.int16) - np.array(color, np.int16)).max(axis=-1) <= tolerance
+    return float(close.mean())
+
+
+class Feeder:
+    """Publishes frames to a preview at ~20 fps from a thread, like a render stage would."""
+
+    def __init__(self, preview, frames: dict[str, np.ndarray], stats: dict | None = None) -> None:
+        self.preview, self.frames, self.stats = preview, frames, stats
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for name, image in list(self.frames.items()):
+                self.preview.publish(name, image, self.stats)
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+
+def read_mjpeg_parts(url: str, count: int, timeout: float = 10.0) -> list[np.ndarray]:
+    """The first ``count`` JPEG parts of a multipart MJPEG response, decoded to RGB."""
+    parts = []
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        content_type = response.headers["Content-Type"]
+        assert content_type.startswith("multipart/x-mixed-replace; boundary=")
+        boundary = content_type.split("boundary=", 1)[1].encode()
+        while len(parts) < count:
+            line = response.readline().strip()
+            if line != b"--" + boundary:
+                continue
+            headers = {}
+            while (line := response.readline().strip()) != b"":
+                key, _, value = line.decode().partition(":")
+                headers[key.lower()] = value.strip()
+            assert headers["content-type"] == "image/jpeg"
+            jpeg = response.read(int(headers["content-length"]))
+            image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+            parts.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+    return parts
+
+
+def test_binds_loopback_by_default_and_rejects_bad_input() -> None:
+    with PreviewServer(port=0) as preview:
+        assert preview.host == "127.0.0.1" and preview.url.startswith("http://127.0.0.1:")
+        with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
+            preview.publish("cam", np.zeros((4, 4), np.uint8))
+        with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
+            preview.publish("cam", np.zeros((4, 4, 3), np.float32))
+    with pytest.raises(ValueError, match="jpeg_quality"):
+        PreviewServer(port=0, jpeg_quality=0)
+
+
+def test_port_in_use_is_a_clear_error() -> None:
+    with PreviewServer(port=0) as preview:
+        with pytest.raises(OSError, match=f"cannot serve the preview on 127.0.0.1:{preview.port}"):
+            PreviewServer(port=preview.port)
+
+
+def test_mjpeg_stream_follows_the_newest_frame_and_redacts_names() -> None:
+    with PreviewServer(port=0) as preview:
+        base = preview.url.rstrip("/")
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(base + "/stream/nothing.mjpg", timeout=5)
+        assert missing.value.code == 404
+
+        name = "rtsp://admin:topsecret@10.1.1.1/live"
+        frames = {name: solid(RED)}
+        feeder = Feeder(preview, frames, stats={"fps_in": 25.0, "latency_p50": float("nan")})
+        try:
+            time.sleep(0.2)
+            sources = json.loads(urllib.request.urlopen(base + "/sources.json", timeout=5).read())
+            assert [s["name"] for s in sources] == ["rtsp://***@10.1.1.1/live"]
+            assert sources[0]["stats"] == {"fps_in": 25.0, "latency_p50": None}
+            page = urllib.request.urlopen(base + "/", timeout=5).read().decode()
+            assert "topsecret" not in page and "topsecret" not in json.dumps(sources)
+            stream_url = base + sources[0]["stream"]
+
+            first = read_mjpeg_parts(stream_url, 2)
+            assert all(color_fraction(image, RED) > 0.95 for image in first)
+            frames[name] = solid(GREEN)
+            time.sleep(0.2)
+            later = read_mjpeg_parts(stream_url, 2)
+            assert all(color_fraction(image, GREEN) > 0.95 for image in later)
+            still = urllib.request.urlopen(base + sources[0]["frame"], timeout=5).read()
+            still_rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(still, np.uint8), cv2.IMREAD_COLOR),
+                                     cv2.COLOR_BGR2RGB)
+            assert color_fraction(still_rgb, GREEN) > 0.95
+        finally:
+            feeder.stop()
+
+
+def test_publish_never_waits_for_a_viewer_that_does_not_read() -> None:
+    with PreviewServer(port=0) as preview:
+        preview.publish("cam", solid(BLUE))
+        # A viewer that requests the stream and then never reads: its socket buffers fill up.
+        stalled = socket.create_connection((preview.host, preview.port))
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.sendall(b"GET /stream/cam.mjpg HTTP/1.1\r\nHost: x\r\n\r\n")
+        noise = np.random.default_rng(0).integers(0, 255, (720, 1280, 3), dtype=np.uint8)
+        start = time.monotonic()
+        for _ in range(300):  # incompressible 720p frames: megabytes the viewer will never take
+            preview.publish("cam", noise)
+        elapsed = time.monotonic() - start
+        close_start = time.monotonic()
+    close_time = time.monotonic() - close_start
+    stalled.close()
+    assert elapsed < 1.0, f"publish waited on the viewer ({elapsed:.2f} s for 300 frames)"
+    assert close_time < 3.0, "close() must not hang on a stuck viewer"
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian package chromium not installed")
+def test_page_in_headless_chromium_shows_every_source(tmp_path: Path) -> None:
+    with PreviewServer(port=0) as preview:
+        stats = {"fps_in": 30.0, "fps_out": 29.5, "drops": 2, "latency_p50": 0.04, "latency_p95": 0.09,
+                 "reconnects": 1}
+        feeder = Feeder(preview, {"cam-red": solid(RED, (240, 160)), "cam-blue": solid(BLUE, (240, 160))},
+                        stats)
+        try:
+            time.sleep(0.3)
+            shot = tmp_path / "shot.png"
+            command = [
+                "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=900,500",
+                "--timeout=4000", preview.url,
+            ]
+            done = subprocess.run(command, capture_output=True, text=True, timeout=90)
+        finally:
+            feeder.stop()
+    assert done.returncode == 0, done.stderr[-2000:]
+    image = cv2.imread(str(shot), cv2.IMREAD_COLOR)
+    assert image is not None and image.shape == (500, 900, 3), "the screenshot must be a readable PNG"
+    rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    page_area = rgb.shape[0] * rgb.shape[1]
+    for color in (RED, BLUE):  # each stream's 240x160 picture is on the page
+        assert color_fraction(rgb, color) * page_area > 0.9 * 240 * 160
+    assert color_fraction(rgb, (17, 17, 17), tolerance=4) > 0.4, "the dark page background"
+
+
+# -- --show window ---------------------------------------------------------------------------------------
+def test_window_without_a_display_is_a_clear_error(monkeypatch) -> None:
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    with pytest.raises(RuntimeError, match="--show needs a display.*--serve"):
+        PreviewWindow()
+
+
+def _read_xwd(path: Path) -> np.ndarray:
+    """Xvfb's framebuffer file (XWD, 24-bit TrueColor, 32 bits per pixel) as an RGB array."""
+    data = path.read_bytes()
+    fields = struct.unpack(">25I", data[:100])
+    header_size, width, height = fields[0], fields[4], fields[5]
+    bytes_per_line, ncolors = fields[12], fields[19]
+    offset = header_size + ncolors * 12
+    pixels = np.frombuffer(data, np.uint8, count=bytes_per_line * height, offset=offset)
+    pixels = pixels.reshape(height, bytes_per_line)[:, : width * 4].reshape(height, width, 4)
+    byte_order = fields[7]  # 0: LSBFirst -> B, G, R, pad in memory
+    return pixels[..., [2, 1, 0]] if byte_order == 0 else pixels[..., [1, 2, 3]]
+
+
+@pytest.mark.skipif(shutil.which("Xvfb") is None, reason="Debian package xvfb not installed")
+def test_window_draws_frames_on_a_virtual_display(tmp_path: Path, monkeypatch) -> None:
+    display = next(f":{n}" for n in range(90, 190) if not Path(f"/tmp/.X11-unix/X{n}").exists())
+    xvfb = subprocess.Popen(["Xvfb", display, "-screen", "0", "640x480x24", "-nolisten", "tcp",
+                             "-fbdir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not Path(f"/tmp/.X11-unix/X{display[1:]}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        monkeypatch.setenv("DISPLAY", display)
+        monkeypatch.setenv("QT_LOGGING_RULES", "*=false")
+        window = PreviewWindow(max_fps=30)
+        feeder = Feeder(window, {"cam": solid(GREEN, (320, 240))})
+        deadline = time.monotonic() + 10
+        screen = _read_xwd(tmp_path / "Xvfb_screen0")
+        while color_fraction(screen, GREEN, tolerance=10) < 0.2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            screen = _read_xwd(tmp_path / "Xvfb_screen0")
+        feeder.stop()
+        window.close()
+    finally:
+        xvfb.terminate()
+        xvfb.wait(timeout=10)
+    assert window.error is None and window.frames_shown > 0
+    assert color_fraction(screen, GREEN, tolerance=10) * screen.shape[0] * screen.shape[1] > 0.9 * 320 * 240
