@@ -1,0 +1,195 @@
+"""Stats windows, the stats line, Prometheus exposition over real HTTP, and credential redaction."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from stream.metrics import (
+    SourceStats,
+    StatsRegistry,
+    StatsReporter,
+    parse_host_port,
+    redact_text,
+    redact_url,
+    start_metrics_server,
+)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("rtsp://user:pw@host/x", "rtsp://***@host/x"),
+        ("rtsp://admin:p%40ss@10.0.0.2:554/Streaming/101", "rtsp://***@10.0.0.2:554/Streaming/101"),
+        ("rtsp://onlyuser@cam/stream", "rtsp://***@cam/stream"),
+        ("rtsp://cam.local/stream", "rtsp://cam.local/stream"),
+        ("https://cdn/live.m3u8?token=abc123&quality=hd", "https://cdn/live.m3u8?token=***&quality=hd"),
+        ("clip.mp4", "clip.mp4"),
+        ("0", "0"),
+    ],
+)
+def test_redact_url(url: str, expected: str) -> None:
+    assert redact_url(url) == expected
+
+
+def test_redact_text_masks_every_url_in_a_message() -> None:
+    message = ("[Errno 111] Connection refused: 'rtsp://admin:s3cr3t@10.0.0.2/a' "
+               "(fallback http://u:hunter2@10.0.0.3/b failed too)")
+    redacted = redact_text(message)
+    assert "s3cr3t" not in redacted and "hunter2" not in redacted
+    assert "rtsp://***@10.0.0.2/a" in redacted and "http://***@10.0.0.3/b" in redacted
+
+
+def test_summary_rates_percentiles_and_drops() -> None:
+    stats = SourceStats("cam", window=5.0)
+    for i in range(100):
+        stats.frame_in()
+        if i % 4 == 0:
+            stats.drop("stale")
+        else:
+            stats.frame_out(latency_s=0.010 + 0.001 * i, stage_times={"inference": 0.02, "render": 0.004})
+    stats.drop("queue_full", count=3)
+    stats.reconnect()
+    summary = stats.summary()
+    assert summary["frames_in"] == 100 and summary["frames_out"] == 75
+    assert summary["drops"] == 28 and summary["drops_by_cause"] == {"stale": 25, "queue_full": 3}
+    assert summary["reconnects"] == 1
+    # All within the first second: rates are counted over at least one second.
+    assert summary["fps_in"] == pytest.approx(100.0) and summary["fps_out"] == pytest.approx(75.0)
+    outs = sorted(0.010 + 0.001 * i for i in range(100) if i % 4)
+    assert summary["latency_p50"] == pytest.approx(outs[37], abs=1e-3)
+    assert summary["latency_p95"] == pytest.approx(0.010 + 0.001 * 94.5, abs=2e-3)
+    assert summary["stage_p50"] == pytest.approx({"inference": 0.02, "render": 0.004})
+
+
+def test_window_forgets_old_samples() -> None:
+    stats = SourceStats("cam", window=0.3)
+    for _ in range(10):
+        stats.frame_out(latency_s=1.0)
+    time.sleep(0.4)
+    stats.frame_out(latency_s=0.05)
+    summary = stats.summary()
+    assert summary["latency_p95"] == pytest.approx(0.05), "percentiles cover the window only"
+    assert summary["frames_out"] == 11, "totals cover the whole run"
+
+
+def test_counters_are_exact_under_concurrent_updates() -> None:
+    stats = SourceStats("cam")
+
+    def work() -> None:
+        for _ in range(2000):
+            stats.frame_in()
+            stats.drop("stale")
+            stats.frame_out(0.01)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    summary = stats.summary()
+    assert summary["frames_in"] == summary["frames_out"] == 8000 and summary["drops"] == 8000
+
+
+def test_stats_line() -> None:
+    registry = StatsRegistry()
+    stats = registry.source("rtsp://a:b@cam1/live")
+    stats.set_state("streaming")
+    stats.frame_in()
+    stats.frame_out(0.042)
+    stats.drop("stale", 2)
+    stats.drop("queue_full")
+    line = registry.stats_line("rtsp://a:b@cam1/live")
+    assert line == (
+        "rtsp://***@cam1/live [streaming]: in 1.0 fps, out 1.0 fps, drops 3 (queue_full 1, stale 2), "
+        "latency p50 42 ms p95 42 ms, reconnects 0"
+    )
+    empty = registry.stats_line("cam2")
+    assert "latency p50 - ms p95 - ms" in empty and "drops 0," in empty
+
+
+def test_reporter_emits_a_line_per_source_periodically() -> None:
+    registry = StatsRegistry()
+    registry.source("cam1").frame_in()
+    registry.source("cam2").frame_in()
+    lines: list[str] = []
+    reporter = StatsReporter(registry, interval=0.1, emit=lines.append)
+    time.sleep(0.35)
+    reporter.close()
+    assert sum(line.startswith("cam1 ") for line in lines) >= 2
+    assert sum(line.startswith("cam2 ") for line in lines) >= 2
+    count = len(lines)
+    time.sleep(0.2)
+    assert len(lines) == count, "no lines after close()"
+
+
+def test_prometheus_endpoint_over_http() -> None:
+    registry = StatsRegistry()
+    cam = registry.source("rtsp://user:secretpw@cam1/live")
+    for latency in (0.015, 0.04, 0.04, 0.3, 7.0):
+        cam.frame_in()
+        cam.frame_out(latency, {"inference": 0.02})
+    cam.drop("stale", 4)
+    cam.reconnect()
+    cam.set_state("streaming")
+    registry.source("cam2").frame_in()
+    server = start_metrics_server(registry, port=0)
+    try:
+        assert server.host == "127.0.0.1"
+        response = urllib.request.urlopen(server.url, timeout=5)
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(server.url.replace("/metrics", "/other"), timeout=5)
+    finally:
+        server.close()
+    assert "secretpw" not in text
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    source = ("source", "rtsp://***@cam1/live")
+    assert samples[("sapiens_stream_frames_in_total", (source,))] == 5
+    assert samples[("sapiens_stream_frames_out_total", (source,))] == 5
+    assert samples[("sapiens_stream_frames_dropped_total", (("cause", "stale"), source))] == 4
+    assert samples[("sapiens_stream_reconnects_total", (source,))] == 1
+    assert samples[("sapiens_stream_source_up", (source,))] == 1
+    assert samples[("sapiens_stream_source_up", (("source", "cam2"),))] == 0
+    assert samples[("sapiens_stream_latency_seconds_bucket", (("le", "0.05"), source))] == 3
+    assert samples[("sapiens_stream_latency_seconds_bucket", (("le", "5.0"), source))] == 4
+    assert samples[("sapiens_stream_latency_seconds_bucket", (("le", "+Inf"), source))] == 5
+    assert samples[("sapiens_stream_latency_seconds_count", (source,))] == 5
+    assert samples[("sapiens_stream_latency_seconds_sum", (source,))] == pytest.approx(7.395)
+    assert samples[("sapiens_stream_stage_seconds", (source, ("stage", "inference")))] == pytest.approx(0.02)
+    assert samples[("sapiens_stream_latency_window_seconds", (("quantile", "0.5"), source))] == 0.04
+
+
+def test_two_registries_do_not_collide_and_ports_are_checked() -> None:
+    first, second = StatsRegistry(), StatsRegistry()
+    first.source("cam").frame_in()
+    assert b'frames_in_total{source="cam"} 1.0' in first.prometheus_text()
+    assert b"frames_in_total{" not in second.prometheus_text()
+    with start_metrics_server(first, port=0) as server:
+        with pytest.raises(OSError, match=f"cannot serve metrics on 127.0.0.1:{server.port}"):
+            start_metrics_server(second, port=server.port)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("127.0.0.1:9100", ("127.0.0.1", 9100)), (":9100", ("127.0.0.1", 9100)), ("9100", ("127.0.0.1", 9100)),
+     ("0.0.0.0:80", ("0.0.0.0", 80)), ("[::1]:8080", ("::1", 8080))],
+)
+def test_parse_host_port(value: str, expected: tuple[str, int]) -> None:
+    assert parse_host_port(value) == expected
+
+
+@pytest.mark.parametrize("value", ["localhost:http", "127.0.0.1:70000", "host:"])
+def test_parse_host_port_errors(value: str) -> None:
+    with pytest.raises(ValueError, match="HOST:PORT|out of range"):
+        parse_host_port(value)
