@@ -146,6 +146,12 @@ def recv_message(sock: zmq.Socket, flags: int = 0) -> Message:
     return decode(sock.recv_multipart(flags, copy=False))
 
 
+def close_sender(sock: zmq.Socket, aborted: bool) -> None:
+    """Close a sending socket: after a normal end, wait until every queued message is delivered (the
+    receiver is alive and draining: it is waiting for our EOS); after an abort, drop what is queued."""
+    sock.close(linger=0 if aborted else -1)
+
+
 class Stopped(Exception):
     """Raised by a blocking send/receive when the stage was told to abort."""
 

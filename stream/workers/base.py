@@ -22,6 +22,7 @@ from stream.transport import make_socket
 
 EVENTS_HWM = 100_000  # events are tiny; the coordinator reads them continuously
 CONTROL_HWM = 1000
+EVENTS_LINGER_MS = 30_000
 
 
 @dataclass
@@ -82,7 +83,8 @@ class StageLink:
 
     def close(self) -> None:
         self.control.close(linger=0)
-        self.events.close()  # default linger: the final done/error events are delivered
+        # The coordinator reads events until every worker has exited: wait for the final ones to land.
+        self.events.close(linger=EVENTS_LINGER_MS)
 
 
 def one_line(exc: BaseException) -> str:
@@ -130,7 +132,10 @@ def _stage_function(role: str):
 
 def _ignore_sigint() -> None:
     # Ctrl+C reaches the whole process group; only the coordinator reacts, and drains the pipeline.
+    import faulthandler
     import signal
 
     # SIGTERM keeps its default so the coordinator can still terminate a worker that hangs.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # `kill -USR1 <pid>` prints where a worker is (diagnosing a stalled pipeline).
+    faulthandler.register(signal.SIGUSR1, all_threads=True)

@@ -17,7 +17,7 @@ import zmq
 from stream.frames import DecodedFrame
 from stream.messages import EOS, SKIP, Message, control_message, frame_message
 from stream.sources import open_source
-from stream.transport import Stopped, make_socket, send_until
+from stream.transport import Stopped, close_sender, make_socket, send_until
 from stream.workers.base import SourcePlan, StageLink, WorkerSpec
 
 LIVE_QUEUE_FRAMES = 2  # frames a live source may hold while downstream is busy
@@ -66,8 +66,8 @@ class FrameSender:
         self.seq += 1
 
     def close(self) -> None:
-        self.gpu.close()
-        self.render.close()
+        close_sender(self.gpu, self.link.aborted)
+        close_sender(self.render, self.link.aborted)
 
 
 def run_decoder(context: zmq.Context, spec: WorkerSpec, link: StageLink) -> None:

@@ -11,6 +11,7 @@ each source's messages leave in the order they came.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ import zmq
 from stream.config import PipelineConfig
 from stream.frames import FrameResult
 from stream.messages import EOS, FRAME, RESULTS, SKIP, Message, follow_up, result_arrays
-from stream.transport import Stopped, make_socket, recv_message, send_until
+from stream.transport import Stopped, close_sender, make_socket, recv_message, send_until
 from stream.workers.base import StageLink, WorkerSpec
 from stream.workers.device import (
     DeviceStreams,
@@ -46,6 +47,14 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available here (use --device cpu)")
     return device
+
+
+def limit_cpu_threads() -> None:
+    """On CPU the model shares the cores with decoding, rendering and encoding processes; leaving one
+    core to them avoids oversubscription, which costs far more than the thread it saves.
+    ``OMP_NUM_THREADS``, when set, wins."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1))
 
 
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
@@ -105,6 +114,8 @@ class InferenceEngine:
 
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
+        if self.device.type == "cpu":
+            limit_cpu_threads()
         self.dtype = resolve_dtype(cfg.precision, self.device)
         self.flip = cfg.flip if cfg.flip is not None else not live
         self.live = live
@@ -374,7 +385,7 @@ def run_inference(context: zmq.Context, spec: WorkerSpec, link: StageLink) -> No
     finally:
         inbox.close(linger=0)
         for sock in outboxes.values():
-            sock.close()
+            close_sender(sock, link.aborted)
 
 
 def _collect(inbox: zmq.Socket, cfg: PipelineConfig, link: StageLink, wait: bool) -> Group | None:

@@ -11,7 +11,7 @@ import numpy as np
 import zmq
 
 from stream.messages import EOS, RESULTS, Message, follow_up, result_arrays, to_frame_result
-from stream.transport import Stopped, make_socket, recv_message, send_until
+from stream.transport import Stopped, close_sender, make_socket, recv_message, send_until
 from stream.workers.base import StageLink, WorkerSpec
 from stream.workers.reorder import ReorderBuffer
 
@@ -20,12 +20,20 @@ class SourceTracking:
     """One source's tracker and smoothers."""
 
     def __init__(self, frame_rate: float, smooth: bool, keypoint_threshold: float) -> None:
+        from models.meta import pose_meta
         from trackers import BoxSmoother, KeypointSmoother, PersonTracker
 
         self.tracker = PersonTracker(frame_rate=frame_rate, keypoint_threshold=keypoint_threshold)
         self.smooth = smooth
         self.keypoints = KeypointSmoother(score_threshold=keypoint_threshold) if smooth else None
         self.boxes = BoxSmoother() if smooth else None
+        # The first update pulls in the assignment solver (seconds): pay that before frames arrive.
+        box, score = np.array([[0.0, 0.0, 8.0, 8.0]], np.float32), np.array([0.9], np.float32)
+        k = len(pose_meta().names)
+        points, point_scores = np.full((1, k, 2), 4.0, np.float32), np.ones((1, k), np.float32)
+        for timestamp in (0.0, 0.04):
+            self.tracker.update(box, score, timestamp, keypoints=points, keypoint_scores=point_scores)
+        self.tracker.reset(restart_ids=True)
 
     def __call__(self, message: Message) -> Message:
         result = to_frame_result(message)
@@ -85,4 +93,4 @@ def run_tracker(context: zmq.Context, spec: WorkerSpec, link: StageLink) -> None
         pass
     finally:
         inbox.close(linger=0)
-        outbox.close()
+        close_sender(outbox, link.aborted)
