@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from trackers import PersonTracker
-from trackers.person_tracker import box_iou, keypoint_oks
+from trackers.person_tracker import box_iou, keypoint_boxes, keypoint_oks
 
 FPS = 30.0
 
@@ -125,6 +125,12 @@ def test_predict_extrapolates_and_leaves_state_alone():
     assert np.abs(boxes[0] - expected).max() < 4.0
     assert tracker.time == pytest.approx(19 / FPS)
     assert tracker.update(person_box(100 + 4 * 20, 240)[None], np.array([0.9]), 20 / FPS)[0] == ids[0]
+    # A newcomer seen once is predicted too, without an id yet, so its next crop can confirm it.
+    newcomer = person_box(400, 240)
+    tracker.update(np.stack([person_box(100 + 4 * 21, 240), newcomer]), np.array([0.9, 0.9]), 21 / FPS)
+    pred_ids, boxes = tracker.predict(22 / FPS)
+    assert sorted(pred_ids.tolist()) == [-1, int(ids[0])]
+    assert np.abs(boxes[pred_ids == -1][0] - newcomer).max() < 1.0
 
 
 def test_reset_forgets_tracks_but_never_reuses_ids():
@@ -203,3 +209,20 @@ def test_pose_aware_association_keeps_ids_when_boxes_swap_places():
     keypoints = skeleton + centres[::-1][:, None]  # box 0 holds person 1's keypoints and vice versa
     ids = tracker.update(boxes, np.array([0.9, 0.9]), 8 / FPS, keypoints, scores)
     assert ids.tolist() == first[::-1].tolist()
+
+
+def test_keypoint_boxes_cover_confident_keypoints_and_feed_the_tracker():
+    rng = np.random.default_rng(3)
+    points = rng.uniform([200, 100], [260, 300], (2, 308, 2))
+    scores = np.full((2, 308), 0.9)
+    scores[1] = 0.1  # nobody confident in the second crop
+    points[0, 0] = [900.0, 900.0]
+    scores[0, 0] = 0.05  # a stray low-score point does not stretch the box
+    boxes, box_scores = keypoint_boxes(points, scores)
+    lo, hi = points[0, 1:].min(axis=0), points[0, 1:].max(axis=0)
+    assert (boxes[0, :2] < lo).all() and (boxes[0, 2:] > hi).all() and boxes[0, 2] < 300
+    assert box_scores[0] == pytest.approx(0.9) and box_scores[1] == 0.0 and np.isnan(boxes[1]).all()
+    tracker = PersonTracker(frame_rate=FPS)
+    for f in range(3):
+        ids = tracker.update(boxes, box_scores, f / FPS)
+    assert ids[0] >= 1 and ids[1] == -1

@@ -1,7 +1,36 @@
-"""Person tracking and temporal smoothing of keypoints, boxes and segmentation maps (numpy only)."""
+"""Person tracking and temporal smoothing of keypoints, boxes and segmentation maps (numpy only).
+
+One set of instances per source, fed in frame order with the frame's timestamp in seconds (pts, or
+the capture time for live sources); call ``reset()`` on all of them at EOS / a new segment::
+
+    tracker = PersonTracker(frame_rate=fps)
+    boxes_sm, points_sm, seg_sm = BoxSmoother(), KeypointSmoother(), SegmentationSmoother()
+
+    # a frame with detector output
+    ids = tracker.update(boxes, scores, t, keypoints=None)   # keypoints of the previous frame, if any
+    crop_boxes = boxes_sm(ids, boxes, t)                      # steadier crops (ids < 0 pass through)
+    ...pose on crop_boxes...
+    keypoints = points_sm(ids, keypoints, keypoint_scores, t)
+    probs = seg_sm(probs, t, key=0, image=frame_rgb)          # full frame (flow=True to follow motion)
+    probs = seg_sm(crop_probs, t, key=int(track_id), shift=crop_shift(prev_crop_to_frame, crop_to_frame,
+                                                                       motion))  # per-track crops
+
+    # a frame between detector runs (detect every k frames)
+    ids, boxes = tracker.predict(t)                           # -1 for tracks not confirmed yet
+    ...pose on those boxes...
+    pose_boxes, pose_scores = keypoint_boxes(keypoints, keypoint_scores)
+    ids = tracker.update(pose_boxes, pose_scores, t)          # keeps the tracks observed
+"""
 
 from trackers.one_euro import BoxSmoother, KeypointSmoother
-from trackers.person_tracker import PersonTracker
-from trackers.seg_smoothing import SegmentationSmoother
+from trackers.person_tracker import PersonTracker, keypoint_boxes
+from trackers.seg_smoothing import SegmentationSmoother, crop_shift
 
-__all__ = ["BoxSmoother", "KeypointSmoother", "PersonTracker", "SegmentationSmoother"]
+__all__ = [
+    "BoxSmoother",
+    "KeypointSmoother",
+    "PersonTracker",
+    "SegmentationSmoother",
+    "crop_shift",
+    "keypoint_boxes",
+]

@@ -10,10 +10,12 @@ for detections left out). The steps of one update:
    the detection score, blended with OKS when keypoints are given);
 3. low-score detections are matched against the tracks still unmatched that were tracked on the
    previous frame (ByteTrack: an occluded person's weak detection keeps the track alive);
-4. observation-centric recovery (OC-SORT): tracks still unmatched are matched by the box of their
-   last observation, which catches a person who stopped while the Kalman prediction kept walking; a
-   re-found track's state is re-estimated along a virtual straight path over the gap, so the velocity
-   accumulated during the gap does not throw the next prediction off;
+4. observation-centric recovery (OC-SORT): tracks still unmatched and seen within the last
+   ``recovery_max_gap`` seconds are matched by the box of their last observation, which catches a
+   person who stopped while the Kalman prediction kept walking (kept short and strict: on long gaps
+   the old box mostly catches someone else). Any track found again after a gap has its state
+   re-estimated along a virtual straight path over the gap (OC-SORT's re-update), so the velocity
+   drifted during the gap does not throw the next prediction off;
 5. tentative tracks (seen once) are matched against the rest of the high-score detections; a track
    is confirmed, and gets its id, at its second hit;
 6. leftover confident detections start tentative tracks, unless they sit on a track already matched
@@ -22,11 +24,17 @@ for detections left out). The steps of one update:
    never for two tracks that coexisted: that is one person hiding behind another).
 
 Default thresholds follow the score distribution of ultralytics YOLO person detections: a clearly
-visible person scores 0.6-0.95, a half-occluded one 0.3-0.6, false positives mostly below 0.45. Hence
-``track_high_thresh=0.5`` (first stage), ``track_low_thresh=0.1`` (second stage; run the detector with
-``conf<=0.1`` to feed it, with ``conf=0.25`` it covers 0.25-0.5) and ``new_track_thresh=0.6`` (a track is
-born only from a clearly visible person). ``track_buffer`` is in frames at 30 fps and scales with
-``frame_rate``; internally it is a duration in seconds, compared against timestamps.
+visible person scores 0.6-0.95, a partly occluded one 0.3-0.6, false positives mostly 0.1-0.45 (and
+some of them persist on static person-like objects). Hence ``new_track_thresh=0.5``: a track is born
+only from a fairly clear view, which keeps posters and mannequins out; ``track_high_thresh=0.3``: a
+partly occluded person still takes part in the first stage, where every track, lost ones included,
+can claim it; ``track_low_thresh=0.1``: weaker boxes only extend tracks that were tracked until this
+frame (run the detector with ``conf<=0.1`` to feed this stage; with ``conf=0.25`` it covers
+0.25-0.3). ``benchmarks/tracking.py`` measures these choices against ultralytics' trackers.
+``track_buffer`` is in frames at 30 fps (ByteTrack's convention) and is kept as a duration in
+seconds, compared against timestamps, so it means the same at any frame rate. Lost tracks are matched
+with boxes enlarged by up to ``lost_buffer`` of their size (C-BIoU), since a prediction grows less
+certain the longer a person is unseen.
 """
 
 from __future__ import annotations
@@ -66,9 +74,12 @@ class _Track:
     keypoints: np.ndarray | None = None  # (K, 2) of the last observation
     keypoint_visible: np.ndarray | None = None  # (K,) bool
 
-    @property
-    def predicted_box(self) -> np.ndarray:
-        return kalman.xyah_to_xyxy(self.mean[None, :4])[0]
+    predicted_box: np.ndarray | None = None  # (4,) xyxy of ``mean``, kept in step with it
+
+    def set_state(self, mean: np.ndarray, cov: np.ndarray, box: np.ndarray | None = None) -> None:
+        """New Kalman state; ``box`` is its xyxy box when the caller computed it in a batch."""
+        self.mean, self.cov = mean, cov
+        self.predicted_box = kalman.xyah_to_xyxy(mean[None, :4])[0] if box is None else box
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -82,6 +93,13 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=-1)
     union = area_a[:, None] + area_b[None, :] - inter
     return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
+
+
+def _enlarge(boxes: np.ndarray, factor: np.ndarray) -> np.ndarray:
+    """Grow (N,4) xyxy boxes by ``factor`` (N,) of their size on every side."""
+    wh = boxes[:, 2:] - boxes[:, :2]
+    pad = wh * factor[:, None]
+    return np.concatenate([boxes[:, :2] - pad, boxes[:, 2:] + pad], axis=1)
 
 
 def keypoint_oks(
@@ -100,6 +118,36 @@ def keypoint_oks(
     count = both.sum(axis=-1)
     oks = np.where(both, np.exp(-e), 0.0).sum(axis=-1) / np.maximum(count, 1)
     return oks, count > 0
+
+
+def keypoint_boxes(
+    keypoints: np.ndarray, keypoint_scores: np.ndarray, score_threshold: float = 0.3, margin: float = 0.08
+) -> tuple[np.ndarray, np.ndarray]:
+    """Person boxes from keypoints, for frames between detector runs.
+
+    keypoints (N,K,2), keypoint_scores (N,K) -> boxes (N,4) xyxy around the confident keypoints,
+    widened by ``margin`` of their size on each side and twice that above (the crown of the head lies
+    above the highest keypoint), and scores (N,): the mean confident keypoint score. A person with
+    fewer than two confident keypoints gets a NaN box and score 0, which ``update`` ignores.
+    """
+    keypoints = np.asarray(keypoints, np.float64)
+    keypoint_scores = np.nan_to_num(np.asarray(keypoint_scores, np.float64), nan=0.0)
+    if keypoints.ndim != 3 or keypoints.shape[2] != 2 or keypoint_scores.shape != keypoints.shape[:2]:
+        raise ValueError(
+            "need keypoints (N, K, 2) and keypoint_scores (N, K), "
+            f"got {keypoints.shape} and {keypoint_scores.shape}"
+        )
+    good = (keypoint_scores >= score_threshold) & np.isfinite(keypoints).all(axis=-1)
+    enough = good.sum(axis=1) >= 2
+    lo = np.where(good[..., None], keypoints, np.inf).min(axis=1)
+    hi = np.where(good[..., None], keypoints, -np.inf).max(axis=1)
+    size = np.where(enough[:, None], hi - lo, 0.0)
+    pad = margin * size
+    boxes = np.concatenate([lo - pad * np.array([1.0, 2.0]), hi + pad], axis=1)
+    boxes[~enough] = np.nan
+    count = np.maximum(good.sum(axis=1), 1)
+    scores = np.where(enough, (keypoint_scores * good).sum(axis=1) / count, 0.0)
+    return boxes, scores
 
 
 def _assign(similarity: np.ndarray, min_similarity: float) -> tuple[np.ndarray, np.ndarray]:
@@ -150,6 +198,8 @@ class PersonTracker:
         birth_suppress_iou: float = 0.7,
         recovery_max_gap: float = 0.3,
         reupdate_gaps: bool = True,
+        lost_buffer: float = 0.5,
+        lost_buffer_weight: float = 0.7,
         fuse_score: bool = True,
         pose_weight: float = 0.5,
         keypoint_threshold: float = 0.3,
@@ -179,6 +229,8 @@ class PersonTracker:
         self.birth_suppress_iou = birth_suppress_iou
         self.recovery_max_gap = recovery_max_gap
         self.reupdate_gaps = reupdate_gaps
+        self.lost_buffer = lost_buffer
+        self.lost_buffer_weight = lost_buffer_weight
         self.fuse_score = fuse_score
         self.pose_weight = pose_weight
         self.keypoint_threshold = keypoint_threshold
@@ -243,8 +295,7 @@ class PersonTracker:
             fuse=True,
         )
 
-        for det, track in det_track.items():
-            self._observe(track, boxes[det], float(scores[det]), timestamp, keypoints, visible, det)
+        self._observe(det_track, boxes, scores, timestamp, keypoints, visible)
         for track in pool:
             if track.state is TrackState.TRACKED:
                 track.state = TrackState.LOST
@@ -327,10 +378,12 @@ class PersonTracker:
             cov = np.stack([t.cov for t in self._tracks])
             dt = np.array([(timestamp - t.time) * self.frame_rate for t in self._tracks])
             mean, cov = kalman.predict(mean, cov, dt)
-            for track, m, c in zip(self._tracks, mean, cov, strict=True):
-                # A height driven below zero by extrapolation would break the box geometry.
-                m[3] = max(m[3], 1.0)
-                track.mean, track.cov, track.time = m, c, timestamp
+            # A height driven below zero by extrapolation would break the box geometry.
+            mean[:, 3] = np.maximum(mean[:, 3], 1.0)
+            boxes = kalman.xyah_to_xyxy(mean[:, :4])
+            for track, m, c, b in zip(self._tracks, mean, cov, boxes, strict=True):
+                track.set_state(m, c, b)
+                track.time = timestamp
         return timestamp
 
     def _similarity(
@@ -345,10 +398,27 @@ class PersonTracker:
     ) -> np.ndarray:
         predicted = np.stack([t.predicted_box for t in tracks])
         similarity = box_iou(predicted, boxes[dets])
+        if self.lost_buffer > 0:
+            similarity = self._buffered_for_lost(similarity, tracks, predicted, boxes[dets])
         if keypoints is not None and self.pose_weight > 0:
             similarity = self._blend_oks(similarity, tracks, predicted, dets, boxes, keypoints, visible)
         if fuse and self.fuse_score:
             similarity = similarity * scores[dets][None, :]
+        return similarity
+
+    def _buffered_for_lost(
+        self, similarity: np.ndarray, tracks: list[_Track], predicted: np.ndarray, det_boxes: np.ndarray
+    ) -> np.ndarray:
+        """IoU of enlarged boxes for lost tracks (C-BIoU): the longer a track is unseen, the less its
+        predicted box can be trusted to overlap the person's new box."""
+        lost = np.array([t.state is TrackState.LOST for t in tracks])
+        if not lost.any():
+            return similarity
+        gap = np.array([(self._time - t.obs_time) * self.frame_rate for t in tracks])[lost]
+        grow = self.lost_buffer * np.minimum(gap / 10.0, 1.0)
+        buffered = box_iou(_enlarge(predicted[lost], grow), _enlarge(det_boxes, np.full(len(det_boxes), 0.0)))
+        similarity = similarity.copy()
+        similarity[lost] = np.maximum(similarity[lost], buffered * self.lost_buffer_weight)
         return similarity
 
     def _blend_oks(
@@ -420,29 +490,44 @@ class PersonTracker:
 
     def _observe(
         self,
-        track: _Track,
-        box: np.ndarray,
-        score: float,
+        det_track: dict[int, _Track],
+        boxes: np.ndarray,
+        scores: np.ndarray,
         timestamp: float,
         keypoints: np.ndarray | None,
         visible: np.ndarray | None,
-        det: int,
     ) -> None:
-        measurement = kalman.xyxy_to_xyah(box[None])
-        gap = (timestamp - track.obs_time) * self.frame_rate
-        if self.reupdate_gaps and gap > 1.5 and track.state is not TrackState.TENTATIVE:
-            mean, cov = self._reupdate_over_gap(track, box, gap)
-        else:
-            mean, cov = kalman.update(track.mean[None], track.cov[None], measurement)
-        track.mean, track.cov = mean[0], cov[0]
-        track.obs_mean, track.obs_cov = track.mean.copy(), track.cov.copy()
-        track.box, track.score, track.obs_time = box.copy(), score, timestamp
-        track.hits += 1
-        if keypoints is not None:
-            track.keypoints, track.keypoint_visible = keypoints[det].copy(), visible[det].copy()
-        if track.state is TrackState.TENTATIVE:
-            track.track_id = self._take_id()
-        track.state = TrackState.TRACKED
+        """Correct every matched track with its detection: one batched Kalman update, except tracks
+        coming back after a gap, which are re-estimated along the gap."""
+        if not det_track:
+            return
+        dets = np.array(list(det_track), dtype=np.int64)
+        tracks = list(det_track.values())
+        gaps = np.array([(timestamp - t.obs_time) * self.frame_rate for t in tracks])
+        returning = np.array([t.state is not TrackState.TENTATIVE for t in tracks]) & (gaps > 1.5)
+        returning &= self.reupdate_gaps
+        direct = np.flatnonzero(~returning)
+        if len(direct):
+            mean, cov = kalman.update(
+                np.stack([tracks[i].mean for i in direct]),
+                np.stack([tracks[i].cov for i in direct]),
+                kalman.xyxy_to_xyah(boxes[dets[direct]]),
+            )
+            state_boxes = kalman.xyah_to_xyxy(mean[:, :4])
+            for i, m, c, b in zip(direct, mean, cov, state_boxes, strict=True):
+                tracks[i].set_state(m, c, b)
+        for i in np.flatnonzero(returning):
+            mean, cov = self._reupdate_over_gap(tracks[i], boxes[dets[i]], gaps[i])
+            tracks[i].set_state(mean[0], cov[0])
+        for det, track in zip(dets, tracks, strict=True):
+            track.obs_mean, track.obs_cov = track.mean.copy(), track.cov.copy()
+            track.box, track.score, track.obs_time = boxes[det].copy(), float(scores[det]), timestamp
+            track.hits += 1
+            if keypoints is not None:
+                track.keypoints, track.keypoint_visible = keypoints[det].copy(), visible[det].copy()
+            if track.state is TrackState.TENTATIVE:
+                track.track_id = self._take_id()
+            track.state = TrackState.TRACKED
 
     def _reupdate_over_gap(self, track: _Track, box: np.ndarray, gap: float) -> tuple[np.ndarray, np.ndarray]:
         """OC-SORT's re-update: from the state at the last observation, step along a straight virtual
@@ -484,8 +569,9 @@ class PersonTracker:
         mean, cov = kalman.initiate(kalman.xyxy_to_xyah(boxes[dets]))
         for det, m, c in zip(dets, mean, cov, strict=True):
             track = _Track(
-                mean=m, cov=c, time=timestamp, box=boxes[det].copy(), score=float(scores[det]),
-                start_time=timestamp, obs_time=timestamp, obs_mean=m.copy(), obs_cov=c.copy(),
+                mean=m, cov=c, time=timestamp, predicted_box=boxes[det].copy(), box=boxes[det].copy(),
+                score=float(scores[det]), start_time=timestamp, obs_time=timestamp,
+                obs_mean=m.copy(), obs_cov=c.copy(),
             )
             if keypoints is not None:
                 track.keypoints, track.keypoint_visible = keypoints[det].copy(), visible[det].copy()
