@@ -83,9 +83,10 @@ def _log_neighbourhood(
     flat = blurred.flatten(2)
     # The rescaled value is blurred * peak / blurred_max with blurred_max in [max of the nine, peak]: the
     # clamp cannot bite when every value stays above `low` and the peak below `high` (with margins).
+    # Maps without a positive peak are never refined (zero padding of a batch, empty maps): skip them.
     safe = (flat.amin(dim=-1) > low * 1.001) & (peak_value < high * 0.999)
     log_values = blurred.clamp_min(low).log()
-    unsure = (~safe).nonzero(as_tuple=True)
+    unsure = (~safe & (peak_value > 0)).nonzero(as_tuple=True)
     if unsure[0].numel():
         maps = heatmaps[unsure]  # (M, h, w)
         blur_max = _full_blur_max(maps, kernel)

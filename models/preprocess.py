@@ -231,12 +231,15 @@ def crop_and_warp(
     enlarging = (affine[:, 0, 0] <= 1) & (affine[:, 1, 1] <= 1)
     # One group per (frame, taps, cubic or not): a few grid_sample launches, never one per person.
     group_key = (frame_index * (MAX_SUPERSAMPLE + 1) + taps) * 2 + enlarging.long()
+    images: dict[int, torch.Tensor] = {}  # each frame converted to float once
     for key in torch.unique(group_key).tolist():
         members = (group_key == key).nonzero().squeeze(1)
         f = int(frame_index[members[0]])
         k = int(taps[members[0]])
         cubic = bool(enlarging[members[0]])
-        image = frames[f].permute(2, 0, 1).unsqueeze(0).float()
+        if f not in images:
+            images[f] = frames[f].permute(2, 0, 1).unsqueeze(0).float()
+        image = images[f]
         per_chunk = max(1, _MAX_TAPS_PER_CHUNK // (out_hw[0] * out_hw[1] * k * k))
         for chunk in members.split(per_chunk):
             pixels[chunk] = _warp_group(image, affine[chunk], out_hw, k, cubic)
