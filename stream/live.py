@@ -202,6 +202,7 @@ class _Connection:
         self.last_frame = self.started
         self.opened = False
         self.frames = 0
+        self.last_pts: int | None = None  # in the stream's time base
         self.error: str | None = None
         self.abandoned = False
         self.finished = threading.Event()
@@ -426,7 +427,7 @@ class LiveSource:
                 connection.last_frame = time.monotonic()
                 for packet in container.demux(stream):
                     for av_frame in packet.decode():
-                        if not self._deliver(connection, av_frame):
+                        if not self._deliver(connection, av_frame, _frame_pts(connection, av_frame, stream)):
                             return
                     if connection.abandoned:
                         return
@@ -446,11 +447,11 @@ class LiveSource:
             self._set_state("closed")
             self._cond.notify_all()
 
-    def _deliver(self, connection: _Connection, av_frame: av.VideoFrame) -> bool:
+    def _deliver(self, connection: _Connection, av_frame: av.VideoFrame, pts_raw: int | None) -> bool:
         """Hand one decoded frame to the consumer; False when this connection must stop."""
         image = av_frame.to_ndarray(format="rgb24")
         time_base = Fraction(av_frame.time_base) if av_frame.time_base is not None else None
-        pts = float(av_frame.pts * time_base) if av_frame.pts is not None and time_base else None
+        pts = float(pts_raw * time_base) if pts_raw is not None and time_base else None
         size = (image.shape[1], image.shape[0])
         with self._cond:
             if connection.abandoned or self._stop.is_set():
@@ -473,7 +474,7 @@ class LiveSource:
                 time_base=time_base,
                 capture_time=time.time(),
                 segment=self._segment,
-                pts_raw=av_frame.pts,
+                pts_raw=pts_raw,
             )
             self._index += 1
             connection.frames += 1
@@ -493,6 +494,29 @@ class LiveSource:
         if self.stats is not None:
             self.stats.frame_in()
         return True
+
+
+def _frame_pts(connection: _Connection, av_frame: av.VideoFrame, stream) -> int | None:
+    """The frame's pts, or an estimate when it has none (RTSP's first frame arrives before the RTCP
+    timing sync): one frame after the previous one, or one frame before the stream's first known pts.
+    Downstream stages then always see increasing timestamps within a segment."""
+    pts = av_frame.pts
+    if pts is None:
+        step = av_frame.duration or _frame_step(stream)
+        if step and connection.last_pts is not None:
+            pts = connection.last_pts + step
+        elif step and stream.start_time is not None:
+            pts = stream.start_time - step
+    if pts is not None:
+        connection.last_pts = pts
+    return pts
+
+
+def _frame_step(stream) -> int | None:
+    rate = stream.average_rate or stream.guessed_rate
+    if not rate or not stream.time_base:
+        return None
+    return max(1, round(1 / (Fraction(rate) * Fraction(stream.time_base))))
 
 
 def _one_line(text: str) -> str:
