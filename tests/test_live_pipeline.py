@@ -108,7 +108,7 @@ def screenshot_preview(url: str, directory: Path) -> np.ndarray:
     command = [
         "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={directory / 'chromium'}", f"--screenshot={shot}", "--window-size=1400,400",
+        f"--user-data-dir={directory / 'chromium'}", f"--screenshot={shot}", "--window-size=1200,500",
         "--timeout=5000", url,
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
