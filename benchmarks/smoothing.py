@@ -13,9 +13,9 @@ away, with the low score a pose model gives them). Per case, raw against smoothe
 
 Masks: a moving figure of 3 parts over background (4 classes), 160x128, 60 frames; per-frame noisy
 logits -> probabilities. Flicker = share of pixels whose label changes from one frame to the next
-while the true label does not; mIoU over classes, mean over frames. Modes: a crop that follows the
-person (previous map carried by the box shift), and a full frame (carried by DIS optical flow on the
-rendered image).
+while the true label does not; mIoU over classes, mean over frames. Modes: a crop cut around the
+jittery detected box (previous map carried by the box shift, then optical flow), and a full frame
+(carried by DIS optical flow on the probabilities or on a rendered image, or not at all).
 
 Run: ``.venv/bin/python benchmarks/smoothing.py [--out FILE]``.
 """
@@ -127,6 +127,18 @@ def time_keypoint_smoother(persons: int = 10, frames: int = 200) -> float:
     return 1000.0 * (time.perf_counter() - start) / frames
 
 
+def time_seg_smoother(height: int, width: int, classes: int = 29, frames: int = 6) -> float:
+    """ms per call of the default SegmentationSmoother on a full-frame (C,H,W) map."""
+    rng = np.random.default_rng(0)
+    maps = rng.dirichlet(np.ones(classes), (frames, height, width)).astype(np.float32).transpose(0, 3, 1, 2)
+    seg = SegmentationSmoother()
+    seg(maps[0], 0.0)
+    start = time.perf_counter()
+    for i in range(1, frames):
+        seg(maps[i], i / FPS)
+    return 1000.0 * (time.perf_counter() - start) / (frames - 1)
+
+
 def mean_cases(runs: list[dict]) -> dict:
     return {
         which: {k: round(float(np.mean([r[which][k] for r in runs])), 5) for k in runs[0][which]}
@@ -223,8 +235,10 @@ def run_crop_case(seg: SegmentationSmoother, seed: int, frames: int = 60) -> dic
     return mask_scores(raws, smooths, truths)
 
 
-def run_full_frame_case(seg: SegmentationSmoother, seed: int, frames: int = 60) -> dict:
-    """Full frames of a static camera; the rendered grey image is given for optical flow."""
+def run_full_frame_case(
+    seg: SegmentationSmoother, seed: int, frames: int = 60, with_image: bool = False
+) -> dict:
+    """Full frames of a static camera; optionally the rendered grey image is given for optical flow."""
     rng = np.random.default_rng(seed)
     texture = cv2.GaussianBlur(rng.integers(0, 255, MASK_SIZE).astype(np.uint8), (0, 0), 1.0)
     truths, raws, smooths = [], [], []
@@ -232,7 +246,8 @@ def run_full_frame_case(seg: SegmentationSmoother, seed: int, frames: int = 60) 
         cx, cy = walk(f)
         labels = figure_labels(cx, cy)
         probs = noisy_probs(labels, rng)
-        smooths.append(seg(probs, f / FPS, key=0, image=render(labels, texture, cx, cy)).argmax(axis=0))
+        image = render(labels, texture, cx, cy) if with_image else None
+        smooths.append(seg(probs, f / FPS, key=0, image=image).argmax(axis=0))
         truths.append(labels)
         raws.append(probs.argmax(axis=0))
     return mask_scores(raws, smooths, truths)
@@ -253,9 +268,12 @@ def main() -> None:
 
     masks = {}
     for mode, run_case, make in (
-        ("crop, box shift", run_crop_case, SegmentationSmoother),
-        ("full frame, DIS flow", run_full_frame_case, lambda: SegmentationSmoother(flow=True)),
-        ("full frame, no motion compensation", run_full_frame_case, SegmentationSmoother),
+        ("crop: box shift + flow (default)", run_crop_case, SegmentationSmoother),
+        ("crop: box shift only", run_crop_case, lambda: SegmentationSmoother(flow=False)),
+        ("full frame: flow on probabilities (default)", run_full_frame_case, SegmentationSmoother),
+        ("full frame: flow on the image", lambda seg, seed: run_full_frame_case(seg, seed, with_image=True),
+         SegmentationSmoother),
+        ("full frame: no motion compensation", run_full_frame_case, lambda: SegmentationSmoother(flow=False)),
     ):
         masks[mode] = mean_cases([run_case(make(), seed) for seed in range(args.seeds)])
         raw, smoothed = masks[mode]["raw"], masks[mode]["smoothed"]
@@ -275,6 +293,10 @@ def main() -> None:
             },
             "masks": masks,
             "mask_target": "flicker >= 5x lower, mIoU not below the raw masks'",
+            "seg_ms_per_frame_29_classes": {
+                f"{h}x{w}": round(time_seg_smoother(h, w), 1)
+                for h, w in ((192, 256), (384, 512), (768, 1024))
+            },
         },
         args.out,
     )

@@ -20,7 +20,8 @@ without images or re-ID), each with its shipped configuration.
 Detect every k frames: our tracker with the detector run on every k-th frame only; in between, either
 the tracker's predicted boxes are the output (``predict``), or the pose model, run on the predicted
 crops, gives a fresh box of the person it finds there (``pose-refresh``, simulated as the ground-truth
-box under that crop with a small jitter, and fed back to the tracker).
+box under that crop with a small jitter, none for a person more than 70 % hidden, and fed back to the
+tracker). Newcomers are only found on detector frames.
 
 Run: ``.venv/bin/python benchmarks/tracking.py [--seeds 5] [--out FILE]``.
 """
@@ -226,24 +227,31 @@ def run_detect_every_k(seq: Sequence, dets: list[FrameDetections], k: int, refre
         if not refresh:
             ids, boxes = ids[ids >= 0], boxes[ids >= 0]
         else:
-            boxes, found = pose_boxes(boxes, seq.gt_boxes[frame], rng)
-            new_ids = tracker.update(boxes[found], np.full(int(found.sum()), 0.8), t)
+            boxes, found, scores = pose_boxes(boxes, seq.gt_boxes[frame], rng)
+            new_ids = tracker.update(boxes[found], scores[found], t)
             ids, boxes = new_ids[new_ids >= 0], boxes[found][new_ids >= 0]
         outputs.append((ids, boxes))
     return evaluate(seq, outputs)
 
 
-def pose_boxes(crops: np.ndarray, gt: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Boxes from keypoints found in each predicted crop: the person mostly inside it, if any."""
+def pose_boxes(
+    crops: np.ndarray, gt: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Boxes from keypoints found in each predicted crop: the person mostly inside it, unless hidden.
+
+    Returns boxes (M,4), found (M,) bool, scores (M,): a person more than 70 % covered by others yields
+    no confident keypoints; a partly covered one yields lower scores, as with the detector.
+    """
     if len(crops) == 0 or len(gt) == 0:
-        return crops, np.zeros(len(crops), bool)
+        return crops, np.zeros(len(crops), bool), np.zeros(len(crops))
     iou = box_iou(crops, gt)
     best = iou.argmax(axis=1)
-    found = iou[np.arange(len(crops)), best] >= 0.3
+    covered = occlusion(gt)[best]
+    found = (iou[np.arange(len(crops)), best] >= 0.3) & (covered < 0.7)
     boxes = gt[best].copy()
     wh = np.repeat(boxes[:, 2:] - boxes[:, :2], 2, axis=0).reshape(-1, 4)
     boxes += rng.normal(0, 0.02, boxes.shape) * wh
-    return boxes, found
+    return boxes, found, 0.85 * (1.0 - 0.65 * covered)
 
 
 def summarise(runs: list[dict]) -> dict:

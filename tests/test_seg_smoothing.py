@@ -48,15 +48,16 @@ def test_static_scene_flicker_drops_and_accuracy_rises():
 def test_shift_carries_the_previous_map_with_the_person():
     # Clean maps of a disc moving 3 px per frame: carried by the right shift, the blend stays sharp
     # and on the disc; without the shift it would smear behind.
-    seg = SegmentationSmoother(mode="ema", time_constant=0.2)
+    seg = SegmentationSmoother(mode="ema", time_constant=0.2, flow=False)
     previous = np.eye(3, dtype=np.float64)[:2]
     for f in range(12):
         truth = disc_labels(15 + 3 * f, 24)
         probs = np.eye(C, dtype=np.float32)[truth].transpose(2, 0, 1)
         shift = None if f == 0 else crop_shift(previous, previous, motion=(3.0, 0.0))
         out = seg(probs, f / FPS, shift=shift)
+        np.testing.assert_allclose(out.sum(axis=0), 1.0, atol=1e-4)  # also where the shift uncovers
     assert np.mean(out.argmax(axis=0) == truth) > 0.99
-    unshifted = SegmentationSmoother(mode="ema", time_constant=0.2)
+    unshifted = SegmentationSmoother(mode="ema", time_constant=0.2, flow=False)
     for f in range(12):
         truth = disc_labels(15 + 3 * f, 24)
         lagging = unshifted(np.eye(C, dtype=np.float32)[truth].transpose(2, 0, 1), f / FPS)
@@ -77,7 +78,7 @@ def test_optical_flow_follows_a_moving_textured_person():
     texture = cv2.GaussianBlur(rng.integers(0, 255, (H, W)).astype(np.uint8), (0, 0), 1.0)
     figure = cv2.GaussianBlur(rng.integers(0, 255, (H, W)).astype(np.uint8), (0, 0), 1.0)
     flow_seg = SegmentationSmoother(flow=True, time_constant=0.2)
-    plain_seg = SegmentationSmoother(time_constant=0.2)
+    plain_seg = SegmentationSmoother(flow=False, time_constant=0.2)
     scores = {"flow": [], "plain": []}
     for f in range(20):
         cx = 15 + 1.5 * f

@@ -6,11 +6,10 @@ the capture time for live sources); call ``reset()`` on all of them at EOS / a n
     tracker = PersonTracker(frame_rate=fps)
     boxes_sm, points_sm, seg_sm = BoxSmoother(), KeypointSmoother(), SegmentationSmoother()
 
-    # a frame with detector output
-    ids = tracker.update(boxes, scores, t, keypoints=None)   # keypoints of the previous frame, if any
-    crop_boxes = boxes_sm(ids, boxes, t)                      # steadier crops (ids < 0 pass through)
-    ...pose on crop_boxes...
-    keypoints = points_sm(ids, keypoints, keypoint_scores, t)
+    # a frame with detector output, after pose (tracking comes after the model in the pipeline)
+    ids = tracker.update(boxes, scores, t, keypoints, keypoint_scores)   # keypoints optional (OKS)
+    boxes = boxes_sm(ids, boxes, t)                           # steadier boxes, the next crops' basis
+    keypoints = points_sm(ids, keypoints, keypoint_scores, t) # ids < 0 pass through unchanged
     probs = seg_sm(probs, t, key=0, image=frame_rgb)          # full frame (flow=True to follow motion)
     probs = seg_sm(crop_probs, t, key=int(track_id), shift=crop_shift(prev_crop_to_frame, crop_to_frame,
                                                                        motion))  # per-track crops

@@ -9,9 +9,12 @@ moving person leaves a trail. Two ways to carry it:
   following the person. For a crop, ``crop_shift`` builds it from the two crops' transforms and the
   person's motion (the box shift: previous crop -> frame, moved with the person -> current crop);
   for a full frame of a static camera it is None (identity).
-- ``flow=True``: OpenCV's DIS optical flow from the current to the previous frame (on the grey image
-  passed as ``image``, or, without one, on the foreground probability) warps the previous map pixel
-  by pixel, for full-frame maps of moving people.
+- ``flow=True`` (default): OpenCV's DIS optical flow from the current to the previous frame warps
+  the previous map pixel by pixel, for full-frame maps of moving people (after ``shift``, if given).
+  It runs on the grey image passed as ``image`` or, without one, on the foreground probability, at
+  most ``flow_max_side`` px wide or high (cheap, and the motion of a person is smooth anyway). With
+  an image, pixels where the warped previous image disagrees with the current one (the flow failed:
+  occlusion boundaries, fast limbs) get less history.
 
 Then the carried map and the current one are blended: ``"ema"`` with a factor from the elapsed time
 and ``time_constant``; ``"uncertainty"`` weights each pixel's two maps by their confidence (max class
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 from dataclasses import dataclass
+from functools import partial
 
 import cv2
 import numpy as np
@@ -40,6 +44,7 @@ class _MapState:
     probs: np.ndarray  # (H, W, C) float32, channels last for OpenCV
     time: float
     guide: np.ndarray | None  # (H, W) uint8 image the flow is computed on
+    guide_is_image: bool = False  # the guide is the camera image (else the foreground probability)
 
 
 class SegmentationSmoother:
@@ -54,9 +59,10 @@ class SegmentationSmoother:
     def __init__(
         self,
         mode: str = "uncertainty",
-        time_constant: float = 0.08,
-        flow: bool = False,
-        flow_preset: str = "medium",
+        time_constant: float = 0.1,
+        flow: bool = True,
+        flow_preset: str = "fast",
+        flow_max_side: int = 320,
         flow_tolerance: float = 12.0,
         background_class: int = 0,
         forget_after: float = 1.0,
@@ -71,6 +77,7 @@ class SegmentationSmoother:
         self.time_constant = float(time_constant)
         self.flow = flow
         self.flow_tolerance = float(flow_tolerance)
+        self.flow_max_side = int(flow_max_side)
         self.background_class = background_class
         self.forget_after = float(forget_after)
         self._states: dict[Hashable, _MapState] = {}
@@ -90,20 +97,24 @@ class SegmentationSmoother:
         probs = np.asarray(probs)
         if probs.ndim != 3:
             raise ValueError(f"probs must be (C, H, W), got shape {probs.shape}")
-        current = np.ascontiguousarray(np.nan_to_num(probs.astype(np.float32)).transpose(1, 2, 0))
+        # Always a private copy: the smoother's state is updated in place later.
+        current = np.array(probs.astype(np.float32, copy=False).transpose(1, 2, 0), order="C", copy=True)
+        if not np.isfinite(current.sum()):  # one cheap pass; clean only when needed
+            current = np.nan_to_num(current, nan=0.0, posinf=1.0, neginf=0.0)
         timestamp = float(timestamp)
         self._forget(timestamp)
         guide = self._guide(current, image) if self.flow else None
+        from_image = image is not None
         state = self._states.get(key)
         if state is not None and timestamp < state.time:
             raise ValueError(f"timestamp went backwards for key {key!r}; call reset() at a new segment")
         if state is None or (shift is None and state.probs.shape != current.shape):
-            self._states[key] = _MapState(current, timestamp, guide)
+            self._states[key] = _MapState(current, timestamp, guide, from_image)
             return current.transpose(2, 0, 1).copy()
 
-        carried, covered = self._carry(state, current.shape[:2], shift, guide)
+        carried, covered = self._carry(state, current.shape[:2], shift, guide, from_image)
         blended = self._blend(current, carried, covered, timestamp - state.time)
-        self._states[key] = _MapState(blended, timestamp, guide)
+        self._states[key] = _MapState(blended, timestamp, guide, from_image)
         return blended.transpose(2, 0, 1).copy()
 
     def _forget(self, timestamp: float) -> None:
@@ -124,7 +135,12 @@ class SegmentationSmoother:
         return image.astype(np.uint8, copy=False)
 
     def _carry(
-        self, state: _MapState, size: tuple[int, int], shift: np.ndarray | None, guide: np.ndarray | None
+        self,
+        state: _MapState,
+        size: tuple[int, int],
+        shift: np.ndarray | None,
+        guide: np.ndarray | None,
+        from_image: bool,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The previous map in the current geometry, and (H,W) float coverage of valid history."""
         height, width = size
@@ -134,25 +150,37 @@ class SegmentationSmoother:
             matrix = np.asarray(shift, dtype=np.float64)
             if matrix.shape != (2, 3):
                 raise ValueError(f"shift must be a (2, 3) affine matrix, got shape {matrix.shape}")
-            previous = _warp_affine(previous, matrix, width, height)
-            coverage = _warp_affine(coverage, matrix, width, height)
+            support = _warp_affine(coverage, matrix, width, height)
+            previous = _renormalise(_warp_affine(previous, matrix, width, height), support)
+            coverage = support
         if self._dis is not None and state.guide is not None and guide is not None:
             previous_guide = state.guide
             if shift is not None:
                 previous_guide = _warp_affine(previous_guide, np.asarray(shift, np.float64), width, height)
-            previous, coverage = self._follow_flow(previous, coverage, previous_guide, guide)
+            photometric = from_image and state.guide_is_image
+            previous, coverage = self._follow_flow(previous, coverage, previous_guide, guide, photometric)
         return previous, coverage
 
     def _follow_flow(
-        self, previous: np.ndarray, coverage: np.ndarray, previous_guide: np.ndarray, guide: np.ndarray
+        self,
+        previous: np.ndarray,
+        coverage: np.ndarray,
+        previous_guide: np.ndarray,
+        guide: np.ndarray,
+        photometric: bool,
     ) -> tuple[np.ndarray, np.ndarray]:
-        # Flow from the current frame to the previous one: where each current pixel came from.
-        flow = self._dis.calc(guide, previous_guide, None)
+        flow = self._flow(guide, previous_guide)
         height, width = guide.shape
         grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
         map_x, map_y = grid_x + flow[..., 0], grid_y + flow[..., 1]
-        previous = cv2.remap(previous, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-        coverage = cv2.remap(coverage, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        warp = partial(cv2.remap, map1=map_x, map2=map_y, interpolation=cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_CONSTANT)
+        support = warp(np.ones_like(coverage))
+        previous = _renormalise(warp(previous).reshape(height, width, -1), support)
+        coverage = warp(coverage)
+        if not photometric:
+            # A probability guide is itself noisy: comparing it would only measure its noise.
+            return previous.reshape(height, width, -1), coverage
         # Where the warped previous image does not look like the current one, the flow is wrong
         # (occlusion boundaries, fast limbs): trust the history there less.
         warped_guide = cv2.remap(
@@ -162,17 +190,40 @@ class SegmentationSmoother:
         coverage = coverage * np.clip(1.0 - mismatch / self.flow_tolerance, 0.0, 1.0)
         return previous.reshape(height, width, -1), coverage
 
+    def _flow(self, guide: np.ndarray, previous_guide: np.ndarray) -> np.ndarray:
+        """(H,W,2) flow from the current guide to the previous one (where each pixel came from),
+        computed at most ``flow_max_side`` px wide or high and scaled back up."""
+        height, width = guide.shape
+        scale = min(1.0, self.flow_max_side / max(height, width))
+        if scale >= 1.0:
+            return self._dis.calc(guide, previous_guide, None)
+        small = (max(round(width * scale), 8), max(round(height * scale), 8))
+        flow = self._dis.calc(
+            cv2.resize(guide, small, interpolation=cv2.INTER_AREA),
+            cv2.resize(previous_guide, small, interpolation=cv2.INTER_AREA),
+            None,
+        )
+        flow = cv2.resize(flow, (width, height), interpolation=cv2.INTER_LINEAR)
+        flow[..., 0] *= width / small[0]
+        flow[..., 1] *= height / small[1]
+        return flow
+
     def _blend(self, current: np.ndarray, carried: np.ndarray, covered: np.ndarray, dt: float) -> np.ndarray:
+        """Per-pixel convex combination; ``carried`` (a fresh warp or the replaced state) is reused."""
         alpha = 1.0 - np.exp(-max(dt, 0.0) / self.time_constant)  # weight of the current map
-        history = (1.0 - alpha) * np.clip(covered, 0.0, 1.0)[..., None]  # (H,W,1)
+        history = (1.0 - alpha) * np.clip(covered, 0.0, 1.0)  # (H,W)
         present = np.full_like(history, alpha)
         if self.mode == "uncertainty":
-            present = present * current.max(axis=-1, keepdims=True)
-            history = history * carried.max(axis=-1, keepdims=True)
-        total = np.maximum(present + history, 1e-6)
-        blended = (present * current + history * carried) / total
+            present *= current.max(axis=-1)
+            history *= carried.max(axis=-1)
+        total = present + history
+        empty = total <= 1e-6
         # Pixels with neither weight (nothing carried, zero confidence) keep the current map.
-        return np.where(present + history > 1e-6, blended, current).astype(np.float32)
+        present = np.where(empty, 1.0, present / np.maximum(total, 1e-6)).astype(np.float32)
+        history = np.where(empty, 0.0, history / np.maximum(total, 1e-6)).astype(np.float32)
+        blended = np.multiply(carried, history[..., None], out=carried)
+        blended += current * present[..., None]
+        return blended
 
 
 def crop_shift(
@@ -190,6 +241,13 @@ def crop_shift(
     current = np.vstack([np.asarray(crop_to_frame, np.float64).reshape(2, 3), [0.0, 0.0, 1.0]])
     moved = np.array([[1.0, 0.0, motion[0]], [0.0, 1.0, motion[1]], [0.0, 0.0, 1.0]])
     return (np.linalg.inv(current) @ moved @ previous)[:2]
+
+
+def _renormalise(warped: np.ndarray, support: np.ndarray) -> np.ndarray:
+    """Undo the fade towards the zero border that bilinear warping mixes into edge pixels."""
+    factor = np.where(support > 1e-3, 1.0 / np.maximum(support, 1e-3), 0.0).astype(np.float32)
+    warped *= factor.reshape(*factor.shape[:2], 1)
+    return warped
 
 
 def _warp_affine(array: np.ndarray, matrix: np.ndarray, width: int, height: int) -> np.ndarray:
