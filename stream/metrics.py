@@ -29,7 +29,10 @@ log = logging.getLogger(__name__)
 
 # Latency histogram bucket bounds (seconds): live overlays care about tens of milliseconds, analytics
 # about whether anything falls past the staleness budget (0.5 s by default).
-LATENCY_BUCKETS = (0.01, 0.02, 0.033, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
+LATENCY_BUCKETS = (
+    0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.035, 0.04, 0.05, 0.06, 0.075, 0.1, 0.125, 0.15, 0.2, 0.3, 0.5,
+    0.75, 1.0, 2.0, 5.0,
+)
 
 # scheme://userinfo@host... anywhere in a text (error messages of FFmpeg quote the URL they failed on).
 _URL_WITH_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^\s/@'\"]+)@")
