@@ -91,7 +91,7 @@ class SourceStats:
         self.frames_in = 0
         self.frames_out = 0
         self.reconnects = 0
-        self.state = "starting"
+        self.state: str | None = None  # set by sources that know it (LiveSource); None otherwise
         self.drops_by_cause: dict[str, int] = {}
         self._in_times: deque[float] = deque(maxlen=max_samples)
         self._out_samples: deque[tuple[float, float]] = deque(maxlen=max_samples)  # (time, latency)
@@ -131,7 +131,7 @@ class SourceStats:
         with self._lock:
             self.reconnects += 1
 
-    def set_state(self, state: str) -> None:
+    def set_state(self, state: str | None) -> None:
         """The source's connection state (``connecting``, ``streaming``, ``reconnecting``, ...)."""
         with self._lock:
             self.state = state
@@ -192,8 +192,9 @@ def format_stats_line(name: str, summary: dict) -> str:
 
     causes = ", ".join(f"{cause} {count}" for cause, count in sorted(summary["drops_by_cause"].items()))
     drops = f"{summary['drops']}" + (f" ({causes})" if causes else "")
+    state = f" [{summary['state']}]" if summary.get("state") else ""
     return (
-        f"{name} [{summary['state']}]: in {summary['fps_in']:.1f} fps, out {summary['fps_out']:.1f} fps, "
+        f"{name}{state}: in {summary['fps_in']:.1f} fps, out {summary['fps_out']:.1f} fps, "
         f"drops {drops}, latency p50 {ms(summary['latency_p50'])} ms p95 {ms(summary['latency_p95'])} ms, "
         f"reconnects {summary['reconnects']}"
     )
@@ -269,8 +270,11 @@ class _StatsCollector(Collector):
             "sapiens_stream_stage_seconds", "Median time per stage over the stats window",
             labels=["source", "stage"],
         )
-        up = GaugeMetricFamily("sapiens_stream_source_up", "1 while the source delivers frames",
-                               labels=["source"])
+        up = GaugeMetricFamily(
+            "sapiens_stream_source_up",
+            "1 while the source delivers frames (state streaming, or unknown with recent frames)",
+            labels=["source"],
+        )
         latency = HistogramMetricFamily(
             "sapiens_stream_latency_seconds", "Capture to render latency", labels=["source"]
         )
@@ -289,7 +293,9 @@ class _StatsCollector(Collector):
                     quantiles.add_metric([name, label], summary[key])
             for stage, seconds in summary["stage_p50"].items():
                 stage_times.add_metric([name, stage], seconds)
-            up.add_metric([name], 1.0 if summary["state"] == "streaming" else 0.0)
+            delivering = summary["fps_in"] > 0 or summary["fps_out"] > 0
+            streaming = summary["state"] == "streaming" or (summary["state"] is None and delivering)
+            up.add_metric([name], 1.0 if streaming else 0.0)
             buckets, total = stats.latency_histogram()
             latency.add_metric([name], buckets, total)
         yield from (frames_in, frames_out, drops, reconnects, fps, quantiles, stage_times, up, latency)

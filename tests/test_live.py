@@ -6,6 +6,7 @@ errors, and PyAV's v4l2 demuxer rejecting a non-camera file).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import logging
@@ -328,13 +329,47 @@ def http_clip(tmp_path_factory) -> str:
         write_clip(part, moving_squares(12, size, seed=i), fps=30)
         parts.append(part.read_bytes())
     (root / "clip.ts").write_bytes(b"".join(parts))
+    with serve_directory(root) as base:
+        yield f"{base}/clip.ts"
+
+
+@contextlib.contextmanager
+def serve_directory(root: Path):
+    """A local HTTP server for the files of ``root``; yields its base URL."""
     handler = functools.partial(_QuietHandler, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/clip.ts"
-    server.shutdown()
-    server.server_close()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def hls_playlist(tmp_path_factory) -> str:
+    """An HLS playlist of three 0.5 s MPEG-TS segments over HTTP."""
+    root = tmp_path_factory.mktemp("hls")
+    options = {"hls_time": "0.5", "hls_list_size": "0", "hls_playlist_type": "vod"}
+    with av.open(str(root / "index.m3u8"), "w", format="hls", options=options) as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        stream.options = {"preset": "ultrafast", "g": "15"}
+        for image in moving_squares(45, (160, 120)):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    with serve_directory(root) as base:
+        yield f"{base}/index.m3u8"
+
+
+def test_hls_source_reads_every_segment(hls_playlist: str) -> None:
+    source = LiveSource(hls_playlist, LiveOptions(queue_size=64, reconnect_on_eof=False))
+    frames = list(source)
+    assert [f.index for f in frames] == list(range(45))
+    assert all(f.image.shape == (120, 160, 3) and f.segment == 0 for f in frames)
+    assert np.allclose(np.diff([f.pts for f in frames]), 1 / 30, atol=1e-3)
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -110,7 +110,7 @@ def test_stats_line() -> None:
         "latency p50 42 ms p95 42 ms, reconnects 0"
     )
     empty = registry.stats_line("cam2")
-    assert "latency p50 - ms p95 - ms" in empty and "drops 0," in empty
+    assert empty == "cam2: in 0.0 fps, out 0.0 fps, drops 0, latency p50 - ms p95 - ms, reconnects 0"
 
 
 def test_reporter_emits_a_line_per_source_periodically() -> None:
@@ -121,8 +121,8 @@ def test_reporter_emits_a_line_per_source_periodically() -> None:
     reporter = StatsReporter(registry, interval=0.1, emit=lines.append)
     time.sleep(0.35)
     reporter.close()
-    assert sum(line.startswith("cam1 ") for line in lines) >= 2
-    assert sum(line.startswith("cam2 ") for line in lines) >= 2
+    assert sum(line.startswith("cam1:") for line in lines) >= 2
+    assert sum(line.startswith("cam2:") for line in lines) >= 2
     count = len(lines)
     time.sleep(0.2)
     assert len(lines) == count, "no lines after close()"
@@ -137,7 +137,8 @@ def test_prometheus_endpoint_over_http() -> None:
     cam.drop("stale", 4)
     cam.reconnect()
     cam.set_state("streaming")
-    registry.source("cam2").frame_in()
+    registry.source("cam2").set_state("reconnecting")
+    registry.source("cam3").frame_out(0.02)  # no state known: up while frames flow
     server = start_metrics_server(registry, port=0)
     try:
         assert server.host == "127.0.0.1"
@@ -161,6 +162,7 @@ def test_prometheus_endpoint_over_http() -> None:
     assert samples[("sapiens_stream_reconnects_total", (source,))] == 1
     assert samples[("sapiens_stream_source_up", (source,))] == 1
     assert samples[("sapiens_stream_source_up", (("source", "cam2"),))] == 0
+    assert samples[("sapiens_stream_source_up", (("source", "cam3"),))] == 1
     assert samples[("sapiens_stream_latency_seconds_bucket", (("le", "0.05"), source))] == 3
     assert samples[("sapiens_stream_latency_seconds_bucket", (("le", "5.0"), source))] == 4
     assert samples[("sapiens_stream_latency_seconds_bucket", (("le", "+Inf"), source))] == 5
