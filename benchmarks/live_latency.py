@@ -1,15 +1,15 @@
 """Live mode from an RTSP camera: capture -> render latency and drop rate with a tiny pose model.
 
     python benchmarks/live_latency.py                     # benchmarks/results/live_latency.json
-    python benchmarks/live_latency.py --duration 60 --width 1280 --height 720 --out /tmp/live.json
+    python benchmarks/live_latency.py --cameras 4 --out /tmp/live_4cams.json
 
 A local GStreamer RTSP server (``tests/rtsp_server.py``, run with the system Python) streams a moving
 test picture at ``--fps``; ``run_pipeline`` runs in live mode on it (one person box per frame given as
 ``boxes:FILE``, a tiny Sapiens2 pose model written here, flip off as live mode defaults). Latency is the
 pipeline's own capture -> render measurement, read from its Prometheus endpoint after ``--warmup``
 seconds: exact p50/p95 of each 5 s stats window (the median and worst window are reported) and
-p50/p95 interpolated from the latency histogram over the whole measured span. Drop rate = dropped
-frames / decoded frames over the same span, with the causes.
+p50/p95 interpolated from the latency histogram over the whole measured span, per camera and for the
+worst camera. Drop rate = dropped frames / decoded frames over the same span, with the causes.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=30.0, help="measured seconds after warm-up")
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds before measuring")
     parser.add_argument("--fps", type=int, default=30)
+    parser.add_argument("--cameras", type=int, default=1, help="RTSP cameras streaming at once")
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=360)
     parser.add_argument("--input-size", default="128x96", help="model input HxW of the tiny model")
@@ -69,17 +70,17 @@ def write_inputs(directory: Path, input_size: tuple[int, int], width: int, heigh
     return model_dir, boxes
 
 
-def scrape(url: str) -> dict:
-    """The one source's samples: {(metric name, sorted label items without source): value}."""
+def scrape(url: str) -> dict[str, dict]:
+    """Samples per source: {source: {(metric name, sorted label items but source): value}}."""
     from prometheus_client.parser import text_string_to_metric_families
 
     text = urllib.request.urlopen(url, timeout=10).read().decode()
-    samples = {}
+    sources: dict[str, dict] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k != "source"))
-            samples[(sample.name, labels)] = sample.value
-    return samples
+            sources.setdefault(sample.labels.get("source", ""), {})[(sample.name, labels)] = sample.value
+    return sources
 
 
 def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
@@ -127,73 +128,106 @@ def measure(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="live-latency-") as tmp:
         tmp_path = Path(tmp)
         model_dir, boxes = write_inputs(tmp_path, input_size, args.width, args.height)
-        server = RtspServerProcess(width=args.width, height=args.height, fps=args.fps, keyint=args.fps,
-                                   duration=args.warmup + args.duration + 120).start()
+        servers = [
+            RtspServerProcess(width=args.width, height=args.height, fps=args.fps, keyint=args.fps,
+                              mount=f"/cam{i}", duration=args.warmup + args.duration + 180).start()
+            for i in range(args.cameras)
+        ]
         metrics_port = free_port()
         metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         config = PipelineConfig(
-            sources=[server.url], out=str(tmp_path / "out"), mode="live", pose_model=str(model_dir),
-            detector=f"boxes:{boxes}", input_size=input_size, device=args.device, flip=False,
-            metrics=f"127.0.0.1:{metrics_port}", workers=args.workers, rtsp_transport=args.transport,
-            progress=False,
+            sources=[server.url for server in servers], out=str(tmp_path / "out"), mode="live",
+            pose_model=str(model_dir), detector=f"boxes:{boxes}", input_size=input_size, device=args.device,
+            flip=False, metrics=f"127.0.0.1:{metrics_port}", workers=args.workers,
+            rtsp_transport=args.transport, progress=False,
         )
         stop = threading.Event()
-        observed: dict = {"windows": []}
-
-        def observe() -> None:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and not stop.is_set():  # wait for the first results
-                try:
-                    if scrape(metrics_url).get(("sapiens_stream_frames_out_total", ()), 0) > 0:
-                        break
-                except OSError:
-                    pass
-                time.sleep(0.5)
-            if stop.wait(args.warmup):
-                return
-            observed["before"] = scrape(metrics_url)
-            start = time.monotonic()
-            while time.monotonic() - start < args.duration - 1e-3:
-                if stop.wait(min(STATS_WINDOW_S, args.duration - (time.monotonic() - start))):
-                    return
-                samples = scrape(metrics_url)
-                window = {q: samples.get(("sapiens_stream_latency_window_seconds", (("quantile", q),)))
-                          for q in ("0.5", "0.95")}
-                observed["windows"].append(window)
-                observed["after"] = samples
-            observed["measured_s"] = time.monotonic() - start
-            stop.set()
-
-        observer = threading.Thread(target=observe, daemon=True)
+        observed: dict = {"windows": {}}
+        observer = threading.Thread(target=_observe, args=(metrics_url, args, stop, observed), daemon=True)
         observer.start()
         try:
             report = run_pipeline(config, stop=stop)
         finally:
             stop.set()
-            server.stop()
+            for server in servers:
+                server.stop()
         observer.join(timeout=10)
-
     if "after" not in observed:
         raise RuntimeError("the pipeline produced no results to measure")
-    before, after = observed["before"], observed["after"]
+
+    per_source = {
+        name: _source_figures(observed["before"].get(name, {}), samples, observed["windows"].get(name, []),
+                              observed["measured_s"])
+        for name, samples in observed["after"].items() if name
+    }
+    written = sum(f["frames"]["written"] for f in per_source.values())
+    dropped = sum(f["frames"]["dropped"] for f in per_source.values())
+    return {
+        "config": {
+            "source": f"{args.cameras} x local RTSP/{args.transport} server, {args.width}x{args.height} "
+                      f"@ {args.fps} fps",
+            "model": f"tiny Sapiens2 pose, input {input_size[0]}x{input_size[1]}, flip off",
+            "persons_per_frame": 1, "device": args.device, "workers": args.workers,
+            "warmup_s": args.warmup, "measured_s": round(observed["measured_s"], 1),
+        },
+        "latency_ms": {  # worst source
+            key: max((f["latency_ms"][key] for f in per_source.values() if f["latency_ms"][key] is not None),
+                     default=None)
+            for key in ("p50", "p95", "p95_worst_window", "p50_histogram", "p95_histogram")
+        },
+        "frames": {
+            "written": written,
+            "dropped": dropped,
+            "drop_rate": round(dropped / max(written + dropped, 1), 4),
+            "output_fps_per_camera": round(written / observed["measured_s"] / args.cameras, 2),
+        },
+        "sources": per_source,
+        "whole_run": {name: {"lines": s.lines, "skipped": s.skipped, "drops": s.drops}
+                      for name, s in report.sources.items()} | {"elapsed_s": round(report.elapsed, 1)},
+    }
+
+
+def _observe(metrics_url: str, args: argparse.Namespace, stop: threading.Event, observed: dict) -> None:
+    """Wait for the first results and the warm-up, then scrape each stats window; stop the run."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not stop.is_set():
+        try:
+            sources = scrape(metrics_url)
+            outputs = [s.get(("sapiens_stream_frames_out_total", ()), 0) for s in sources.values()]
+            if len(outputs) >= args.cameras and all(n > 0 for n in outputs):
+                break
+        except OSError:
+            pass
+        time.sleep(0.5)
+    if stop.wait(args.warmup):
+        return
+    observed["before"] = scrape(metrics_url)
+    start = time.monotonic()
+    while time.monotonic() - start < args.duration - 1e-3:
+        if stop.wait(min(STATS_WINDOW_S, args.duration - (time.monotonic() - start))):
+            return
+        sources = scrape(metrics_url)
+        for name, samples in sources.items():
+            window = {q: samples.get(("sapiens_stream_latency_window_seconds", (("quantile", q),)))
+                      for q in ("0.5", "0.95")}
+            observed["windows"].setdefault(name, []).append(window)
+        observed["after"] = sources
+    observed["measured_s"] = time.monotonic() - start
+    stop.set()
+
+
+def _source_figures(before: dict, after: dict, windows: list[dict], seconds: float) -> dict:
     buckets = buckets_between(before, after)
     drops = counter_delta(before, after, "sapiens_stream_frames_dropped_total")
     written = sum(counter_delta(before, after, "sapiens_stream_frames_out_total").values())
     dropped = sum(drops.values())
-    p50s = [w["0.5"] for w in observed["windows"] if w["0.5"] is not None]
-    p95s = [w["0.95"] for w in observed["windows"] if w["0.95"] is not None]
-    source = next(iter(report.sources.values()))
+    p50s = [w["0.5"] for w in windows if w["0.5"] is not None]
+    p95s = [w["0.95"] for w in windows if w["0.95"] is not None]
 
     def ms(value: float | None) -> float | None:
         return None if value is None else round(value * 1000.0, 1)
 
     return {
-        "config": {
-            "source": f"local RTSP/{args.transport} server, {args.width}x{args.height} @ {args.fps} fps",
-            "model": f"tiny Sapiens2 pose, input {input_size[0]}x{input_size[1]}, flip off",
-            "persons_per_frame": 1, "device": args.device, "workers": args.workers,
-            "warmup_s": args.warmup, "measured_s": round(observed["measured_s"], 1),
-        },
         "latency_ms": {
             "p50": ms(float(np.median(p50s))) if p50s else None,
             "p95": ms(float(np.median(p95s))) if p95s else None,
@@ -205,10 +239,8 @@ def measure(args: argparse.Namespace) -> dict:
             "written": int(written), "dropped": int(dropped),
             "drop_rate": round(dropped / max(written + dropped, 1), 4),
             "dropped_by_cause": {cause: int(n) for cause, n in drops.items() if n},
-            "output_fps": round(written / observed["measured_s"], 2),
+            "output_fps": round(written / seconds, 2),
         },
-        "whole_run": {"lines": source.lines, "skipped": source.skipped, "drops": source.drops,
-                      "elapsed_s": round(report.elapsed, 1)},
     }
 
 
