@@ -208,3 +208,35 @@ def test_missing_webcam_through_the_cli(tmp_path: Path, tiny_pose: Path, boxes_f
     assert done.returncode != 0
     assert f"/dev/video{index}" in done.stderr and "not found" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_ctrl_c_while_cameras_are_connecting_and_reconnecting(tmp_path: Path, tiny_pose: Path,
+                                                             boxes_file: Path) -> None:
+    """One camera never answers (connecting/retrying), the other dies mid-run (reconnecting): SIGINT
+    still drains and exits 0 promptly, with the video written so far playable."""
+    lost = RtspServerProcess(mount="/lost").start()
+    out = tmp_path / "out"
+    command = COMMAND + [
+        f"rtsp://127.0.0.1:{free_port()}/never", lost.url, "--out", str(out), "--mode", "live",
+        "--pose-model", str(tiny_pose), "--detector", f"boxes:{boxes_file}", "--input-size", "64x48",
+        "--device", "cpu", "--workers", "inproc",
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                           cwd=Path(__file__).parents[1])
+    lines = JsonlTail(out / "lost.jsonl")
+    try:
+        wait_until(lambda: len(lines.arrivals) >= 20, 120, lines.poll, "the camera's first results")
+        lost.stop()
+        time.sleep(2.0)  # both sources are now retrying
+        run.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        _, stderr = run.communicate(timeout=60)
+        took = time.monotonic() - sent
+    finally:
+        if run.poll() is None:
+            run.kill()
+        lost.stop()
+    assert run.returncode == 0, stderr[-2000:]
+    assert took < 15.0, f"shutdown took {took:.1f} s"
+    assert decoded_frames(out / "lost.mp4") > 0
