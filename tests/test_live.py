@@ -11,7 +11,10 @@ import functools
 import http.server
 import logging
 import random
+import shutil
 import socket
+import ssl
+import subprocess
 import sys
 import threading
 import time
@@ -334,13 +337,15 @@ def http_clip(tmp_path_factory) -> str:
 
 
 @contextlib.contextmanager
-def serve_directory(root: Path):
-    """A local HTTP server for the files of ``root``; yields its base URL."""
+def serve_directory(root: Path, tls: ssl.SSLContext | None = None):
+    """A local HTTP(S) server for the files of ``root``; yields its base URL."""
     handler = functools.partial(_QuietHandler, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
@@ -362,6 +367,21 @@ def hls_playlist(tmp_path_factory) -> str:
             container.mux(packet)
     with serve_directory(root) as base:
         yield f"{base}/index.m3u8"
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl command not installed")
+def test_https_source_with_a_self_signed_certificate(tmp_path: Path) -> None:
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    write_clip(tmp_path / "clip.ts", moving_squares(10, (160, 120)), fps=30)
+    with serve_directory(tmp_path, tls) as base:
+        options = LiveOptions(queue_size=64, reconnect_on_eof=False, max_retries=0)
+        frames = list(LiveSource(f"{base}/clip.ts", options))
+    assert [f.index for f in frames] == list(range(10))
+    assert frames[0].image.shape == (120, 160, 3)
 
 
 def test_hls_source_reads_every_segment(hls_playlist: str) -> None:
