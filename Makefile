@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # and Chromium for the preview page check.
 SYSTEM_PACKAGES := python3-gi python3-gst-1.0 gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base \
 	gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad gstreamer1.0-libav \
-	chromium
+	chromium xvfb openssl
 SYSTEM_STAMP := .system-deps.installed
 
 .PHONY: demo test lint bench system-deps clean
