@@ -24,6 +24,7 @@ from trained_pose import (
     PersonTrack,
     SceneFrame,
     crop_errors,
+    crop_to_input_matrix,
     keypoint_indices,
     make_crops,
     normalize,
@@ -34,18 +35,21 @@ from trained_pose import (
 
 from stream.synth import write_clip
 
-FRAME_SIZE = (320, 240)  # (W, H)
-NUM_FRAMES = 8
+FRAME_SIZE = (360, 240)  # (W, H)
+NUM_FRAMES = 12
 # Two figures crossing the frame; one grows and one shrinks, so crops are enlarged and shrunk.
 TRACKS = [
-    PersonTrack(pose_seed=11, start=(70.0, 120.0), end=(110.0, 116.0), height_start=90.0, height_end=150.0),
-    PersonTrack(pose_seed=12, start=(250.0, 118.0), end=(215.0, 124.0), height_start=170.0, height_end=100.0),
+    PersonTrack(pose_seed=11, start=(65.0, 120.0), end=(100.0, 116.0), height_start=90.0, height_end=140.0),
+    PersonTrack(pose_seed=12, start=(270.0, 118.0), end=(250.0, 124.0), height_start=150.0, height_end=100.0),
 ]
-# Errors in frame pixels, for figures 90..170 px tall (a heatmap pixel is 4-7 frame pixels here). The
-# trained model reaches about 1 px mean; a crop or mapping-back off by half a model-input pixel or a
-# flip-back that forgets to swap sides breaks these bounds.
-MAX_MEAN_ERROR = 1.6
-MAX_ERROR = 5.0
+# Errors in frame pixels, for figures 90..150 px tall (a heatmap pixel is 4-6 frame pixels here). The
+# trained model is under 1 px off on average, 4 px at worst, with about 0.1 px of common offset.
+# The offset bound is the sensitive one: a crop or mapping-back shifted by half a model-input pixel, or
+# scaled by W instead of W - 1 (not UDP), offsets every keypoint by 0.6-0.7 px while the mean error
+# stays near 1.2 px; a flip-back that forgets to swap sides moves paired keypoints across the body.
+MAX_MEAN_ERROR = 1.5
+MAX_ERROR = 6.0
+MAX_OFFSET = 0.35
 INPUT_SIZE_ARG = f"{INPUT_SIZE[0]}x{INPUT_SIZE[1]}"
 
 
@@ -59,7 +63,28 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def scene() -> list[SceneFrame]:
-    return scene_clip(TRACKS, NUM_FRAMES, FRAME_SIZE, seed=3)
+    frames = scene_clip(TRACKS, NUM_FRAMES, FRAME_SIZE, seed=3)
+    for frame in frames:
+        # Markers of one kind look alike on every figure, so no crop may show another figure.
+        first, second = (person.box() for person in frame.persons)
+        assert not boxes_overlap(crop_window(first), second) and not boxes_overlap(crop_window(second), first)
+        assert all(box_inside(person.box(), FRAME_SIZE) for person in frame.persons)
+    return frames
+
+
+def crop_window(box: np.ndarray) -> np.ndarray:
+    """The frame region (xyxy) a person crop covers: the box padded and fitted to the input aspect."""
+    inverse = np.linalg.inv(np.vstack([crop_to_input_matrix(box), [0.0, 0.0, 1.0]]))
+    corners = np.array([[0.0, 0.0, 1.0], [INPUT_SIZE[1] - 1, INPUT_SIZE[0] - 1, 1.0]]) @ inverse.T
+    return corners[:, :2].ravel()
+
+
+def boxes_overlap(a: np.ndarray, b: np.ndarray) -> bool:
+    return bool(a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3])
+
+
+def box_inside(box: np.ndarray, frame_size: tuple[int, int]) -> bool:
+    return bool(box[0] >= 0 and box[1] >= 0 and box[2] <= frame_size[0] - 1 and box[3] <= frame_size[1] - 1)
 
 
 def truth(scene: list[SceneFrame]) -> tuple[np.ndarray, np.ndarray]:
@@ -73,14 +98,19 @@ def pixel_errors(predicted: np.ndarray, expected: np.ndarray) -> np.ndarray:
     return np.linalg.norm(predicted - expected, axis=-1)
 
 
-def assert_accurate(errors: np.ndarray, what: str) -> None:
+def assert_accurate(predicted: np.ndarray, expected: np.ndarray, what: str) -> None:
+    """Keypoints (..., K, 2) within the error bounds of the truth, and not offset as a whole."""
+    errors = pixel_errors(predicted, expected)
+    offset = (predicted - expected).reshape(-1, 2).mean(axis=0)
     worst = np.unravel_index(np.argmax(errors), errors.shape)
     summary = (
         f"{what}: mean {errors.mean():.2f} px, max {errors.max():.2f} px "
-        f"({KEYPOINT_NAMES[worst[-1]]} at index {tuple(int(i) for i in worst[:-1])})"
+        f"({KEYPOINT_NAMES[worst[-1]]} at index {tuple(int(i) for i in worst[:-1])}), "
+        f"offset ({offset[0]:+.2f}, {offset[1]:+.2f}) px"
     )
     assert errors.mean() <= MAX_MEAN_ERROR, summary
     assert errors.max() <= MAX_ERROR, summary
+    assert np.abs(offset).max() <= MAX_OFFSET, summary
 
 
 # --- the trained model on its own -------------------------------------------------------------------
@@ -139,7 +169,7 @@ def test_reference_processor_finds_keypoints_in_frames(trained_checkpoint: Path,
     results = processor.post_process_pose_estimation(outputs, boxes=boxes_xywh, outputs_flipped=flipped)
     index = keypoint_indices()
     predicted = np.array([[person["keypoints"][index].numpy() for person in frame] for frame in results])
-    assert_accurate(pixel_errors(predicted, expected), f"reference processor, flip={flip}")
+    assert_accurate(predicted, expected, f"reference processor, flip={flip}")
 
 
 # --- frames through our library functions -------------------------------------------------------------
@@ -166,7 +196,7 @@ def library_keypoints(checkpoint: Path, scene: list[SceneFrame], boxes: np.ndarr
 def test_library_finds_keypoints_in_frames(trained_checkpoint: Path, scene, flip: bool) -> None:
     boxes, expected = truth(scene)
     predicted = library_keypoints(trained_checkpoint, scene, boxes, flip)
-    assert_accurate(pixel_errors(predicted, expected), f"library, flip={flip}")
+    assert_accurate(predicted, expected, f"library, flip={flip}")
 
 
 # --- the whole pipeline through the command line -----------------------------------------------------
@@ -242,7 +272,7 @@ def cli_runs(trained_checkpoint: Path, scene, tmp_path_factory: pytest.TempPathF
 
 @pytest.mark.parametrize("flip", [False, True], ids=["no-flip", "flip"])
 def test_cli_keypoints_match_ground_truth(cli_runs: dict, flip: bool) -> None:
-    assert_accurate(pixel_errors(cli_runs[flip], cli_runs["expected"]), f"sapiens-stream run, flip={flip}")
+    assert_accurate(cli_runs[flip], cli_runs["expected"], f"sapiens-stream run, flip={flip}")
 
 
 def test_cli_flip_tta_is_not_worse(cli_runs: dict) -> None:

@@ -325,7 +325,7 @@ class SceneFrame:
 
 @dataclass
 class PersonTrack:
-    """A figure crossing a clip: the same pose, moving from ``start`` to ``end`` while it resizes."""
+    """A figure crossing a clip from ``start`` to ``end`` while it resizes, its limbs moving."""
 
     pose_seed: int
     start: tuple[float, float]
@@ -350,8 +350,10 @@ def scene_clip(
         for track, color in zip(tracks, colors, strict=True):
             centre = tuple((1 - t) * a + t * b for a, b in zip(track.start, track.end, strict=True))
             person_height = (1 - t) * track.height_start + t * track.height_end
-            # The same seed gives the same pose every frame; only position and size change.
-            person = random_person(np.random.default_rng(track.pose_seed), centre, person_height)
+            # A fresh pose every frame: errors of different poses are independent, so an offset common
+            # to all keypoints stands out from the model's own scatter.
+            pose_rng = np.random.default_rng((track.pose_seed, i))
+            person = random_person(pose_rng, centre, person_height)
             draw_person(image, person, color)
             persons.append(person)
         frames.append(SceneFrame(image=image, persons=persons))
