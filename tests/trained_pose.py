@@ -27,7 +27,7 @@ import torch
 
 from models.meta import pose_decode_constants, pose_meta
 
-# The keypoints the synthetic figures carry (a subset of the 308); the rest are trained towards zero.
+# The keypoints the synthetic figures carry (a subset of the 308); the checkpoint leaves the rest silent.
 KEYPOINT_NAMES: tuple[str, ...] = (
     "nose",
     "left_shoulder",
