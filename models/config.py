@@ -292,8 +292,9 @@ class Sapiens2Config:
     def replace(self, **changes: Any) -> Sapiens2Config:
         """A copy with some fields changed, validated again."""
         values = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)}
-        if "num_hidden_layers" in changes and "num_key_value_heads_per_layer" not in changes:
-            values["num_key_value_heads_per_layer"] = None  # re-derived from the full-attention rule
+        if "num_hidden_layers" in changes:
+            # Per-layer lists follow the new depth unless given: re-derived from the defaults.
+            values["num_key_value_heads_per_layer"] = changes.get("num_key_value_heads_per_layer")
             values["out_indices"] = changes.get("out_indices")
         values.update(changes)
         if isinstance(values.get("head_config"), dict):

@@ -178,11 +178,16 @@ def load_sapiens2(
     config = read_config(directory, task=task)
     state = read_state_dict(directory)
     _drop_tolerated_keys(state, config)
+    if dtype is None:
+        stored = {t.dtype for t in state.values() if t.is_floating_point()}
+        dtype = stored.pop() if len(stored) == 1 else torch.float32
     with torch.device("meta"):
-        model = build_sapiens2(config)
+        model = build_sapiens2(config).to(dtype=dtype)
     check_state_dict(model, state, str(name_or_path))
-    model.load_state_dict(state, strict=True, assign=True)
-    model.to(device=device, dtype=dtype)
+    # The file's tensors are views of a memory map at unaligned offsets; copying them into freshly
+    # allocated (aligned, anonymous) parameters keeps matrix multiplies and convolutions on fast paths.
+    model.to_empty(device=device)
+    model.load_state_dict(state, strict=True)
     return model.eval().requires_grad_(False)
 
 
