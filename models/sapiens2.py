@@ -206,13 +206,18 @@ class FeedForward(nn.Module):
         self.act = make_activation(config.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.w12(x)
-        if self.gated:
-            gate, up = x.chunk(2, dim=-1)
-            x = self.act(gate).mul_(up)  # in place: one large temporary fewer per block
+        if not self.gated:
+            return self.w3(self.act(self.w12(x)))
+        if x.device.type == "cpu":
+            # On CPU two half-width GEMMs over row slices of the fused weight (views, no copy) run
+            # faster than one full-width GEMM, and give contiguous gate/up for the elementwise ops.
+            inner = self.w3.in_features
+            weight, bias = self.w12.weight, self.w12.bias
+            gate = F.linear(x, weight[:inner], None if bias is None else bias[:inner])
+            up = F.linear(x, weight[inner:], None if bias is None else bias[inner:])
         else:
-            x = self.act(x)
-        return self.w3(x)
+            gate, up = self.w12(x).chunk(2, dim=-1)
+        return self.w3(self.act(gate).mul_(up))  # in place: one large temporary fewer per block
 
 
 class Block(nn.Module):
