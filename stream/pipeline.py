@@ -94,13 +94,13 @@ def check_inputs(cfg: PipelineConfig) -> None:
     models = ([("pose", cfg.pose_model)] if cfg.pose else []) + ([("seg", cfg.seg_model)] if cfg.seg else [])
     for task, spec in models:
         if not cfg.random_weights and _looks_like_path(spec) and not Path(spec).exists():
-            raise PipelineError(f"{task} model not found: {spec}")
+            raise FileNotFoundError(f"{task} model not found: {spec}")
     if cfg.detector.startswith("boxes:"):
         path = Path(cfg.detector[len("boxes:") :])
         if not path.is_file():
-            raise PipelineError(f"boxes file not found: {path}")
+            raise FileNotFoundError(f"boxes file not found: {path}")
     elif _looks_like_path(cfg.detector) and not Path(cfg.detector).exists():
-        raise PipelineError(f"detector weights not found: {cfg.detector}")
+        raise FileNotFoundError(f"detector weights not found: {cfg.detector}")
 
 
 def _looks_like_path(spec: str) -> bool:

@@ -1,0 +1,77 @@
+"""Material for the pipeline tests: tiny checkpoints, short clips, image folders and boxes files."""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import torch
+
+from stream.synth import moving_squares, write_clip
+
+INPUT_SIZE = (64, 48)  # the tiny checkpoints' input (H, W)
+
+
+def save_tiny_model(directory: Path, task: str, seed: int = 0) -> Path:
+    from models import Sapiens2Config, build_sapiens2, save_sapiens2
+
+    torch.manual_seed(seed)
+    model = build_sapiens2(Sapiens2Config.from_arch("tiny", task=task, image_size=INPUT_SIZE))
+    save_sapiens2(model, directory)
+    return directory
+
+
+def write_test_clip(path: Path, num_frames: int, size: tuple[int, int], fps: int, seed: int = 0) -> Path:
+    write_clip(path, moving_squares(num_frames, size, seed=seed), fps=fps)
+    return path
+
+
+def write_image_folder(folder: Path, num_images: int, size: tuple[int, int]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(moving_squares(num_images, size, seed=3)):
+        cv2.imwrite(str(folder / f"img_{i:03d}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    return folder
+
+
+def write_boxes(path: Path, per_frame: dict[int, list[list[float]]]) -> Path:
+    """A ``boxes:FILE`` JSONL: ``{"frame": i, "boxes": [[x1, y1, x2, y2, score], ...]}``."""
+    with open(path, "w") as f:
+        for frame, boxes in sorted(per_frame.items()):
+            f.write(json.dumps({"frame": frame, "boxes": boxes}) + "\n")
+    return path
+
+
+def two_people(num_frames: int, empty_every: int = 4) -> dict[int, list[list[float]]]:
+    """Two moving persons per frame, and no one at all on every ``empty_every``-th frame."""
+    boxes = {}
+    for i in range(num_frames):
+        if i % empty_every == empty_every - 1:
+            boxes[i] = []
+        else:
+            boxes[i] = [[4.0 + i, 6.0, 34.0 + i, 58.0, 0.95], [50.0, 8.0 + i / 2, 86.0, 60.0, 0.9]]
+    return boxes
+
+
+def read_video(path: Path) -> tuple[list[np.ndarray], list[int], Fraction, Fraction]:
+    """Frames, pts, average rate and time base of the first video stream."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames, pts = [], []
+        for frame in container.decode(stream):
+            frames.append(frame.to_ndarray(format="rgb24"))
+            pts.append(frame.pts)
+        return frames, pts, stream.average_rate, stream.time_base
+
+
+def source_times(path: Path) -> list[float | None]:
+    """PyAV's presentation time (seconds) of every decoded frame of ``path``."""
+    with av.open(str(path)) as container:
+        return [frame.time for frame in container.decode(video=0)]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]

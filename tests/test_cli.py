@@ -1,0 +1,77 @@
+"""Bad input through the command line: a one-line error and a non-zero exit, nothing started."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stream.cli import main
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("sapiens-stream: error: ")
+    return err[0]
+
+
+def test_missing_file_exits_non_zero_with_one_line(tmp_path: Path) -> None:
+    # The real command, in its own process: exit status and stderr as a shell sees them.
+    proc = subprocess.run(
+        [sys.executable, "-m", "stream.cli", "run", str(tmp_path / "nope.mp4"), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"sapiens-stream: error: source not found: {tmp_path / 'nope.mp4'}"
+    ]
+    assert not (tmp_path / "o").exists()
+
+
+def test_unreadable_file(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "garbage.mp4"
+    bad.write_bytes(b"\x00\x01 not a video at all " * 100)
+    assert main(["run", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert f"cannot read {bad}" in _error_line(capsys)
+
+
+def test_unreadable_image_and_empty_folder(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    assert main(["run", str(folder), "--out", str(tmp_path / "o")]) == 2
+    assert "image folder has no images" in _error_line(capsys)
+    (folder / "000.png").write_bytes(b"PNG? no")
+    assert main(["run", str(folder), "--out", str(tmp_path / "o")]) == 2
+    assert "cannot read image" in _error_line(capsys)
+
+
+def test_malformed_config(tmp_path: Path, capsys) -> None:
+    clip = tmp_path / "a.mp4"
+    clip.write_bytes(b"")
+    config = tmp_path / "bad.yaml"
+    config.write_text("task: pose\n  max_batch: [\n")
+    assert main(["run", str(clip), "--out", str(tmp_path / "o"), "--config", str(config)]) == 2
+    assert "not valid YAML" in _error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--pose-model", "./no/such/checkpoint"], "pose model not found: ./no/such/checkpoint"),
+        (["--detector", "boxes:/no/boxes.jsonl"], "boxes file not found: /no/boxes.jsonl"),
+        (["--input-size", "100x100"], "multiples of 16"),
+        (["--task", "depth"], "task must be pose, seg or pose,seg"),
+    ],
+)
+def test_bad_options(tmp_path: Path, capsys, extra: list[str], message: str) -> None:
+    from stream.synth import moving_squares, write_clip
+
+    clip = tmp_path / "a.mp4"
+    write_clip(clip, moving_squares(2, (32, 32)), fps=10)
+    assert main(["run", str(clip), "--out", str(tmp_path / "o"), *extra]) == 2
+    assert message in _error_line(capsys)

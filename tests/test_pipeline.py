@@ -1,0 +1,200 @@
+"""The pipeline end to end through the CLI: tiny checkpoints, generated clips, ``boxes:`` detections.
+
+Most runs use ``--workers inproc`` (every stage a thread; same stage code, same ZeroMQ messages) to keep
+the suite fast; ``test_process_mode_*`` runs the real command with every stage in its own process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pipeline_fixtures import (
+    INPUT_SIZE,
+    read_jsonl,
+    read_video,
+    save_tiny_model,
+    source_times,
+    two_people,
+    write_boxes,
+    write_image_folder,
+    write_test_clip,
+)
+
+from stream.cli import main
+from stream.sinks import read_label_map
+
+SIZE = "x".join(str(v) for v in INPUT_SIZE)
+
+
+@pytest.fixture(scope="module")
+def material(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("pipeline")
+    return {
+        "pose": save_tiny_model(root / "pose_tiny", "pose"),
+        "seg": save_tiny_model(root / "seg_tiny", "seg"),
+        "clip_a": write_test_clip(root / "walk.mp4", 12, (96, 64), fps=25),
+        "clip_b": write_test_clip(root / "run.mp4", 9, (80, 64), fps=30, seed=1),
+        "folder": write_image_folder(root / "stills", 5, (72, 56)),
+        "boxes": write_boxes(root / "boxes.jsonl", two_people(12)),
+    }
+
+
+def _run(material, out: Path, *sources, extra=()) -> None:
+    argv = [
+        "run",
+        *map(str, sources),
+        "--out",
+        str(out),
+        "--pose-model",
+        str(material["pose"]),
+        "--seg-model",
+        str(material["seg"]),
+        "--detector",
+        f"boxes:{material['boxes']}",
+        "--input-size",
+        SIZE,
+        "--max-wait-ms",
+        "2",
+        "--workers",
+        "inproc",
+        "--no-progress",
+        *extra,
+    ]
+    assert main(argv) == 0
+
+
+def _check_accounting(out: Path, name: str, source: Path) -> list[dict]:
+    """One JSONL line per decoded frame in order, PyAV's pts, and a video with the source's frames."""
+    lines = read_jsonl(out / f"{name}.jsonl")
+    times = source_times(source)
+    assert [line["frame"] for line in lines] == list(range(len(times)))
+    assert [line["pts"] for line in lines] == pytest.approx(times, abs=1e-6)
+    frames, pts, rate, time_base = read_video(out / f"{name}.mp4")
+    _, src_pts, src_rate, src_time_base = read_video(source)
+    assert len(frames) == len(times)
+    assert (rate, time_base, pts) == (src_rate, src_time_base, src_pts)
+    assert frames[0].shape[:2] == (lines[0]["height"], lines[0]["width"])
+    return lines
+
+
+def test_pose_on_two_clips_and_an_image_folder_in_one_run(material, tmp_path) -> None:
+    out = tmp_path / "out"
+    _run(material, out, material["clip_a"], material["clip_b"], material["folder"], extra=["--no-smooth"])
+    given = two_people(12)
+    for name, source in (("walk", material["clip_a"]), ("run", material["clip_b"])):
+        lines = _check_accounting(out, name, source)
+        for line in lines:
+            assert line["source"] == name
+            boxes = given[line["frame"]]
+            # --no-smooth: boxes exactly as given; frames without persons have none.
+            got = np.asarray([p["bbox"] for p in line["persons"]]).reshape(-1, 4)
+            np.testing.assert_allclose(got, np.asarray([b[:4] for b in boxes]).reshape(-1, 4), atol=0.01)
+            for person in line["persons"]:
+                keypoints = np.asarray(person["keypoints"])
+                assert keypoints.shape == (308, 3) and np.isfinite(keypoints).all()
+        ids = {p["id"] for line in lines for p in line["persons"]}
+        assert len(ids - {-1}) >= 2  # both persons tracked at some point
+    stills = read_jsonl(out / "stills.jsonl")
+    assert [line["frame"] for line in stills] == list(range(5))
+    assert all(line["pts"] is None and (line["width"], line["height"]) == (72, 56) for line in stills)
+    frames, _, _, _ = read_video(out / "stills.mp4")
+    assert len(frames) == 5
+
+
+def test_pose_and_seg_with_smoothing_writes_label_maps(material, tmp_path) -> None:
+    out = tmp_path / "out"
+    _run(material, out, material["clip_a"], extra=["--task", "pose,seg", "--flip"])
+    lines = _check_accounting(out, "walk", material["clip_a"])
+    maps = sorted((out / "walk_seg").glob("*.png"))
+    assert len(maps) == len(lines)
+    labels = read_label_map(maps[3])
+    assert labels.shape == (64, 96) and labels.dtype == np.uint8 and labels.max() < 29
+    assert any("keypoints" in p for line in lines for p in line["persons"])
+
+
+def test_seg_only_run(material, tmp_path) -> None:
+    out = tmp_path / "out"
+    _run(material, out, material["clip_b"], extra=["--task", "seg", "--no-flip"])
+    lines = _check_accounting(out, "run", material["clip_b"])
+    assert len(list((out / "run_seg").glob("*.png"))) == len(lines)
+    assert all("keypoints" not in p for line in lines for p in line["persons"])
+
+
+def test_frames_with_no_persons_anywhere(material, tmp_path) -> None:
+    empty = write_boxes(tmp_path / "none.jsonl", {i: [] for i in range(12)})
+    out = tmp_path / "out"
+    argv = [
+        "run",
+        str(material["clip_a"]),
+        "--out",
+        str(out),
+        "--pose-model",
+        str(material["pose"]),
+        "--detector",
+        f"boxes:{empty}",
+        "--input-size",
+        SIZE,
+        "--workers",
+        "inproc",
+        "--no-progress",
+    ]
+    assert main(argv) == 0
+    lines = _check_accounting(out, "walk", material["clip_a"])
+    assert all(line["persons"] == [] for line in lines)
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "stream.cli", *args]
+
+
+def test_process_mode_two_sources_and_sigint_drains_to_playable_outputs(material, tmp_path) -> None:
+    """Default ipc workers (a process per stage); SIGINT mid-run leaves complete, playable outputs."""
+    long_clip = write_test_clip(tmp_path / "long.mp4", 400, (96, 64), fps=25, seed=2)
+    out = tmp_path / "out"
+    args = [
+        "run",
+        str(material["clip_a"]),
+        str(long_clip),
+        "--out",
+        str(out),
+        "--pose-model",
+        str(material["pose"]),
+        "--detector",
+        f"boxes:{material['boxes']}",
+        "--input-size",
+        SIZE,
+        "--max-wait-ms",
+        "2",
+    ]
+    proc = subprocess.Popen(
+        _cli(*args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    jsonl = out / "long.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if jsonl.exists() and len(jsonl.read_text().splitlines()) >= 20:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert "interrupted" in stdout
+    # The short clip may or may not have finished; each output is whole and consistent.
+    for name in ("walk", "long"):
+        lines = read_jsonl(out / f"{name}.jsonl")
+        assert [line["frame"] for line in lines] == list(range(len(lines)))
+        frames, _, _, _ = read_video(out / f"{name}.mp4")
+        assert len(frames) == len(lines)
+    assert 20 <= len(read_jsonl(jsonl)) < 400

@@ -1,0 +1,144 @@
+"""ZeroMQ transport on real sockets, and the ordering and batching logic of the stage runtime."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+import zmq
+
+from stream.frames import DecodedFrame
+from stream.messages import control_message, frame_message
+from stream.transport import COPY_THRESHOLD, Topology, make_socket, recv_message, send_message
+from stream.workers.device import DeviceStreams, OverlapScheduler, padded_size, static_batch_sizes
+from stream.workers.reorder import ReorderBuffer
+
+
+def _frame(index: int, size: tuple[int, int] = (720, 1280)) -> DecodedFrame:
+    image = np.full((*size, 3), index % 256, np.uint8)
+    return DecodedFrame(image, index, index / 30, Fraction(1, 30), 0.0, pts_raw=index)
+
+
+@pytest.mark.parametrize("transport", ["inproc", "ipc", "tcp"])
+def test_push_pull_round_trip_of_large_frames(transport: str) -> None:
+    topology = Topology(transport=transport)
+    endpoint = topology.endpoint("frames")
+    context = zmq.Context()
+    try:
+        receiver = make_socket(context, zmq.PULL, endpoint, bind=True, hwm=4)
+        sender = make_socket(context, zmq.PUSH, endpoint, bind=False, hwm=4)
+        assert _frame(0).image.nbytes > COPY_THRESHOLD  # goes zero-copy
+        for i in range(6):
+            send_message(sender, frame_message("cam", i, _frame(i)))
+            message = recv_message(receiver)
+            assert message.seq == i
+            assert message.arrays["image"].shape == (720, 1280, 3)
+            assert int(message.arrays["image"][100, 100, 0]) == i
+        for sock in (sender, receiver):
+            assert sock.getsockopt(zmq.SNDHWM) == 4 and sock.getsockopt(zmq.RCVHWM) == 4
+            sock.close(linger=0)
+    finally:
+        context.term()
+        topology.cleanup()
+
+
+def test_high_water_mark_bounds_the_queue() -> None:
+    topology = Topology(transport="inproc")
+    endpoint = topology.endpoint("bounded")
+    context = zmq.Context()
+    receiver = make_socket(context, zmq.PULL, endpoint, bind=True, hwm=2)
+    sender = make_socket(context, zmq.PUSH, endpoint, bind=False, hwm=2)
+    sent = 0
+    with pytest.raises(zmq.Again):
+        for sent in range(100):  # noqa: B007 - the count is checked below
+            send_message(sender, control_message("skip", "cam", sent), flags=zmq.NOBLOCK)
+    assert 2 <= sent <= 8  # bounded by sender + receiver HWM, never unbounded
+    assert [recv_message(receiver).seq for _ in range(sent)] == list(range(sent))
+    sender.close(linger=0)
+    receiver.close(linger=0)
+    context.term()
+
+
+def test_socket_set_up_errors_are_clear() -> None:
+    context = zmq.Context()
+    with pytest.raises(ValueError, match="unbounded"):
+        make_socket(context, zmq.PUSH, "inproc://x", bind=True, hwm=0)
+    with pytest.raises(ValueError, match="expose frames"):
+        Topology(transport="tcp", host="0.0.0.0")
+    with pytest.raises(ValueError, match="transport must be"):
+        Topology(transport="udp")
+    context.term()
+
+
+def test_ipc_endpoints_live_in_a_private_directory_removed_at_cleanup() -> None:
+    topology = Topology(transport="ipc")
+    a, b = topology.endpoint("infer"), topology.endpoint("render.clip 1.frames")
+    assert a.startswith("ipc://") and a != b and " " not in b
+    assert topology.endpoint("infer") == a  # stable per run
+    directory = topology.ipc_dir
+    topology.cleanup()
+    assert not __import__("os").path.exists(directory)
+
+
+def test_reorder_buffer_releases_in_sequence() -> None:
+    buffer = ReorderBuffer()
+    released = []
+    for seq in (2, 0, 3, 1, 5, 4):
+        released += [m.seq for m in buffer.push(control_message("skip", "cam", seq))]
+    assert released == [0, 1, 2, 3, 4, 5] and len(buffer) == 0
+    with pytest.raises(ValueError, match="duplicate"):
+        list(buffer.push(control_message("skip", "cam", 3)))
+
+
+def test_overlap_scheduler_uploads_the_next_batch_before_computing_the_current() -> None:
+    trace = []
+
+    def prepare(batch):
+        trace.append(("upload", batch))
+        return batch
+
+    def compute(batch):
+        trace.append(("compute", batch))
+        return batch * 10
+
+    scheduler = OverlapScheduler(prepare, compute)
+    results = []
+    for batch in (1, 2, 3):
+        results += scheduler.submit(batch)
+    assert scheduler.has_pending
+    results += scheduler.flush()
+    assert results == [10, 20, 30]
+    assert trace == [
+        ("upload", 1),
+        ("upload", 2),
+        ("compute", 1),
+        ("upload", 3),
+        ("compute", 2),
+        ("compute", 3),
+    ]
+    assert scheduler.flush() == [] and not scheduler.has_pending
+
+
+def test_device_streams_on_cpu_are_synchronous_zero_copy_views() -> None:
+    streams = DeviceStreams(torch.device("cpu"))
+    image = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    image.flags.writeable = False  # received message buffers are read-only
+    staged = streams.upload([image])
+    with streams.compute(staged):
+        tensor = staged.tensors[0]
+        assert tensor.dtype == torch.uint8 and tuple(tensor.shape) == (2, 3, 3)
+        assert tensor.data_ptr() == image.ctypes.data  # no copy on CPU
+    assert staged.ready is None
+
+
+def test_static_batch_sizes() -> None:
+    assert static_batch_sizes(8) == [1, 2, 4, 8]
+    assert static_batch_sizes(6) == [1, 2, 4, 6]
+    assert static_batch_sizes(1) == [1]
+    assert padded_size(3, [1, 2, 4, 8]) == 4 and padded_size(8, [1, 2, 4, 8]) == 8
+    with pytest.raises(ValueError):
+        padded_size(9, [1, 2, 4, 8])
+    with pytest.raises(ValueError):
+        static_batch_sizes(0)
