@@ -177,6 +177,10 @@ def test_half_precision_loads_and_tracks_fp32(tmp_path, dtype):
     reference = model(x).logits
     error = (logits.float() - reference).abs().max() / reference.abs().max()
     assert error < 0.05
+    save_sapiens2(half, tmp_path / "half")
+    assert json.loads((tmp_path / "half" / "config.json").read_text())["dtype"] == str(dtype).split(".")[-1]
+    stored = load_sapiens2(tmp_path / "half", dtype=None)  # keeps the file's dtype
+    assert all(p.dtype == dtype for p in stored.parameters())
 
 
 def test_official_architecture_sizes():
