@@ -245,7 +245,7 @@ class _Coordinator:
         self.device: str | None = None
         self.stopping = False
         self.aborting = False
-        self.last_command = 0.0
+        self.last_command: dict[str, float] = {}
         self.sinks_open = {p.name for p in plans}
         self.viewers: list = []
         self.metrics_server = None
@@ -293,6 +293,9 @@ class _Coordinator:
                 self._drain_events(progress, timeout_ms=100)
                 self._drain_preview()
                 self._check_stop(signals)
+                if not self.sinks_open:
+                    # Every sink has its final EOS: senders may now disconnect without losing data.
+                    self._command("finish")
                 crashed = launcher.crashed()
                 if crashed and self.error is None:
                     self.error = f"worker {crashed[0]} exited unexpectedly"
@@ -325,8 +328,8 @@ class _Coordinator:
 
     def _command(self, command: str) -> None:
         now = time.monotonic()
-        if now - self.last_command >= STOP_RESEND_S:
-            self.last_command = now
+        if now - self.last_command.get(command, 0.0) >= STOP_RESEND_S:
+            self.last_command[command] = now
             self.control.send(msgpack.packb({"cmd": command}))
 
     def _drain_events(self, progress: _Progress, timeout_ms: int) -> None:
@@ -364,6 +367,7 @@ class _Coordinator:
             report.skipped = int(event["skipped"])
             report.outputs = dict(event.get("outputs") or {})
             report.complete = bool(event.get("complete"))
+            self.sinks_open.discard(source)
         elif kind == "ready" and event.get("device"):
             self.device = f"{event['device']} {event.get('dtype', '')}".strip()
         elif kind == "error" and self.error is None:

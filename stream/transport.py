@@ -146,10 +146,15 @@ def recv_message(sock: zmq.Socket, flags: int = 0) -> Message:
     return decode(sock.recv_multipart(flags, copy=False))
 
 
-def close_sender(sock: zmq.Socket, aborted: bool) -> None:
-    """Close a sending socket: after a normal end, wait until every queued message is delivered (the
-    receiver is alive and draining: it is waiting for our EOS); after an abort, drop what is queued."""
-    sock.close(linger=0 if aborted else -1)
+def close_sender(sock: zmq.Socket, finished: bool) -> None:
+    """Close a sending socket: after a normal end, wait until every queued message has left (the
+    receiver is alive and draining); otherwise drop what is still queued.
+
+    Leaving is not arriving: libzmq drops what a receiver at its high-water mark had not yet read from
+    the kernel when the sender disconnects. Stages therefore close their senders only once the
+    coordinator says every sink is finished (``StageLink.wait_for_finish``).
+    """
+    sock.close(linger=-1 if finished else 0)
 
 
 class Stopped(Exception):

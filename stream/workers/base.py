@@ -59,6 +59,7 @@ class StageLink:
         self.control = make_socket(context, zmq.SUB, spec.endpoints["control"], bind=False, hwm=CONTROL_HWM)
         self.stop_requested = False
         self.aborted = False
+        self.finished = False
 
     def poll_control(self) -> None:
         """Apply any pending commands (non-blocking)."""
@@ -69,9 +70,22 @@ class StageLink:
                 return
             if command.get("cmd") == "stop":
                 self.stop_requested = True
+            elif command.get("cmd") == "finish":
+                self.finished = True
             elif command.get("cmd") == "abort":
                 self.stop_requested = True
                 self.aborted = True
+
+    def wait_for_finish(self) -> None:
+        """Keep this stage's connections open until every sink has its final EOS (or the run aborts).
+
+        A sender that disconnects while its receiver sits at the high-water mark loses the messages
+        still in the kernel's socket buffer (libzmq drops them with the connection), so senders stay
+        connected until the coordinator publishes ``finish``.
+        """
+        while not (self.finished or self.aborted):
+            if self.control.poll(100, zmq.POLLIN):
+                self.poll_control()
 
     def should_abort(self) -> bool:
         self.poll_control()

@@ -65,9 +65,9 @@ class FrameSender:
         send_until(self.render, message, self.link.should_abort)
         self.seq += 1
 
-    def close(self) -> None:
-        close_sender(self.gpu, self.link.aborted)
-        close_sender(self.render, self.link.aborted)
+    def close(self, finished: bool) -> None:
+        close_sender(self.gpu, finished)
+        close_sender(self.render, finished)
 
 
 def run_decoder(context: zmq.Context, spec: WorkerSpec, link: StageLink) -> None:
@@ -81,11 +81,12 @@ def run_decoder(context: zmq.Context, spec: WorkerSpec, link: StageLink) -> None
         else:
             decoded = _run_offline(plan, sender, link)
         sender.control(EOS, segment=sender.segment, final=True)
+        link.emit("decoded", source=plan.name, frames=decoded)
+        link.wait_for_finish()
     except Stopped:
         pass
     finally:
-        sender.close()
-        link.emit("decoded", source=plan.name, frames=decoded)
+        sender.close(finished=link.finished)
 
 
 def _run_offline(plan: SourcePlan, sender: FrameSender, link: StageLink) -> int:

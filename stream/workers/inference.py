@@ -380,12 +380,13 @@ def run_inference(context: zmq.Context, spec: WorkerSpec, link: StageLink) -> No
                         link.emit("drop", source=message.source, cause="stale", frame=message.frame)
                     send_until(outboxes[message.source], message, link.should_abort)
         link.emit("done", boxes_dropped=engine.dropped_boxes)
+        link.wait_for_finish()
     except Stopped:
         pass
     finally:
         inbox.close(linger=0)
         for sock in outboxes.values():
-            close_sender(sock, link.aborted)
+            close_sender(sock, link.finished)
 
 
 def _collect(inbox: zmq.Socket, cfg: PipelineConfig, link: StageLink, wait: bool) -> Group | None:

@@ -89,8 +89,9 @@ def run_tracker(context: zmq.Context, spec: WorkerSpec, link: StageLink) -> None
                     finished = bool(message.meta.get("final"))
                 send_until(outbox, message, link.should_abort)
         link.emit("done", source=plan.name)
+        link.wait_for_finish()
     except Stopped:
         pass
     finally:
         inbox.close(linger=0)
-        close_sender(outbox, link.aborted)
+        close_sender(outbox, link.finished)
