@@ -67,6 +67,8 @@ class RunReport:
     elapsed: float
     interrupted: bool = False
     device: str | None = None
+    first_output: float | None = None  # seconds from start until the first frame reached a sink
+    last_output: float | None = None  # seconds from start until the last frame reached a sink
 
     @property
     def frames(self) -> int:
@@ -243,6 +245,8 @@ class _Coordinator:
         }
         self.error: str | None = None
         self.device: str | None = None
+        self.first_output: float | None = None
+        self.last_output: float | None = None
         self.stopping = False
         self.aborting = False
         self.last_command: dict[str, float] = {}
@@ -314,7 +318,9 @@ class _Coordinator:
         if self.error is not None:
             raise PipelineError(self.error)
         interrupted = signals.count > 0 or bool(self.external_stop and self.external_stop.is_set())
-        return RunReport(self.reports, time.monotonic() - start, interrupted, self.device)
+        first = None if self.first_output is None else self.first_output - start
+        last = None if self.last_output is None else self.last_output - start
+        return RunReport(self.reports, time.monotonic() - start, interrupted, self.device, first, last)
 
     def _check_stop(self, signals: _Signals) -> None:
         requested = signals.count > 0 or (self.external_stop is not None and self.external_stop.is_set())
@@ -347,6 +353,9 @@ class _Coordinator:
         source = event.get("source")
         report = self.reports.get(source) if source else None
         if kind == "progress" and report is not None:
+            self.last_output = time.monotonic()
+            if self.first_output is None:
+                self.first_output = self.last_output
             stats = self.registry.source(source)
             stats.frame_out(float(event.get("latency", 0.0)), _stage_times(event.get("stamps") or {}))
             progress.advance()

@@ -1,0 +1,225 @@
+"""Pipeline benchmarks (CPU configuration by default; pass --device cuda on a GPU machine).
+
+(a) overhead: a 1080p clip with no persons through the whole pipeline (decode -> GPU worker -> track ->
+    render -> libx264) against a bare PyAV decode -> libx264 encode of the same clip with the same
+    encoder settings. Ratio = pipeline fps / bare fps (target >= 0.8), over the whole run and in steady
+    state (first to last frame at the sink: process start-up, model loading and exit excluded).
+(b) against the loop a user would write from the transformers page: per frame the Sapiens2 image
+    processor with the boxes, the transformers model, its pose post-processing, cv2 drawing and a
+    libx264 write; same tiny weights, same boxes, same clip. Ratio = pipeline fps / loop fps.
+
+    .venv/bin/python benchmarks/pipeline.py [--frames 300] [--size 1920x1080] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import av
+import cv2
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import write_results  # noqa: E402
+from stream.config import build_config  # noqa: E402
+from stream.pipeline import run_pipeline  # noqa: E402
+from stream.synth import moving_squares, write_clip  # noqa: E402
+
+CRF, PRESET = 20, "veryfast"
+TINY_INPUT = (256, 192)
+
+
+def bare_transcode(clip: Path, out: Path) -> float:
+    """Seconds for PyAV decode -> rgb24 -> libx264 (same settings as the pipeline's video sink)."""
+    start = time.perf_counter()
+    with av.open(str(clip)) as src, av.open(str(out), "w") as dst:
+        in_stream = src.streams.video[0]
+        in_stream.thread_type = "AUTO"
+        out_stream = dst.add_stream("libx264", rate=in_stream.average_rate)
+        out_stream.width, out_stream.height = in_stream.codec_context.width, in_stream.codec_context.height
+        out_stream.pix_fmt = "yuv420p"
+        out_stream.options = {"crf": str(CRF), "preset": PRESET}
+        for frame in src.decode(in_stream):
+            image = frame.to_ndarray(format="rgb24")
+            for packet in out_stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                dst.mux(packet)
+        for packet in out_stream.encode(None):
+            dst.mux(packet)
+    return time.perf_counter() - start
+
+
+def tiny_checkpoint(directory: Path) -> Path:
+    from models import Sapiens2Config, build_sapiens2, save_sapiens2
+
+    torch.manual_seed(0)
+    save_sapiens2(
+        build_sapiens2(Sapiens2Config.from_arch("tiny", task="pose", image_size=TINY_INPUT)), directory
+    )
+    return directory
+
+
+def person_boxes(num_frames: int, size: tuple[int, int], persons: int) -> dict[int, list[list[float]]]:
+    width, height = size
+    boxes = {}
+    for i in range(num_frames):
+        boxes[i] = []
+        for p in range(persons):
+            x = (p + 0.5) * width / persons - width / (3 * persons) + (i % 20)
+            boxes[i].append([x, height * 0.1, x + width / (1.6 * persons), height * 0.95, 0.9])
+    return boxes
+
+
+def write_boxes(path: Path, boxes: dict[int, list[list[float]]]) -> Path:
+    with open(path, "w") as f:
+        for frame, frame_boxes in boxes.items():
+            f.write(json.dumps({"frame": frame, "boxes": frame_boxes}) + "\n")
+    return path
+
+
+def pipeline_run(clip: Path, out: Path, boxes: Path, model: Path, device: str, input_size, flip: bool):
+    config = build_config(
+        {
+            "sources": [str(clip)],
+            "out": str(out),
+            "pose_model": str(model),
+            "detector": f"boxes:{boxes}",
+            "input_size": input_size,
+            "device": device,
+            "flip": flip,
+            "crf": CRF,
+            "preset": PRESET,
+            "codec": "libx264",
+            "progress": False,
+        }
+    )
+    report = run_pipeline(config)
+    frames = report.frames
+    steady = None
+    if report.first_output is not None and frames > 1:
+        steady = (frames - 1) / max(1e-9, report.last_output - report.first_output)
+    return {
+        "frames": frames,
+        "seconds": round(report.elapsed, 3),
+        "fps": round(frames / report.elapsed, 3),
+        "startup_s": None if report.first_output is None else round(report.first_output, 3),
+        "shutdown_s": None if report.last_output is None else round(report.elapsed - report.last_output, 3),
+        "steady_fps": None if steady is None else round(steady, 3),
+        "device": report.device,
+    }
+
+
+def naive_loop(
+    clip: Path, out: Path, boxes: dict[int, list[list[float]]], model_dir: Path, device: str
+) -> dict:
+    """The per-frame loop from the transformers Sapiens2 page, drawing with cv2 and writing with PyAV."""
+    from transformers import Sapiens2ForPoseEstimation
+    from transformers.models.sapiens2.image_processing_sapiens2 import Sapiens2ImageProcessor
+
+    start = time.perf_counter()
+    processor = Sapiens2ImageProcessor(size={"height": TINY_INPUT[0], "width": TINY_INPUT[1]})
+    model = Sapiens2ForPoseEstimation.from_pretrained(str(model_dir)).eval().to(device)
+    frames = 0
+    with (
+        av.open(str(clip)) as src,
+        av.open(str(out), "w") as dst,
+        open(out.with_suffix(".jsonl"), "w") as log,
+    ):
+        in_stream = src.streams.video[0]
+        out_stream = dst.add_stream("libx264", rate=in_stream.average_rate)
+        out_stream.width, out_stream.height = in_stream.codec_context.width, in_stream.codec_context.height
+        out_stream.pix_fmt = "yuv420p"
+        out_stream.options = {"crf": str(CRF), "preset": PRESET}
+        for index, frame in enumerate(src.decode(in_stream)):
+            image = frame.to_ndarray(format="rgb24")
+            xywh = [[x1, y1, x2 - x1, y2 - y1] for x1, y1, x2, y2, _ in boxes.get(index, [])]
+            persons = []
+            if xywh:
+                inputs = processor(image, boxes=[xywh], return_tensors="pt").to(device)
+                with torch.inference_mode():
+                    outputs = model(**inputs)
+                persons = processor.post_process_pose_estimation(outputs, boxes=[xywh])[0]
+            canvas = image.copy()
+            for person in persons:
+                for (x, y), score in zip(
+                    person["keypoints"].tolist(), person["scores"].tolist(), strict=True
+                ):
+                    if score > 0.3:
+                        cv2.circle(canvas, (int(x), int(y)), 3, (255, 0, 0), -1)
+            log.write(json.dumps({"frame": index, "persons": len(persons)}) + "\n")
+            for packet in out_stream.encode(av.VideoFrame.from_ndarray(canvas, format="rgb24")):
+                dst.mux(packet)
+            frames += 1
+        for packet in out_stream.encode(None):
+            dst.mux(packet)
+    seconds = time.perf_counter() - start
+    return {"frames": frames, "seconds": round(seconds, 3), "fps": round(frames / seconds, 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=300, help="frames of the overhead clip")
+    parser.add_argument("--size", default="1920x1080", help="overhead clip WxH")
+    parser.add_argument("--loop-frames", type=int, default=60, help="frames of the clip for (b)")
+    parser.add_argument("--persons", type=int, default=3, help="persons per frame in (b)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--out", default=None, help="JSON result path (default benchmarks/results/pipeline_<dev>.json)"
+    )
+    args = parser.parse_args()
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
+        tmp = Path(tmp)
+        model = tiny_checkpoint(tmp / "pose_tiny")
+
+        # (a) overhead on a clip with no persons.
+        clip = tmp / "empty.mp4"
+        write_clip(clip, moving_squares(args.frames, (width, height)), fps=30)
+        no_boxes = write_boxes(tmp / "none.jsonl", {i: [] for i in range(args.frames)})
+        bare_s = bare_transcode(clip, tmp / "bare.mp4")
+        bare = {"frames": args.frames, "seconds": round(bare_s, 3), "fps": round(args.frames / bare_s, 3)}
+        piped = pipeline_run(clip, tmp / "a", no_boxes, model, args.device, TINY_INPUT, flip=False)
+        overhead = {
+            "clip": f"{width}x{height}, {args.frames} frames, no persons",
+            "bare_pyav_transcode": bare,
+            "pipeline": piped,
+            "ratio_total": round(piped["fps"] / bare["fps"], 3),
+            "ratio_steady": None
+            if piped["steady_fps"] is None
+            else round(piped["steady_fps"] / bare["fps"], 3),
+            "target": ">= 0.8",
+        }
+
+        # (b) against the per-frame transformers loop, same weights and boxes.
+        size = (640, 360)
+        clip_b = tmp / "people.mp4"
+        write_clip(clip_b, moving_squares(args.loop_frames, size, seed=1), fps=30)
+        boxes = person_boxes(args.loop_frames, size, args.persons)
+        boxes_file = write_boxes(tmp / "people.jsonl", boxes)
+        loop = naive_loop(clip_b, tmp / "loop.mp4", boxes, model, args.device)
+        ours = pipeline_run(clip_b, tmp / "b", boxes_file, model, args.device, TINY_INPUT, flip=False)
+        versus = {
+            "clip": f"{size[0]}x{size[1]}, {args.loop_frames} frames, {args.persons} persons per frame",
+            "model": f"tiny Sapiens2 pose, input {TINY_INPUT[0]}x{TINY_INPUT[1]}, no flip (both)",
+            "transformers_loop": loop,
+            "pipeline": ours,
+            "ratio_total": round(ours["fps"] / loop["fps"], 3),
+            "ratio_steady": None
+            if ours["steady_fps"] is None
+            else round(ours["steady_fps"] / loop["fps"], 3),
+            "target": ">= 3 (CPU), >= 5 (GPU)",
+        }
+
+    name = "pipeline_cpu" if args.device == "cpu" else "pipeline_gpu"
+    write_results(name, {"overhead": overhead, "versus_transformers_loop": versus}, args.out)
+
+
+if __name__ == "__main__":
+    main()
