@@ -142,3 +142,20 @@ def test_static_batch_sizes() -> None:
         padded_size(9, [1, 2, 4, 8])
     with pytest.raises(ValueError):
         static_batch_sizes(0)
+
+
+def test_live_queue_turns_the_oldest_waiting_frame_into_a_skip() -> None:
+    from stream.workers.decode import _LiveQueue
+
+    queue = _LiveQueue(capacity=2)
+    frames = [_frame(i, size=(4, 6)) for i in range(4)]
+    assert queue.put(frames[0]) is None and queue.put(frames[1]) is None
+    assert queue.put(frames[2]) == 0  # full: frame 0 is dropped, oldest first
+    assert queue.put(frames[3]) == 1
+    head = queue.peek(timeout=0)
+    assert head == ("skip", 0, 6, 4)  # the skip keeps the dropped frame's place and size
+    assert queue.pop(head)
+    assert queue.peek(timeout=0) == ("skip", 1, 6, 4)
+    assert not queue.pop(frames[2])  # not the head: nothing removed
+    assert queue.pop(queue.peek(timeout=0))
+    assert queue.peek(timeout=0) is frames[2] and queue.frames == 2

@@ -118,7 +118,7 @@ class _LiveQueue:
             if self.frames >= self.capacity:
                 for i, item in enumerate(self.items):
                     if isinstance(item, DecodedFrame):
-                        self.items[i] = ("skip", item.index)
+                        self.items[i] = ("skip", item.index, item.width, item.height)
                         self.frames -= 1
                         dropped = item.index
                         break
@@ -210,8 +210,11 @@ def _send_live(queue: _LiveQueue, sender: FrameSender, link: StageLink, dropped:
                 continue  # meanwhile the reader may turn this frame into a skip
             if queue.pop(head):
                 sender.frame(head)
+                link.emit("frame_in", source=sender.plan.name)
         elif queue.pop(head):
-            sender.control(SKIP, frame=head[1], cause="behind")
+            _, index, width, height = head
+            sender.control(SKIP, frame=index, width=width, height=height, cause="behind")
+            link.emit("frame_in", source=sender.plan.name)
 
 
 class _StatsForwarder:
