@@ -290,10 +290,19 @@ class _Coordinator:
         progress = _Progress(self.cfg, self.plans, self.registry)
         try:
             self.start_services()
-            for spec in worker_specs(self.cfg, self.plans, self.endpoints):
-                launcher.start(spec)
+            specs = worker_specs(self.cfg, self.plans, self.endpoints)
+            decoders = [spec for spec in specs if spec.role == "decode"]
+            for spec in specs:
+                if spec.role != "decode":
+                    launcher.start(spec)
             abort_deadline = None
             while launcher.running():
+                if decoders and (self.device is not None or self.error or signals.count):
+                    # Sources start once the models are loaded, so a live camera loses no frames to
+                    # start-up (offline sources would simply wait).
+                    for spec in decoders:
+                        launcher.start(spec)
+                    decoders = []
                 self._drain_events(progress, timeout_ms=100)
                 self._drain_preview()
                 self._check_stop(signals)
