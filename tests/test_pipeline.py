@@ -198,3 +198,34 @@ def test_process_mode_two_sources_and_sigint_drains_to_playable_outputs(material
         frames, _, _, _ = read_video(out / f"{name}.mp4")
         assert len(frames) == len(lines)
     assert 20 <= len(read_jsonl(jsonl)) < 400
+
+
+def test_live_mode_accounts_for_every_frame_and_marks_drops(material, tmp_path) -> None:
+    """A file read in live mode decodes far faster than the models run: frames are dropped (oldest
+    first), and each drop is a ``"skipped": true`` line, so the JSONL still has one line per frame."""
+    long_clip = write_test_clip(tmp_path / "fast.mp4", 120, (96, 64), fps=25, seed=4)
+    out = tmp_path / "out"
+    _run(material, out, long_clip, extra=["--mode", "live"])
+    lines = read_jsonl(out / "fast.jsonl")
+    assert [line["frame"] for line in lines] == list(range(120))
+    skipped = [line for line in lines if line.get("skipped")]
+    kept = [line for line in lines if not line.get("skipped")]
+    assert kept and all("persons" in line for line in kept)
+    assert all((line["width"], line["height"]) == (96, 64) for line in skipped)
+    frames, _, _, _ = read_video(out / "fast.mp4")
+    assert len(frames) == len(kept)
+
+
+def test_demo_clip_and_shipped_boxes(tmp_path) -> None:
+    from stream.demo import CLIP_SIZE, make_sample_clip
+
+    clip, boxes = tmp_path / "sample.mp4", tmp_path / "boxes.jsonl"
+    assert make_sample_clip(clip, boxes, 6) == 6
+    frames, _, _, _ = read_video(clip)
+    records = read_jsonl(boxes)
+    assert len(frames) == 6 and [r["frame"] for r in records] == list(range(6))
+    assert frames[0].shape[:2] == (CLIP_SIZE[1], CLIP_SIZE[0])
+    for record in records:
+        assert 2 <= len(record["boxes"]) <= 4  # the persons of zidane.jpg, then of bus.jpg
+        for x1, y1, x2, y2, score in record["boxes"]:
+            assert 0 <= x1 < x2 <= CLIP_SIZE[0] and 0 <= y1 < y2 <= CLIP_SIZE[1] and 0 < score <= 1
