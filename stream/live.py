@@ -37,6 +37,7 @@ import av
 
 from stream.frames import DecodedFrame
 from stream.metrics import SourceStats, redact_text, redact_url
+from stream.sources import SourceError  # one error type for every source that fails for good
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +47,6 @@ _WEBCAM_PATH = re.compile(r"^/dev/video\d+$")
 # Abandoned readers still blocked inside FFmpeg; past this many, wait for one to return before dialling
 # again, so a camera that hangs every connection cannot pile up threads.
 MAX_ABANDONED_READERS = 4
-
-
-class SourceError(RuntimeError):
-    """A live source failed for good (retries exhausted, or an error that retrying cannot fix)."""
 
 
 @dataclass
