@@ -65,6 +65,10 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     add("--metrics", metavar="HOST:PORT", help="Prometheus metrics endpoint")
     add("--stale-after", type=float, help="live: skip frames older than this many seconds")
     add("--rtsp-transport", help="tcp or udp")
+    add("--stall-timeout", type=float, help="live: reconnect after this many seconds without a frame (5)")
+    add("--webcam-size", metavar="WxH", help="resolution to request from a webcam, e.g. 1280x720")
+    add("--webcam-fps", type=float, help="frame rate to request from a webcam")
+    add("--webcam-format", help="pixel format to request from a webcam, e.g. mjpeg or yuyv422")
     add("--workers", help="inproc (threads), ipc (processes; default) or tcp")
     add("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
 

@@ -61,6 +61,10 @@ class PipelineConfig:
     metrics: str | None = None  # HOST:PORT of the Prometheus endpoint
     stale_after: float = 0.5
     rtsp_transport: str = "tcp"
+    stall_timeout: float = 5.0  # live: no frame for this long means the connection is dead; reconnect
+    webcam_size: str | None = None  # WxH requested from a webcam (V4L2 video_size)
+    webcam_fps: float | None = None  # frame rate requested from a webcam
+    webcam_format: str | None = None  # pixel format requested from a webcam (e.g. mjpeg, yuyv422)
     workers: str = "ipc"
     queue_frames: int = 4  # high-water mark of frame queues (messages)
     progress: bool = True
@@ -91,6 +95,13 @@ class PipelineConfig:
         for name in ("serve", "metrics"):
             if getattr(self, name) is not None:
                 parse_host_port(getattr(self, name), name)
+        for name in ("stall_timeout", "webcam_fps"):
+            value = getattr(self, name)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if value is not None and not (number and value > 0):
+                raise ConfigError(f"{name} must be a positive number, got {value!r}")
+        if self.webcam_size is not None:
+            _parse_webcam_size(self.webcam_size)
         if not isinstance(self.sources, list) or not all(isinstance(s, str) for s in self.sources):
             raise ConfigError("sources must be a list of paths or URLs")
 
@@ -102,6 +113,20 @@ class PipelineConfig:
     def seg(self) -> bool:
         return "seg" in self.task
 
+    def live_options(self):
+        """How live sources connect: transport, stall timer and what to ask of a webcam."""
+        from stream.live import LiveOptions
+
+        width, height = _parse_webcam_size(self.webcam_size) if self.webcam_size else (None, None)
+        return LiveOptions(
+            rtsp_transport=self.rtsp_transport,
+            stall_timeout=float(self.stall_timeout),
+            width=width,
+            height=height,
+            fps=self.webcam_fps,
+            pixel_format=self.webcam_format,
+        )
+
     def replace(self, **changes) -> PipelineConfig:
         return dataclasses.replace(self, **changes)
 
@@ -112,6 +137,17 @@ FIELD_NAMES = {f.name for f in dataclasses.fields(PipelineConfig)}
 def _choice(name: str, value, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _parse_webcam_size(value) -> tuple[int, int]:
+    """``"1280x720"`` -> (1280, 720): width first, as cameras are described."""
+    try:
+        width, height = (int(v) for v in str(value).lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"webcam_size must be WxH, e.g. 1280x720, got {value!r}") from None
+    if width <= 0 or height <= 0:
+        raise ConfigError(f"webcam_size must be positive, got {value!r}")
+    return width, height
 
 
 def _parse_task(value) -> tuple[str, ...]:

@@ -85,3 +85,25 @@ def test_bad_yaml_files(tmp_path: Path) -> None:
 def test_parse_size_forms() -> None:
     assert parse_size("1024x768") == (1024, 768)
     assert parse_size([256, 192]) == (256, 192)
+
+
+def test_live_options_carry_the_stall_timer_and_webcam_request() -> None:
+    args = build_parser().parse_args(
+        ["run", "/dev/video0", "--stall-timeout", "2.5", "--webcam-size", "1280x720", "--webcam-fps", "30",
+         "--webcam-format", "mjpeg", "--rtsp-transport", "udp"]
+    )
+    options = build_config(config_values(args)).live_options()
+    assert (options.stall_timeout, options.width, options.height, options.fps, options.pixel_format) == (
+        2.5, 1280, 720, 30.0, "mjpeg",
+    )
+    assert options.rtsp_transport == "udp"
+
+
+@pytest.mark.parametrize(
+    "values, option",
+    [({"webcam_size": "1280"}, "webcam_size"), ({"stall_timeout": 0}, "stall_timeout"),
+     ({"webcam_fps": -1}, "webcam_fps")],
+)
+def test_bad_live_options_name_the_option(values: dict, option: str) -> None:
+    with pytest.raises(ConfigError, match=option):
+        build_config({"sources": ["rtsp://camera/stream"], **values})

@@ -150,12 +150,11 @@ class _LiveQueue:
 
 
 def _run_live(spec: WorkerSpec, plan: SourcePlan, sender: FrameSender, link: StageLink) -> int:
-    from stream.live import LiveOptions
     from stream.metrics import SourceStats
 
     cfg = spec.config
     stats = SourceStats(plan.name)  # the source's own drops and reconnects, forwarded to the coordinator
-    options = LiveOptions(rtsp_transport=cfg.rtsp_transport)
+    options = cfg.live_options()
     queue = _LiveQueue(LIVE_QUEUE_FRAMES)
     counts = {"decoded": 0}
     reader_error: list[BaseException] = []
