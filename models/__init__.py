@@ -18,19 +18,41 @@ Public API::
 Tasks: "pose", "seg", "normal", "pointmap", "matting", "model" (bare transformer), "backbone".
 """
 
-from models.config import Sapiens2Config, Sapiens2HeadConfig
-from models.loading import load_sapiens2, save_sapiens2
-from models.sapiens2 import (
-    Sapiens2BackboneOutput,
-    Sapiens2MattingOutput,
-    Sapiens2ModelOutput,
-    Sapiens2NormalOutput,
-    Sapiens2PointmapOutput,
-    Sapiens2PoseOutput,
-    Sapiens2SegmentationOutput,
-    build_sapiens2,
-)
-from models.tta import flip_tta
+from __future__ import annotations
+
+import importlib
+
+# Imported on first use: workers that only need ``models.meta`` (tracking, rendering) must not pay
+# for torch at start-up (over a second per spawned process on a small CPU).
+_LAZY = {
+    "Sapiens2Config": "models.config",
+    "Sapiens2HeadConfig": "models.config",
+    "load_sapiens2": "models.loading",
+    "save_sapiens2": "models.loading",
+    "Sapiens2BackboneOutput": "models.sapiens2",
+    "Sapiens2MattingOutput": "models.sapiens2",
+    "Sapiens2ModelOutput": "models.sapiens2",
+    "Sapiens2NormalOutput": "models.sapiens2",
+    "Sapiens2PointmapOutput": "models.sapiens2",
+    "Sapiens2PoseOutput": "models.sapiens2",
+    "Sapiens2SegmentationOutput": "models.sapiens2",
+    "build_sapiens2": "models.sapiens2",
+    "flip_tta": "models.tta",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_LAZY))
+
 
 __all__ = [
     "Sapiens2Config",
