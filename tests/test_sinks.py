@@ -11,6 +11,7 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
+from pipeline_fixtures import read_video
 
 from stream.frames import DecodedFrame, FrameResult
 from stream.sinks import (
@@ -24,21 +25,10 @@ from stream.sinks import (
 from stream.synth import moving_squares, write_clip
 
 
-def _decode(path):
-    """(frames as RGB arrays, pts, stream time base, average rate) of the first video stream."""
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        frames, pts = [], []
-        for frame in container.decode(stream):
-            frames.append(frame.to_ndarray(format="rgb24"))
-            pts.append(frame.pts)
-        return frames, pts, stream.time_base, stream.average_rate
-
-
 def test_reencoding_a_clip_keeps_frame_count_pts_time_base_and_rate(tmp_path):
     source = tmp_path / "source.mp4"
     write_clip(source, moving_squares(24, (96, 64)), fps=Fraction(25))
-    src_frames, src_pts, src_time_base, src_rate = _decode(source)
+    src_frames, src_pts, src_rate, src_time_base = read_video(source)
 
     out = tmp_path / "out.mp4"
     with av.open(str(source)) as container:
@@ -47,7 +37,7 @@ def test_reencoding_a_clip_keeps_frame_count_pts_time_base_and_rate(tmp_path):
             for frame in container.decode(stream):
                 sink.write(frame.to_ndarray(format="rgb24"), frame.pts)
 
-    frames, pts, time_base, rate = _decode(out)
+    frames, pts, rate, time_base = read_video(out)
     assert len(frames) == len(src_frames) == 24
     assert time_base == src_time_base and pts == src_pts and rate == src_rate == 25
     assert frames[0].shape == (64, 96, 3)
@@ -63,7 +53,7 @@ def test_irregular_pts_and_small_time_base_survive_exactly(tmp_path):
     with VideoSink(out, 64, 48, Fraction(30), time_base, codec="libx264") as sink:
         for image, pts in zip(moving_squares(len(given), (64, 48)), given, strict=True):
             sink.write(image, pts)
-    _, pts, out_time_base, _ = _decode(out)
+    _, pts, _, out_time_base = read_video(out)
     assert out_time_base == time_base and pts == given
 
 
@@ -73,7 +63,7 @@ def test_ntsc_time_base_keeps_the_times(tmp_path):
     with VideoSink(out, 64, 48, Fraction(30000, 1001), Fraction(1001, 30000), codec="libx264") as sink:
         for i, image in enumerate(moving_squares(6, (64, 48))):
             sink.write(image, i)
-    _, pts, time_base, rate = _decode(out)
+    _, pts, rate, time_base = read_video(out)
     assert time_base == Fraction(1, 30000) and pts == [i * 1001 for i in range(6)]
     assert rate == Fraction(30000, 1001)
 
@@ -88,7 +78,7 @@ def test_missing_and_restarting_pts_still_give_increasing_timestamps(tmp_path):
         sink.write(images[3], 0)  # the source's clock restarted (reconnect)
         sink.write(images[4], 1)
         sink.write(images[5], None)
-    _, pts, time_base, _ = _decode(out)
+    _, pts, _, time_base = read_video(out)
     assert time_base == Fraction(1, 10) and pts == [0, 1, 7, 8, 9, 10]
 
 
@@ -100,7 +90,7 @@ def test_odd_size_is_padded_by_one_pixel_and_other_sizes_are_resized(tmp_path):
         assert sink.encoded_size == (66, 50)
         sink.write(image)
         sink.write(np.zeros((100, 130, 3), np.uint8))  # another size: resized to 65x49
-    frames, pts, _, _ = _decode(out)
+    frames, pts, _, _ = read_video(out)
     assert len(frames) == 2 and frames[0].shape == (50, 66, 3)
     assert frames[0][:, -2:].mean() > 200 and frames[0][:, :-3].mean() < 30
 
@@ -113,7 +103,7 @@ def test_close_is_idempotent_and_writing_after_close_is_an_error(tmp_path):
     sink.close()
     with pytest.raises(ValueError, match="closed"):
         sink.write(np.zeros((32, 32, 3), np.uint8))
-    assert len(_decode(tmp_path / "a.mp4")[0]) == 1
+    assert len(read_video(tmp_path / "a.mp4")[0]) == 1
 
 
 def test_bad_input_is_a_clear_error(tmp_path):
@@ -149,7 +139,7 @@ def test_interrupted_run_leaves_a_playable_file(tmp_path):
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
     assert done.returncode != 0 and b"KeyboardInterrupt" in done.stderr
-    _, pts, _, _ = _decode(tmp_path / "cut.mp4")
+    _, pts, _, _ = read_video(tmp_path / "cut.mp4")
     assert pts == list(range(12))
 
 
