@@ -41,9 +41,12 @@ test: $(STAMP) $(SYSTEM_STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-bench: $(STAMP)
-	$(PY) benchmarks/model_throughput.py
-	$(PY) benchmarks/postprocess.py
+# Every benchmark prints its figures and writes JSON under benchmarks/results/ (CPU configuration;
+# pass --device cuda to the model, postprocess and pipeline benchmarks on a GPU machine).
+BENCHMARKS := model_throughput postprocess pipeline tracking smoothing render_encode live_latency
+
+bench: $(STAMP) $(SYSTEM_STAMP)
+	for b in $(BENCHMARKS); do $(PY) -m benchmarks.$$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) $(SYSTEM_STAMP) .pytest_cache
