@@ -22,6 +22,8 @@ A message is a ZeroMQ multipart message ``[header, part_0, part_1, ...]``:
   ``stamps``   ``{stage: time.time()}`` per stage passed, for latency accounting
   ``arrays``   ``[[name, dtype, shape], ...]``: one entry per payload part, in order
   ``meta``     anything else (small): e.g. the source's frame rate, ``final`` on an eos
+  ``slot``     None, or ``[ring, slot, shape]`` when a frame's pixels wait in a shared-memory ring
+               (``stream.shm``) instead of a payload part (``ipc`` workers on one host)
   ===========  =================================================================================
 
 - each payload part is the raw C-ordered buffer of one numpy array. Frames carry ``image``
@@ -78,6 +80,9 @@ class Message:
     stamps: dict[str, float] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    # Pixels in a shared-memory frame ring instead of a payload part: ``[ring name, slot, shape]``
+    # (see ``stream.shm``; receivers call ``shm.resolve`` to get the ``image`` array).
+    slot: list | None = None
 
     def stamp(self, stage: str) -> Message:
         """Record that this message passed ``stage`` now (for latency accounting)."""
@@ -115,6 +120,7 @@ def encode(message: Message) -> list:
         "stamps": message.stamps,
         "arrays": specs,
         "meta": message.meta,
+        "slot": message.slot,
     }
     return [msgpack.packb(header, use_bin_type=True), *buffers]
 
@@ -157,6 +163,7 @@ def decode(parts: list) -> Message:
         stamps=header.get("stamps") or {},
         meta=header.get("meta") or {},
         arrays=arrays,
+        slot=header.get("slot"),
     )
 
 

@@ -16,6 +16,7 @@ import zmq
 
 from stream.frames import DecodedFrame
 from stream.messages import EOS, SKIP, Message, control_message, frame_message
+from stream.shm import READERS, FrameRing, RingError
 from stream.sources import open_source
 from stream.transport import Stopped, close_sender, make_socket, send_until
 from stream.workers.base import SourcePlan, StageLink, WorkerSpec
@@ -40,6 +41,10 @@ class FrameSender:
         info = plan.info
         rate = info.frame_rate
         self.meta = {"rate": [rate.numerator, rate.denominator] if rate else None, "live": plan.live}
+        # Processes on one host share the pixels through a frame ring instead of copying them per hop.
+        self.use_ring = spec.config.workers == "ipc"
+        self.ring_slots = 4 * spec.config.queue_frames + 2 * spec.config.max_batch + 8
+        self.ring: FrameRing | None = None
 
     def frame(self, frame: DecodedFrame) -> None:
         if frame.segment != self.segment:
@@ -47,7 +52,23 @@ class FrameSender:
             self.control(EOS, segment=self.segment, final=False)
             self.segment = frame.segment
         message = frame_message(self.plan.name, self.seq, frame, self.session, self.meta).stamp("decode")
+        self._into_ring(message, frame.image)
         self._send_both(message)
+
+    def _into_ring(self, message: Message, image) -> None:
+        """Move the pixels into a ring slot when one is free; otherwise they travel inline."""
+        if not self.use_ring or image.dtype.name != "uint8":
+            return
+        if self.ring is None:
+            try:
+                self.ring = FrameRing.create(image.nbytes, self.ring_slots, READERS)
+            except RingError:
+                self.use_ring = False  # no shared memory to spare: inline pixels still work
+                return
+        slot = self.ring.put(image)
+        if slot is not None:
+            message.arrays = {}
+            message.slot = [self.ring.name, slot, list(image.shape)]
 
     def control(self, kind: str, **meta) -> None:
         message = control_message(kind, self.plan.name, self.seq, self.session, **meta)
@@ -68,6 +89,9 @@ class FrameSender:
     def close(self, finished: bool) -> None:
         close_sender(self.gpu, finished)
         close_sender(self.render, finished)
+        if self.ring is not None:
+            # Readers that mapped the ring keep their mapping; the name goes away with the run.
+            self.ring.close()
 
 
 def run_decoder(context: zmq.Context, spec: WorkerSpec, link: StageLink) -> None:

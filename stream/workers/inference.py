@@ -23,6 +23,7 @@ import zmq
 from stream.config import PipelineConfig
 from stream.frames import FrameResult
 from stream.messages import EOS, FRAME, RESULTS, SKIP, Message, follow_up, result_arrays
+from stream.shm import INFER_READER, release, resolve
 from stream.transport import Stopped, close_sender, make_socket, recv_message, send_until
 from stream.workers.base import StageLink, WorkerSpec
 from stream.workers.device import (
@@ -207,6 +208,9 @@ class InferenceEngine:
                 self._run_pose(frames, boxes, [results[i] for i in active], crops, active)
             if self.seg_model is not None and frames:
                 self._run_seg(frames, [group.frames[i] for i in active], [results[i] for i in active])
+        for message in group.frames:
+            # Nothing computed from here on reads the pixels: the decoder may reuse their ring slots.
+            release(message, INFER_READER)
         return self._messages(group, results, crops, prepared.skipped)
 
     def _valid_boxes(self, frames, boxes, scores):
@@ -411,4 +415,5 @@ def _collect(inbox: zmq.Socket, cfg: PipelineConfig, link: StageLink, wait: bool
 def _add(group: Group, message: Message) -> None:
     group.messages.append(message)
     if message.kind == FRAME:
+        resolve(message)
         group.frames.append(message)

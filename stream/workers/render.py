@@ -20,6 +20,7 @@ import zmq
 
 from stream.frames import FrameResult
 from stream.messages import EOS, FRAME, RESULTS, SKIP, Message, to_decoded_frame, to_frame_result
+from stream.shm import RENDER_READER, release, resolve
 from stream.transport import make_socket, recv_message, send_message
 from stream.workers.base import SourcePlan, StageLink, WorkerSpec
 from stream.workers.reorder import ReorderBuffer
@@ -177,7 +178,9 @@ def run_renderer(context: zmq.Context, spec: WorkerSpec, link: StageLink) -> Non
             if link.should_abort():
                 break
             if frames_in in events:
-                joiner.add_frame(recv_message(frames_in))
+                message = recv_message(frames_in)
+                resolve(message)
+                joiner.add_frame(message)
             if results_in in events:
                 joiner.add_result(recv_message(results_in))
             for frame_msg, result_msg in joiner.pairs():
@@ -196,6 +199,7 @@ def run_renderer(context: zmq.Context, spec: WorkerSpec, link: StageLink) -> Non
                 )
                 if preview is not None and image is not None:
                     _publish_preview(preview, plan.name, image, frame_msg)
+                release(frame_msg, RENDER_READER)  # written and shown: the slot may be reused
     finally:
         outputs.close()
         frames_in.close(linger=0)

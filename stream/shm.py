@@ -1,0 +1,167 @@
+"""A shared-memory ring of frame slots, so decoded pixels cross process boundaries on one host once.
+
+The decoder writes each frame into a free slot and sends only the slot reference (``ring``, ``slot``,
+shape) in the message; the GPU worker and the render stage map the same memory and read the pixels in
+place. Each slot has one "in use" byte per reader. The writer sets every reader's byte when it fills
+the slot; each reader clears its own byte once it is done with the frame; the writer reuses a slot only
+when all its bytes are clear. Every byte has a single writer at any time, so no lock is needed.
+
+Layout of the file (``/dev/shm`` where it exists)::
+
+    [flags: slots x readers uint8, padded to 4 KiB][slot 0 pixels][slot 1 pixels]...
+
+When every slot is in use the writer gets ``None`` and sends the pixels inline instead (never blocks,
+never overwrites a frame a reader still holds).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import tempfile
+import uuid
+
+import numpy as np
+
+HEADER_ALIGN = 4096
+_attached: dict[str, FrameRing] = {}  # rings this process has mapped, by name (readers reuse them)
+
+
+class RingError(RuntimeError):
+    """A frame ring that cannot be created or mapped (one-line reason)."""
+
+
+def _directory() -> str:
+    return "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+
+
+class FrameRing:
+    """``slots`` frame slots of ``slot_bytes`` each, shared by one writer and ``readers`` readers."""
+
+    def __init__(self, path: str, slots: int, readers: int, slot_bytes: int, owner: bool) -> None:
+        self.path = path
+        self.name = os.path.basename(path)
+        self.slots = slots
+        self.readers = readers
+        self.slot_bytes = slot_bytes
+        self.owner = owner
+        self.header = -(-slots * readers // HEADER_ALIGN) * HEADER_ALIGN
+        size = self.header + slots * slot_bytes
+        fd = os.open(path, os.O_RDWR)
+        try:
+            self.map = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        self.flags = np.frombuffer(self.map, np.uint8, slots * readers).reshape(slots, readers)
+        self.next = 0
+
+    @classmethod
+    def create(cls, slot_bytes: int, slots: int, readers: int) -> FrameRing:
+        """A new ring file; memory is reserved up front, so a full tmpfs fails here, not on a write."""
+        if slot_bytes <= 0 or slots <= 0 or readers <= 0:
+            raise ValueError(f"frame ring needs positive sizes, got {slot_bytes=} {slots=} {readers=}")
+        header = -(-slots * readers // HEADER_ALIGN) * HEADER_ALIGN
+        path = os.path.join(_directory(), f"ss-ring-{uuid.uuid4().hex[:12]}-{slots}x{readers}x{slot_bytes}")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, header + slots * slot_bytes)
+        except OSError as exc:
+            os.close(fd)
+            os.unlink(path)
+            raise RingError(f"cannot reserve {slots} frame slots of {slot_bytes} bytes: {exc}") from exc
+        os.close(fd)
+        return cls(path, slots, readers, slot_bytes, owner=True)
+
+    @classmethod
+    def attach(cls, name: str) -> FrameRing:
+        """Map the ring ``name`` (once per process; later calls return the same mapping)."""
+        ring = _attached.get(name)
+        if ring is not None:
+            return ring
+        try:
+            slots, readers, slot_bytes = (int(v) for v in name.rsplit("-", 1)[1].split("x"))
+        except ValueError as exc:
+            raise RingError(f"not a frame ring name: {name!r}") from exc
+        path = os.path.join(_directory(), name)
+        try:
+            ring = cls(path, slots, readers, slot_bytes, owner=False)
+        except FileNotFoundError as exc:
+            raise RingError(f"frame ring {name} is gone (its writer has exited)") from exc
+        _attached[name] = ring
+        return ring
+
+    # --- writer ---------------------------------------------------------------------------------------
+
+    def put(self, image: np.ndarray) -> int | None:
+        """Copy ``image`` into a free slot and mark it held by every reader; None when all are in use."""
+        if image.nbytes > self.slot_bytes:
+            return None
+        for step in range(self.slots):
+            slot = (self.next + step) % self.slots
+            if not self.flags[slot].any():
+                self.view(slot, image.shape, image.dtype, writable=True)[...] = image
+                self.flags[slot] = 1
+                self.next = (slot + 1) % self.slots
+                return slot
+        return None
+
+    def in_use(self) -> int:
+        """Slots some reader still holds."""
+        return int(self.flags.any(axis=1).sum())
+
+    # --- readers --------------------------------------------------------------------------------------
+
+    def view(self, slot: int, shape, dtype=np.uint8, writable: bool = False) -> np.ndarray:
+        """The pixels of ``slot`` as an array of ``shape`` (read-only for readers)."""
+        if not 0 <= slot < self.slots:
+            raise ValueError(f"slot {slot} is outside the ring's {self.slots} slots")
+        count = int(np.prod(shape))
+        offset = self.header + slot * self.slot_bytes
+        array = np.frombuffer(self.map, np.dtype(dtype), count, offset).reshape(shape)
+        array.flags.writeable = writable
+        return array
+
+    def release(self, slot: int, reader: int) -> None:
+        """``reader`` is done with ``slot``: once every reader is, the writer may reuse it."""
+        if not 0 <= reader < self.readers:
+            raise ValueError(f"reader {reader} is outside the ring's {self.readers} readers")
+        self.flags[slot, reader] = 0
+
+    def close(self) -> None:
+        """Unmap (and, for the writer, remove the file; readers' mappings stay valid until they close)."""
+        _attached.pop(self.name, None)
+        del self.flags
+        try:
+            self.map.close()
+        except BufferError:
+            pass  # arrays still view it; the mapping goes when they do
+        if self.owner:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+
+# --- messages that carry a slot reference --------------------------------------------------------------
+
+INFER_READER = 0  # reader index of the GPU worker
+RENDER_READER = 1  # reader index of the render stage
+READERS = 2
+
+
+def resolve(message) -> None:
+    """Give a ``frame`` message that references a slot its ``image`` array (a read-only view)."""
+    if message.slot is None:
+        return
+    name, slot, shape = message.slot
+    message.arrays["image"] = FrameRing.attach(name).view(int(slot), tuple(shape))
+
+
+def release(message, reader: int) -> None:
+    """This reader is done with the message's slot (no-op for inline pixels)."""
+    if message.slot is None:
+        return
+    name, slot, _ = message.slot
+    message.arrays.pop("image", None)
+    FrameRing.attach(name).release(int(slot), reader)
+    message.slot = None
