@@ -144,10 +144,7 @@ class _Launcher:
                 target=run_worker, args=(spec, self.context), name=spec.label, daemon=True
             )
         else:
-            # spawn, not fork: the coordinator holds ZeroMQ contexts and maybe CUDA, neither survives fork.
-            worker = multiprocessing.get_context("spawn").Process(
-                target=run_worker, args=(spec,), name=spec.label, daemon=True
-            )
+            worker = _process_context().Process(target=run_worker, args=(spec,), name=spec.label, daemon=True)
         worker.start()
         self.workers[spec.label] = worker
 
@@ -169,6 +166,39 @@ class _Launcher:
                 if worker.is_alive():
                     worker.terminate()
                     worker.join(5.0)
+
+
+# Imported once by the fork server, so workers start from a warm interpreter instead of each paying for
+# Python, numpy, PyAV, ZeroMQ and torch (seconds per worker on a small CPU). Building a model on the
+# meta device imports torch._dynamo (1.5 s). Nothing here starts threads beyond the BLAS pool, which
+# re-initialises after fork; OpenCV is left to the workers that draw.
+WORKER_PRELOAD = [
+    "__main__",
+    "stream.workers.base",
+    "stream.workers.decode",
+    "stream.workers.track",
+    "scipy.optimize",  # the tracker's assignment solver
+    "torch",
+    "torch._dynamo",
+    "stream.workers.inference",
+    "models.sapiens2",
+    "models.loading",
+    "models.detector",
+    "models.preprocess",
+    "models.postprocess",
+    "models.tta",
+]
+
+
+def _process_context():
+    """forkserver where the platform has it, else spawn. Never plain fork of the coordinator: it holds
+    ZeroMQ contexts (I/O threads) and maybe CUDA, neither survives fork; the fork server is a clean
+    process that has only imported modules."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(WORKER_PRELOAD)
+        return context
+    return multiprocessing.get_context("spawn")
 
 
 class _Signals:
