@@ -229,3 +229,32 @@ def test_demo_clip_and_shipped_boxes(tmp_path) -> None:
         assert 2 <= len(record["boxes"]) <= 4  # the persons of zidane.jpg, then of bus.jpg
         for x1, y1, x2, y2, score in record["boxes"]:
             assert 0 <= x1 < x2 <= CLIP_SIZE[0] and 0 <= y1 < y2 <= CLIP_SIZE[1] and 0 < score <= 1
+
+
+def test_ipc_workers_share_frames_through_the_ring_and_match_inproc(material, tmp_path) -> None:
+    """More frames than the ring has slots, so slots are reused: every result equals the inproc run's
+    (pixels read from shared memory are the decoded ones) and no ring file outlives the run."""
+    people = two_people(100)
+    clip = write_test_clip(tmp_path / "many.mp4", len(people), (96, 64), fps=25, seed=3)
+    boxes = write_boxes(tmp_path / "many.jsonl", people)
+    rings_before = set(Path("/dev/shm").glob("ss-ring-*")) if Path("/dev/shm").is_dir() else set()
+    results = {}
+    for workers in ("inproc", "ipc"):
+        out = tmp_path / workers
+        assert main(
+            [
+                "run", str(clip), "--out", str(out), "--pose-model", str(material["pose"]),
+                "--detector", f"boxes:{boxes}", "--input-size", SIZE, "--max-wait-ms", "2",
+                "--workers", workers, "--no-progress",
+            ]
+        ) == 0  # fmt: skip
+        results[workers] = _check_accounting(out, "many", clip)
+    persons = [sum(len(line["persons"]) for line in results[w]) for w in ("inproc", "ipc")]
+    assert persons[0] == persons[1] > len(people)
+    for a, b in zip(results["inproc"], results["ipc"], strict=True):
+        assert [p["bbox"] for p in a["persons"]] == [p["bbox"] for p in b["persons"]]
+        np.testing.assert_allclose(
+            [p["keypoints"] for p in a["persons"]], [p["keypoints"] for p in b["persons"]], atol=1e-4
+        )
+    rings_after = set(Path("/dev/shm").glob("ss-ring-*")) if Path("/dev/shm").is_dir() else set()
+    assert rings_after <= rings_before
