@@ -395,8 +395,11 @@ class _Coordinator:
             self.last_output = time.monotonic()
             if self.first_output is None:
                 self.first_output = self.last_output
-            stats = self.registry.source(source)
-            stats.frame_out(float(event.get("latency", 0.0)), _stage_times(event.get("stamps") or {}))
+            if not event.get("skipped"):
+                # A skipped frame is already counted as a drop; as output it would inflate the output
+                # rate and put a frame that was never processed into the latency percentiles.
+                stats = self.registry.source(source)
+                stats.frame_out(float(event.get("latency", 0.0)), _stage_times(event.get("stamps") or {}))
             progress.advance()
         elif kind == "drop" and report is not None:
             cause = str(event.get("cause", "behind"))

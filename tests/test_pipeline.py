@@ -258,3 +258,25 @@ def test_ipc_workers_share_frames_through_the_ring_and_match_inproc(material, tm
         )
     rings_after = set(Path("/dev/shm").glob("ss-ring-*")) if Path("/dev/shm").is_dir() else set()
     assert rings_after <= rings_before
+
+
+def test_skipped_frames_are_not_counted_as_output_with_a_latency(material, tmp_path) -> None:
+    from stream.config import build_config
+    from stream.pipeline import _Coordinator, _Progress, plan_sources
+
+    config = build_config(
+        {"sources": [str(material["clip_a"])], "out": str(tmp_path), "workers": "inproc", "progress": False}
+    )
+    plans = plan_sources(config)
+    coordinator = _Coordinator(config, plans, None)
+    try:
+        progress = _Progress(config, plans, coordinator.registry)
+        name = plans[0].name
+        coordinator._handle({"event": "progress", "source": name, "latency": 0.2}, progress)
+        coordinator._handle({"event": "progress", "source": name, "latency": 9.0, "skipped": True}, progress)
+        summary = coordinator.registry.source(name).summary()
+        assert summary["frames_out"] == 1
+        assert summary["latency_p95"] == pytest.approx(0.2)
+        assert coordinator.last_output is not None  # the skipped line still reached the sink
+    finally:
+        coordinator._close()
