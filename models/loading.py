@@ -182,7 +182,9 @@ def load_sapiens2(
         stored = {t.dtype for t in state.values() if t.is_floating_point()}
         dtype = stored.pop() if len(stored) == 1 else torch.float32
     with torch.device("meta"):
-        model = build_sapiens2(config).to(dtype=dtype)
+        # No random init: every parameter is overwritten below (and init on meta tensors would import
+        # torch's compiler stack, a second of start-up per worker process).
+        model = build_sapiens2(config, init=False).to(dtype=dtype)
     check_state_dict(model, state, str(name_or_path))
     # The file's tensors are views of a memory map at unaligned offsets; copying them into freshly
     # allocated (aligned, anonymous) parameters keeps matrix multiplies and convolutions on fast paths.

@@ -543,15 +543,22 @@ def init_weights(model: nn.Module, std: float = 0.02) -> None:
 
 
 def build_sapiens2(
-    config: Sapiens2Config, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    config: Sapiens2Config,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    init: bool = True,
 ) -> nn.Module:
-    """A randomly initialised model for ``config.task``, in eval mode, with ``.config`` and ``.task``."""
+    """A randomly initialised model for ``config.task``, in eval mode, with ``.config`` and ``.task``.
+
+    ``init=False`` skips the random initialisation, for a model whose weights are loaded next.
+    """
     if config.task == "model":
         model: nn.Module = Sapiens2Model(config)
     elif config.task == "backbone":
         model = Sapiens2Backbone(config)
     else:
         model = Sapiens2ForTask(config)
-    init_weights(model)
+    if init:
+        init_weights(model)
     model.to(device=device, dtype=dtype)
     return model.eval().requires_grad_(False)

@@ -169,9 +169,8 @@ class _Launcher:
 
 
 # Imported once by the fork server, so workers start from a warm interpreter instead of each paying for
-# Python, numpy, PyAV, ZeroMQ and torch (seconds per worker on a small CPU). Building a model on the
-# meta device imports torch._dynamo (1.5 s). Nothing here starts threads beyond the BLAS pool, which
-# re-initialises after fork; OpenCV is left to the workers that draw.
+# Python, numpy, PyAV, ZeroMQ and torch (seconds per worker on a small CPU). Nothing here starts threads
+# beyond the BLAS pool, which re-initialises after fork; OpenCV is left to the workers that draw.
 WORKER_PRELOAD = [
     "__main__",
     "stream.workers.base",
@@ -179,7 +178,6 @@ WORKER_PRELOAD = [
     "stream.workers.track",
     "scipy.optimize",  # the tracker's assignment solver
     "torch",
-    "torch._dynamo",
     "stream.workers.inference",
     "models.sapiens2",
     "models.loading",
