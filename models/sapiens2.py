@@ -477,7 +477,24 @@ class Sapiens2DecodeHead(nn.Module):
         x = self.input_conv(feature_map)
         x = getattr(self, self.upsample_name)(x)
         x = self.conv_layers(x)
-        return getattr(self, self.predictor_name)(x)
+        return self._predict(x)
+
+    def _predict(self, x: torch.Tensor) -> torch.Tensor:
+        """The 1x1 predictor, (B, C, H, W) -> (B, K, H, W) contiguous in NCHW.
+
+        The head runs channels-last; a 1x1 convolution there returns channels-last maps, which every
+        consumer (argmax and DARK over each heatmap, per-class upsampling) then copies to NCHW. Written
+        as W @ X over the channels-last features, the product comes out NCHW directly.
+        """
+        predictor = getattr(self, self.predictor_name)
+        if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
+            return predictor(x)
+        batch, channels, height, width = x.shape
+        weight = predictor.weight.view(-1, channels)  # (K, C)
+        out = torch.matmul(weight, x.flatten(2))  # (K, C) @ (B, C, H*W), no copy of x
+        if predictor.bias is not None:
+            out = out + predictor.bias[:, None]
+        return out.view(batch, -1, height, width)
 
     def forward_scale(self, feature_map: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) -> (B, 1); the flattened size must match the configured image size."""
