@@ -101,8 +101,12 @@ def _log_neighbourhood(
     log_values = blurred.clamp_min(low).log()
     unsure = (~safe & (peak_value > 0)).nonzero(as_tuple=True)
     if unsure[0].numel():
-        maps = heatmaps[unsure]  # (M, h, w)
-        blur_max = _full_blur_max(maps, kernel)
+        if unsure[0].numel() * 2 > safe.numel():
+            # Most maps need it (weak or untrained models): blurring all of them in place is cheaper
+            # than gathering a copy of the unsure ones first.
+            blur_max = _full_blur_max(heatmaps.flatten(0, 1), kernel).view_as(peak_value)[unsure]
+        else:
+            blur_max = _full_blur_max(heatmaps[unsure], kernel)  # (M,) from (M, h, w)
         scale = torch.where(blur_max > 0, peak_value[unsure] / blur_max.where(blur_max > 0, 1.0), 1.0)
         rescaled = blurred[unsure] * scale[:, None, None]
         log_values[unsure] = rescaled.clamp(low, high).log()
