@@ -280,3 +280,12 @@ def test_skipped_frames_are_not_counted_as_output_with_a_latency(material, tmp_p
         assert coordinator.last_output is not None  # the skipped line still reached the sink
     finally:
         coordinator._close()
+
+
+def test_segmentation_smoothing_size_keeps_aspect_and_bounds_the_work() -> None:
+    from stream.workers.inference import SEG_SMOOTH_MAX_SIDE, smoothing_size
+
+    assert smoothing_size((64, 96)) == (64, 96)  # small frames are smoothed as they are
+    height, width = smoothing_size((1080, 1920))
+    assert max(height, width) == SEG_SMOOTH_MAX_SIDE
+    assert abs(width / height - 1920 / 1080) < 0.01

@@ -281,10 +281,15 @@ class InferenceEngine:
         for frame, message, result, frame_logits in zip(frames, messages, results, logits, strict=True):
             frame_hw = tuple(frame.shape[:2])
             if self.cfg.smooth:
-                _, probs = segment_full_frame(frame_logits.float(), frame_hw, return_probs=True)
+                # Smoothing (optical flow and blending on the host) runs at a reduced size: at 1080p it
+                # took seconds per frame on a CPU. The smoothed probabilities are then upsampled to the
+                # frame like the raw logits would be.
+                small_hw = smoothing_size(frame_hw)
+                _, probs = segment_full_frame(frame_logits.float(), small_hw, return_probs=True)
                 smoother = self._seg_smoother(message.source)
-                probs = smoother(_numpy(probs), _timestamp(message))
-                result.seg_labels = np.asarray(probs).argmax(axis=0).astype(np.uint8)
+                probs = torch.from_numpy(smoother(_numpy(probs), _timestamp(message)))
+                labels, _ = segment_full_frame(probs, frame_hw, return_probs=False)
+                result.seg_labels = _numpy(labels).astype(np.uint8)
             else:
                 labels = segment_full_frame(frame_logits.float(), frame_hw, return_probs=False)
                 labels = labels[0] if isinstance(labels, tuple) else labels
@@ -340,6 +345,16 @@ class InferenceEngine:
             arrays = result_arrays(results[i], crops.get(i))
             out.append(follow_up(message, RESULTS, arrays).stamp("infer"))
         return out
+
+
+SEG_SMOOTH_MAX_SIDE = 384  # longest side of the probability maps that temporal smoothing works on
+
+
+def smoothing_size(frame_hw: tuple[int, int]) -> tuple[int, int]:
+    """The frame's size scaled down so its longest side is at most ``SEG_SMOOTH_MAX_SIDE``."""
+    height, width = frame_hw
+    scale = min(1.0, SEG_SMOOTH_MAX_SIDE / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 def _numpy(value) -> np.ndarray:
