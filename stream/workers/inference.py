@@ -168,24 +168,34 @@ class InferenceEngine:
         active = [i for i in range(len(group.frames)) if i not in skipped]
         boxes = [np.zeros((0, 4), np.float32) for _ in group.frames]
         scores = [np.zeros((0,), np.float32) for _ in group.frames]
-        detect = [i for i in active if self._needs_detection(group.frames[i])]
+        detect, covered = [], set(self.last_boxes)
+        for i in active:
+            if self._needs_detection(group.frames[i], covered):
+                detect.append(i)
+                covered.add(group.frames[i].source)
+        detected = {}
         if detect:
             images = [group.frames[i].arrays["image"] for i in detect]
             indices = [int(group.frames[i].frame) for i in detect]
-            for i, (b, s) in zip(detect, self.detector(images, indices), strict=True):
+            detected = dict(zip(detect, self.detector(images, indices), strict=True))
+        for i in active:  # in arrival order, so a frame never takes boxes from a later one
+            source = group.frames[i].source
+            if i in detected:
+                b, s = detected[i]
                 boxes[i], scores[i] = np.asarray(b, np.float32).reshape(-1, 4), np.asarray(s, np.float32)
-                self.last_boxes[group.frames[i].source] = (boxes[i], scores[i])
-        for i in active:
-            if i not in detect:
-                # Between detections the previous boxes are reused (people move little in k frames).
-                boxes[i], scores[i] = self.last_boxes.get(group.frames[i].source, (boxes[i], scores[i]))
+                self.last_boxes[source] = (boxes[i], scores[i])
+            else:
+                # Between detections: boxes around the latest keypoints (see _carry_pose_boxes), or the
+                # last detector boxes when only segmentation runs.
+                boxes[i], scores[i] = self.last_boxes.get(source, (boxes[i], scores[i]))
         images = [group.frames[i].arrays["image"] for i in active]
         staged = self.streams.upload(images)
         return PreparedGroup(group, staged, boxes, scores, skipped)
 
-    def _needs_detection(self, message: Message) -> bool:
+    def _needs_detection(self, message: Message, covered: set[str]) -> bool:
+        """Every k-th frame, and the first frame of a source (or segment) that has no boxes to carry."""
         k = self.cfg.detect_every
-        return k == 1 or message.source not in self.last_boxes or int(message.frame) % k == 0
+        return k == 1 or message.source not in covered or int(message.frame) % k == 0
 
     @torch.inference_mode()
     def compute(self, prepared: PreparedGroup) -> list[Message]:
@@ -207,12 +217,32 @@ class InferenceEngine:
                 )
             if self.pose_model is not None and frames:
                 self._run_pose(frames, boxes, [results[i] for i in active], crops, active)
+                if self.cfg.detect_every > 1:
+                    self._carry_pose_boxes(group, active, results)
             if self.seg_model is not None and frames:
                 self._run_seg(frames, [group.frames[i] for i in active], [results[i] for i in active])
         for message in group.frames:
             # Nothing computed from here on reads the pixels: the decoder may reuse their ring slots.
             release(message, INFER_READER)
         return self._messages(group, results, crops, prepared.skipped)
+
+    def _carry_pose_boxes(self, group: Group, active: list[int], results: dict[int, FrameResult]) -> None:
+        """Between detector runs, crop each person around its latest keypoints (pose-derived boxes).
+
+        People move between frames; the box around where their keypoints were follows them, where the
+        last detector box would not. A person whose keypoints are too weak keeps its detector box.
+        """
+        from trackers import keypoint_boxes
+
+        for i in active:  # in arrival order: the latest frame of a source wins
+            result = results[i]
+            if result.keypoints is None or result.num_persons == 0:
+                continue
+            threshold = self.cfg.keypoint_threshold
+            pose_boxes, _ = keypoint_boxes(result.keypoints, result.keypoint_scores, threshold)
+            usable = np.isfinite(pose_boxes).all(axis=1)
+            boxes = np.where(usable[:, None], pose_boxes, result.boxes).astype(np.float32)
+            self.last_boxes[group.frames[i].source] = (boxes, result.scores)
 
     def _valid_boxes(self, frames, boxes, scores):
         from models.preprocess import valid_box_mask
