@@ -137,7 +137,8 @@ class InferenceEngine:
         self.seg_model = (
             load_task_model(cfg.seg_model, "seg", cfg, self.device, self.dtype) if cfg.seg else None
         )
-        self.last_boxes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        # Per source: (frame number the boxes belong to, boxes, scores), carried between detector runs.
+        self.last_boxes: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}
         self.seg_smoothers: dict[str, object] = {}
         self.dropped_boxes = 0
 
@@ -183,11 +184,11 @@ class InferenceEngine:
             if i in detected:
                 b, s = detected[i]
                 boxes[i], scores[i] = np.asarray(b, np.float32).reshape(-1, 4), np.asarray(s, np.float32)
-                self.last_boxes[source] = (boxes[i], scores[i])
+                self.last_boxes[source] = (int(group.frames[i].frame), boxes[i], scores[i])
             else:
                 # Between detections: boxes around the latest keypoints (see _carry_pose_boxes), or the
                 # last detector boxes when only segmentation runs.
-                boxes[i], scores[i] = self.last_boxes.get(source, (boxes[i], scores[i]))
+                _, boxes[i], scores[i] = self.last_boxes.get(source, (-1, boxes[i], scores[i]))
         images = [group.frames[i].arrays["image"] for i in active]
         staged = self.streams.upload(images)
         return PreparedGroup(group, staged, boxes, scores, skipped)
@@ -242,7 +243,11 @@ class InferenceEngine:
             pose_boxes, _ = keypoint_boxes(result.keypoints, result.keypoint_scores, threshold)
             usable = np.isfinite(pose_boxes).all(axis=1)
             boxes = np.where(usable[:, None], pose_boxes, result.boxes).astype(np.float32)
-            self.last_boxes[group.frames[i].source] = (boxes, result.scores)
+            source, frame = group.frames[i].source, int(group.frames[i].frame)
+            # Batches overlap: a later frame's detection may already be there; never replace it with
+            # boxes from an older frame.
+            if frame > self.last_boxes.get(source, (-1,))[0]:
+                self.last_boxes[source] = (frame, boxes, result.scores)
 
     def _valid_boxes(self, frames, boxes, scores):
         from models.preprocess import valid_box_mask
