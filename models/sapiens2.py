@@ -270,26 +270,14 @@ class Sapiens2ViT(nn.Module):
         self, grid_hw: tuple[int, int], device: torch.device, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """RoPE tables for a patch grid, cached per grid, device and dtype outside compiled graphs."""
+        config = self.config
+        args = (grid_hw, config.head_dim, config.rope_theta, config.num_prefix_tokens, device, dtype)
         if torch.compiler.is_compiling():
-            return rope_cos_sin(
-                grid_hw,
-                self.config.head_dim,
-                self.config.rope_theta,
-                self.config.num_prefix_tokens,
-                device,
-                dtype,
-            )
+            return rope_cos_sin(*args)
         # Tables made in inference mode cannot be used where autograd records, so they are kept apart.
         key = (grid_hw, device, dtype, torch.is_inference_mode_enabled())
         if key not in self._rope_cache:
-            self._rope_cache[key] = rope_cos_sin(
-                grid_hw,
-                self.config.head_dim,
-                self.config.rope_theta,
-                self.config.num_prefix_tokens,
-                device,
-                dtype,
-            )
+            self._rope_cache[key] = rope_cos_sin(*args)
         return self._rope_cache[key]
 
     def embed(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
