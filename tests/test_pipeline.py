@@ -245,9 +245,7 @@ def test_ipc_workers_share_frames_through_the_ring_and_match_inproc(material, tm
             [
                 "run", str(clip), "--out", str(out), "--pose-model", str(material["pose"]),
                 "--detector", f"boxes:{boxes}", "--input-size", SIZE, "--max-wait-ms", "2",
-                # One crop per forward in both runs: batches formed by timing would differ in the last
-                # bits of the float sums, which random weights can amplify into visible differences.
-                "--max-batch", "1", "--workers", workers, "--no-progress",
+                "--workers", workers, "--no-progress",
             ]
         ) == 0  # fmt: skip
         results[workers] = _check_accounting(out, "many", clip)
@@ -255,9 +253,12 @@ def test_ipc_workers_share_frames_through_the_ring_and_match_inproc(material, tm
     assert persons[0] == persons[1] > len(people)
     for a, b in zip(results["inproc"], results["ipc"], strict=True):
         assert [p["bbox"] for p in a["persons"]] == [p["bbox"] for p in b["persons"]]
-        np.testing.assert_allclose(
-            [p["keypoints"] for p in a["persons"]], [p["keypoints"] for p in b["persons"]], atol=1e-4
-        )
+        # The same pixels give the same keypoints up to float noise: the runs may differ in thread
+        # count and batch make-up, which changes the last bits of the sums, and random weights turn
+        # that into small moves of a few keypoints. Pixels of a wrong frame or slot move nearly all.
+        keypoints_a, keypoints_b = ([p["keypoints"] for p in r["persons"]] for r in (a, b))
+        difference = np.abs(np.asarray(keypoints_a) - np.asarray(keypoints_b))
+        assert difference.size == 0 or np.mean(difference <= 0.01) >= 0.97, (a["frame"], difference.max())
     rings_after = set(Path("/dev/shm").glob("ss-ring-*")) if Path("/dev/shm").is_dir() else set()
     assert rings_after <= rings_before
 
