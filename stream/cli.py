@@ -50,7 +50,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     add("--input-size", help="model input HxW (default 1024x768)")
     add("--smooth", action=argparse.BooleanOptionalAction, default=None, help="temporal smoothing")
     add("--mode", help="auto, offline (lossless) or live (bounded latency)")
-    add("--max-batch", type=int, help="persons per model forward")
+    add("--max-batch", type=int, help="frames per batch (across sources) and crops per model forward")
     add("--max-wait-ms", type=float, help="how long to wait to fill a batch")
     add("--detect-every", type=int, help="run the detector every K-th frame")
     add("--conf", type=float, help="detector confidence threshold")
