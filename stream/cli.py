@@ -107,6 +107,18 @@ def run(config) -> int:
         print(f"{source.name}: {source.lines} frames{extra} -> {', '.join(source.outputs.values())}")
     note = " (interrupted)" if report.interrupted else ""
     print(f"done in {report.elapsed:.1f} s, {report.fps:.1f} frames/s{note}")
+    damaged = [s for s in report.sources.values() if s.frames_missing and not report.interrupted]
+    if damaged:
+        # Every decoded frame is written and the outputs are complete; the input itself was not.
+        from stream.sources import SourceError
+
+        source = damaged[0]
+        announced = source.frames_decoded + source.frames_missing
+        decoded = source.frames_decoded
+        return _fail(SourceError(
+            f"{source.spec}: decoding stopped after {decoded} of {announced} frames (damaged or cut-short "
+            f"file); the outputs hold the {decoded} decoded frames"
+        ))
     return 0
 
 

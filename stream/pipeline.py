@@ -31,7 +31,7 @@ import zmq
 
 from stream.config import PipelineConfig
 from stream.messages import to_decoded_frame
-from stream.sources import SourceInfo, probe_source, unique_names
+from stream.sources import SourceInfo, missing_frames, probe_source, unique_names
 from stream.transport import Topology, make_socket, recv_message
 from stream.workers.base import CONTROL_HWM, EVENTS_HWM, SourcePlan, WorkerSpec, run_worker
 
@@ -51,6 +51,7 @@ class SourceReport:
     spec: str
     mode: str
     frames_decoded: int = 0
+    frames_missing: int = 0  # announced by the container but never decoded (a damaged or cut file)
     frames_written: int = 0  # video frames
     lines: int = 0  # JSONL lines (one per decoded frame, skipped ones included)
     skipped: int = 0
@@ -271,6 +272,7 @@ class _Coordinator:
         self.reports = {
             p.name: SourceReport(p.name, p.info.spec, "live" if p.live else "offline") for p in plans
         }
+        self.infos = {p.name: p.info for p in plans}
         self.error: str | None = None
         self.device: str | None = None
         self.first_output: float | None = None
@@ -410,6 +412,7 @@ class _Coordinator:
             self.registry.source(source).frame_in()
         elif kind == "decoded" and report is not None:
             report.frames_decoded = int(event.get("frames", 0))
+            report.frames_missing = missing_frames(self.infos[source], report.frames_decoded)
         elif kind == "done" and report is not None and "lines" in event:
             report.frames_written = int(event["frames"])
             report.lines = int(event["lines"])

@@ -39,6 +39,7 @@ class SourceInfo:
     num_frames: int | None
     width: int | None = None
     height: int | None = None
+    frames_estimated: bool = False  # num_frames comes from the container's duration, not a frame count
 
     @property
     def is_live(self) -> bool:
@@ -83,6 +84,10 @@ def _probe_video(path: Path) -> SourceInfo:
             stream = container.streams.video[0]
             rate = stream.average_rate or stream.guessed_rate
             frames = int(stream.frames) or None
+            estimated = frames is None and rate is not None and container.duration is not None
+            if estimated:
+                # Containers such as Matroska store no frame count, only the duration (microseconds).
+                frames = round(container.duration / 1_000_000 * float(rate)) or None
             return SourceInfo(
                 str(path),
                 path.stem,
@@ -92,9 +97,23 @@ def _probe_video(path: Path) -> SourceInfo:
                 frames,
                 stream.codec_context.width,
                 stream.codec_context.height,
+                frames_estimated=estimated and frames is not None,
             )
     except (av.FFmpegError, OSError) as exc:
         raise SourceError(f"cannot read {path}: not a video PyAV can decode ({_first_line(exc)})") from exc
+
+
+def missing_frames(info: SourceInfo, decoded: int) -> int:
+    """How many frames the container announced but did not deliver (0 when it delivered them all).
+
+    A frame count in the header must be met exactly; one estimated from the duration may be off by a
+    frame or two of rounding and start offsets.
+    """
+    if info.kind != "file" or info.num_frames is None:
+        return 0
+    slack = max(2, info.num_frames // 50) if info.frames_estimated else 0
+    shortfall = info.num_frames - decoded
+    return shortfall if shortfall > slack else 0
 
 
 def _first_line(exc: BaseException) -> str:

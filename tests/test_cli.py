@@ -75,3 +75,27 @@ def test_bad_options(tmp_path: Path, capsys, extra: list[str], message: str) -> 
     write_clip(clip, moving_squares(2, (32, 32)), fps=10)
     assert main(["run", str(clip), "--out", str(tmp_path / "o"), *extra]) == 2
     assert message in _error_line(capsys)
+
+
+def test_cut_short_file_keeps_what_was_decoded_and_exits_non_zero(tmp_path: Path, capsys) -> None:
+    """A Matroska file cut at 60 %: its header still announces 60 frames (by duration); the frames
+    before the cut are annotated and written, then the run reports the damage on one line."""
+    from pipeline_fixtures import read_jsonl, read_video, save_tiny_model, write_boxes, write_test_clip
+
+    whole = write_test_clip(tmp_path / "whole.mkv", 60, (80, 64), fps=25)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    model = save_tiny_model(tmp_path / "pose", "pose")
+    boxes = write_boxes(tmp_path / "boxes.jsonl", {i: [[8.0, 8.0, 40.0, 60.0, 0.9]] for i in range(60)})
+    out = tmp_path / "out"
+    argv = ["run", str(cut), "--out", str(out), "--pose-model", str(model), "--detector", f"boxes:{boxes}",
+            "--input-size", "64x48", "--workers", "inproc", "--no-progress"]  # fmt: skip
+    assert main(argv) == 2
+    line = _error_line(capsys)
+    assert f"{cut}: decoding stopped after" in line and "of 60 frames" in line
+    lines = read_jsonl(out / "cut.jsonl")
+    frames, _, _, _ = read_video(out / "cut.mp4")
+    assert 0 < len(lines) < 60 and len(frames) == len(lines)
+    assert f"after {len(lines)} of 60" in line
+    assert main(["run", str(whole), *argv[2:]]) == 0  # the whole file is not reported
