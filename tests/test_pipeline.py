@@ -46,8 +46,9 @@ def material(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-def _run(material, out: Path, *sources, extra=()) -> None:
-    argv = [
+def _run_args(material, out: Path, *sources) -> list[str]:
+    """``run`` on the sources with the tiny models and the shared boxes."""
+    return [
         "run",
         *map(str, sources),
         "--out",
@@ -62,12 +63,11 @@ def _run(material, out: Path, *sources, extra=()) -> None:
         SIZE,
         "--max-wait-ms",
         "2",
-        "--workers",
-        "inproc",
-        "--no-progress",
-        *extra,
     ]
-    assert main(argv) == 0
+
+
+def _run(material, out: Path, *sources, extra=()) -> None:
+    assert main([*_run_args(material, out, *sources), "--workers", "inproc", "--no-progress", *extra]) == 0
 
 
 def _check_accounting(out: Path, name: str, source: Path) -> list[dict]:
@@ -158,21 +158,7 @@ def test_process_mode_two_sources_and_sigint_drains_to_playable_outputs(material
     """Default ipc workers (a process per stage); SIGINT mid-run leaves complete, playable outputs."""
     long_clip = write_test_clip(tmp_path / "long.mp4", 400, (96, 64), fps=25, seed=2)
     out = tmp_path / "out"
-    args = [
-        "run",
-        str(material["clip_a"]),
-        str(long_clip),
-        "--out",
-        str(out),
-        "--pose-model",
-        str(material["pose"]),
-        "--detector",
-        f"boxes:{material['boxes']}",
-        "--input-size",
-        SIZE,
-        "--max-wait-ms",
-        "2",
-    ]
+    args = _run_args(material, out, material["clip_a"], long_clip)
     proc = subprocess.Popen(
         _cli(*args),
         stdout=subprocess.PIPE,
