@@ -479,9 +479,13 @@ class Sapiens2DecodeHead(nn.Module):
             return predictor(x)
         batch, channels, height, width = x.shape
         weight = predictor.weight.view(-1, channels)  # (K, C)
-        out = torch.matmul(weight, x.flatten(2))  # (K, C) @ (B, C, H*W), no copy of x
+        features = x.flatten(2)  # (B, C, H*W), a view of the channels-last memory
         if predictor.bias is not None:
-            out = out + predictor.bias[:, None]
+            # The bias rides in the product as one more input channel of ones: adding it afterwards
+            # was a second full pass over the K maps, as slow on CPU as the product itself.
+            weight = torch.cat([weight, predictor.bias[:, None]], dim=1)  # (K, C + 1)
+            features = torch.cat([features, features.new_ones(batch, 1, height * width)], dim=1)
+        out = torch.matmul(weight, features)  # (K, C [+ 1]) @ (B, C [+ 1], H*W)
         return out.view(batch, -1, height, width)
 
     def forward_scale(self, feature_map: torch.Tensor) -> torch.Tensor:
