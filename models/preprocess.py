@@ -21,6 +21,12 @@ How the sampling differs from transformers' ``crop_and_resize`` (same geometry, 
   warp made with that flag is the single-tap bilinear one.
 - where both are exact (scale 1, integer offsets) the outputs are equal; tests bound the difference
   elsewhere and ``benchmarks/postprocess.py`` measures it.
+
+Two backends compute the same samples. ``torch`` (``grid_sample``, any device, float throughout) is the
+GPU path. ``opencv`` (``cv2.warpAffine`` on the uint8 frames, the tap grid then ``cv2.resize(INTER_AREA)``,
+an exact k x k average) is the CPU path: several times faster there, within about one grey level of
+``torch`` (cv2 places taps on a 1/32-pixel grid and rounds each crop to uint8, as the official demo's
+warp does). ``backend="auto"`` picks ``opencv`` for CPU frames.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -38,6 +46,7 @@ DEFAULT_PADDING = 1.25
 MAX_SUPERSAMPLE = 8
 # Upper bound on bilinear taps evaluated at once (x 3 channels floats); bounds peak memory of a warp.
 _MAX_TAPS_PER_CHUNK = 24_000_000
+WARP_BACKENDS = ("auto", "torch", "opencv")
 
 
 @dataclass
@@ -193,6 +202,7 @@ def crop_and_warp(
     input_size: Sequence[int] = DEFAULT_INPUT_SIZE,
     padding: float = DEFAULT_PADDING,
     antialias: bool = True,
+    backend: str = "auto",
 ) -> CropBatch:
     """Warp every person box of ``frames`` to a normalised model input, on the frames' device.
 
@@ -204,6 +214,7 @@ def crop_and_warp(
         input_size: model input (height, width).
         padding: crop window size relative to the box.
         antialias: area-average when shrinking (default); False samples one bilinear tap per pixel.
+        backend: ``"torch"``, ``"opencv"`` (CPU frames only) or ``"auto"`` (opencv on CPU, else torch).
     """
     out_hw = _check_input_size(input_size)
     if len(frames) == 0:
@@ -225,10 +236,38 @@ def crop_and_warp(
             "outside its frame; filter boxes with valid_box_mask first"
         )
 
+    backend = _pick_backend(backend, device)
+
     affine = crop_to_frame_affine(boxes, out_hw, padding)
-    pixels = torch.empty(boxes.shape[0], 3, *out_hw, dtype=torch.float32, device=device)
     taps = _supersample_factor(affine, antialias)
     enlarging = (affine[:, 0, 0] <= 1) & (affine[:, 1, 1] <= 1)
+    if backend == "opencv":
+        pixels = _warp_opencv(frames, affine, frame_index, out_hw, taps, enlarging)
+    else:
+        pixels = _warp_torch(frames, affine, frame_index, out_hw, taps, enlarging)
+    return CropBatch(pixel_values=_normalise(pixels), crop_to_frame=affine, frame_index=frame_index)
+
+
+def _pick_backend(backend: str, device: torch.device) -> str:
+    if backend not in WARP_BACKENDS:
+        raise ValueError(f"backend must be one of {WARP_BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "opencv" if device.type == "cpu" else "torch"
+    if backend == "opencv" and device.type != "cpu":
+        raise ValueError(f"the opencv warp needs frames on the CPU, got frames on {device}")
+    return backend
+
+
+def _warp_torch(
+    frames: Sequence[torch.Tensor],
+    affine: torch.Tensor,
+    frame_index: torch.Tensor,
+    out_hw: tuple[int, int],
+    taps: torch.Tensor,
+    enlarging: torch.Tensor,
+) -> torch.Tensor:
+    """Crops (N, 3, H, W) float in 0..255 through ``grid_sample``, on the frames' device."""
+    pixels = torch.empty(affine.shape[0], 3, *out_hw, dtype=torch.float32, device=affine.device)
     # One group per (frame, taps, cubic or not): a few grid_sample launches, never one per person.
     group_key = (frame_index * (MAX_SUPERSAMPLE + 1) + taps) * 2 + enlarging.long()
     images: dict[int, torch.Tensor] = {}  # each frame converted to float once
@@ -243,7 +282,40 @@ def crop_and_warp(
         per_chunk = max(1, _MAX_TAPS_PER_CHUNK // (out_hw[0] * out_hw[1] * k * k))
         for chunk in members.split(per_chunk):
             pixels[chunk] = _warp_group(image, affine[chunk], out_hw, k, cubic)
-    return CropBatch(pixel_values=_normalise(pixels), crop_to_frame=affine, frame_index=frame_index)
+    return pixels
+
+
+def _warp_opencv(
+    frames: Sequence[torch.Tensor],
+    affine: torch.Tensor,
+    frame_index: torch.Tensor,
+    out_hw: tuple[int, int],
+    taps: torch.Tensor,
+    enlarging: torch.Tensor,
+) -> torch.Tensor:
+    """Crops (N, 3, H, W) float in 0..255 through ``cv2.warpAffine`` on the uint8 frames (CPU).
+
+    With ``k`` taps per axis the warp samples a ``k``-times larger crop whose pixel ``s`` sits at crop
+    position ``(s + 0.5) / k - 0.5`` (the torch path's taps), then ``INTER_AREA`` averages each k x k tile.
+    """
+    out_h, out_w = out_hw
+    crops = np.empty((affine.shape[0], out_h, out_w, 3), np.uint8)
+    matrices = affine.double().cpu().numpy()
+    per_crop = zip(taps.tolist(), enlarging.tolist(), frame_index.tolist(), strict=True)
+    for n, (k, cubic, f) in enumerate(per_crop):
+        scale = matrices[n, :, :2] / k
+        shift = matrices[n, :, 2] + np.diag(matrices[n, :, :2]) * (0.5 / k - 0.5)
+        frame_from_taps = np.concatenate([scale, shift[:, None]], axis=1)
+        flags = (cv2.INTER_CUBIC if cubic else cv2.INTER_LINEAR) | cv2.WARP_INVERSE_MAP
+        image = np.ascontiguousarray(frames[f].numpy())
+        if k == 1:
+            cv2.warpAffine(image, frame_from_taps, (out_w, out_h), crops[n], flags, cv2.BORDER_CONSTANT, 0)
+        else:
+            size = (out_w * k, out_h * k)
+            sampled = cv2.warpAffine(image, frame_from_taps, size, None, flags, cv2.BORDER_CONSTANT, 0)
+            cv2.resize(sampled, (out_w, out_h), crops[n], interpolation=cv2.INTER_AREA)
+    pixels = torch.empty(affine.shape[0], 3, out_h, out_w, dtype=torch.float32)
+    return pixels.copy_(torch.from_numpy(crops).permute(0, 3, 1, 2))
 
 
 def prepare_full_frame(
