@@ -6,9 +6,9 @@
 Pose: 308 heatmaps of 256x192 (the 1024x768 input) per person, for 1, 8 and 32 persons. The reference
 decodes a whole batch at once; its memory grows with it (several GB at 32 persons), so it is timed in
 chunks of ``--reference-chunk`` persons and the chunk times are summed. Crops: person boxes in a 1080p
-frame warped to the model input, ours (antialiased and single-tap) against the reference's
-``crop_and_resize`` and against ``cv2.warpAffine`` crop by crop (the official training warp; CPU only),
-with the pixel differences between them.
+frame warped to the model input, ours (antialiased and single-tap; on CPU both warp backends) against
+the reference's ``crop_and_resize`` and against ``cv2.warpAffine`` crop by crop (the official training
+warp; CPU only), with the pixel differences between them.
 """
 
 from __future__ import annotations
@@ -149,14 +149,18 @@ def bench_crops(
         image = frame.permute(2, 0, 1).float()
         return crop_and_resize(image, xywh, input_size)
 
-    def ours(antialias: bool) -> torch.Tensor:
-        return crop_and_warp([frame], boxes, frame_index, input_size, antialias=antialias).pixel_values
+    def ours(antialias: bool, backend: str = "auto") -> torch.Tensor:
+        batch = crop_and_warp([frame], boxes, frame_index, input_size, antialias=antialias, backend=backend)
+        return batch.pixel_values
 
     timings = {
         "ours_antialias_ms": time_call(lambda: ours(True), repeats, sync=sync),
         "ours_single_tap_ms": time_call(lambda: ours(False), repeats, sync=sync),
         "reference_crop_and_resize_ms": time_call(reference, repeats, sync=sync),
     }
+    if device.type == "cpu":  # "auto" is the opencv backend here; the grid_sample one for comparison
+        timings["ours_antialias_torch_backend_ms"] = time_call(lambda: ours(True, "torch"), repeats)
+        timings["ours_single_tap_torch_backend_ms"] = time_call(lambda: ours(False, "torch"), repeats)
     affine = crop_to_frame_affine(boxes, input_size)
     if device.type == "cpu":
         timings["cv2_warp_affine_ms"] = time_call(lambda: _cv2_warps(frame_np, affine, input_size), repeats)
@@ -166,6 +170,7 @@ def bench_crops(
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
     antialiased = ours(True) * std + mean
     single = ours(False) * std + mean
+    antialiased_torch = ours(True, "torch") * std + mean
     theirs = reference().clamp(0, 255)
     cv2_crops = torch.from_numpy(np.stack(_cv2_warps(frame_np, affine, input_size))).permute(0, 3, 1, 2)
     cv2_crops = cv2_crops.float().to(device)
@@ -187,6 +192,7 @@ def bench_crops(
                 "single_tap_vs_cv2_warp_affine": diff(single, cv2_crops),
                 "antialias_vs_cv2_warp_affine": diff(antialiased, cv2_crops),
                 "reference_vs_cv2_warp_affine": diff(theirs, cv2_crops),
+                "antialias_auto_vs_torch_backend": diff(antialiased, antialiased_torch),
             },
         }
     )
