@@ -5,8 +5,10 @@
     encoder settings. Ratio = pipeline fps / bare fps (target >= 0.8), over the whole run and in steady
     state (first to last frame at the sink: process start-up, model loading and exit excluded).
 (b) against the loop a user would write from the transformers page: per frame the Sapiens2 image
-    processor with the boxes, the transformers model, its pose post-processing, cv2 drawing and a
-    libx264 write; same tiny weights, same boxes, same clip. Ratio = pipeline fps / loop fps.
+    processor with the boxes, the transformers model, its pose post-processing, cv2 drawing of the
+    skeleton, the keypoints as a JSON line and a libx264 write (the outputs the pipeline writes); same
+    tiny weights, same boxes, same clip. Ratio = pipeline fps / loop fps, both over the whole run
+    (model loading included) and the pipeline's steady state.
 
     .venv/bin/python benchmarks/pipeline.py [--frames 300] [--size 1920x1080] [--out FILE]
 """
@@ -126,11 +128,15 @@ def pipeline_run(clip: Path, out: Path, boxes: Path, model: Path, device: str, i
 def naive_loop(
     clip: Path, out: Path, boxes: dict[int, list[list[float]]], model_dir: Path, device: str
 ) -> dict:
-    """The per-frame loop from the transformers Sapiens2 page, drawing with cv2 and writing with PyAV."""
+    """The per-frame loop from the transformers Sapiens2 page, with the outputs the pipeline writes: the
+    skeleton in the official colours drawn with cv2, the keypoints as JSON lines, the video through PyAV."""
     from transformers import Sapiens2ForPoseEstimation
     from transformers.models.sapiens2.image_processing_sapiens2 import Sapiens2ImageProcessor
 
+    from models.meta import pose_meta
+
     start = time.perf_counter()
+    meta = pose_meta()
     processor = Sapiens2ImageProcessor(size={"height": TINY_INPUT[0], "width": TINY_INPUT[1]})
     model = Sapiens2ForPoseEstimation.from_pretrained(str(model_dir)).eval().to(device)
     frames = 0
@@ -146,7 +152,8 @@ def naive_loop(
         out_stream.options = {"crf": str(CRF), "preset": PRESET}
         for index, frame in enumerate(src.decode(in_stream)):
             image = frame.to_ndarray(format="rgb24")
-            xywh = [[x1, y1, x2 - x1, y2 - y1] for x1, y1, x2, y2, _ in boxes.get(index, [])]
+            xyxy = boxes.get(index, [])
+            xywh = [[x1, y1, x2 - x1, y2 - y1] for x1, y1, x2, y2, _ in xyxy]
             persons = []
             if xywh:
                 inputs = processor(image, boxes=[xywh], return_tensors="pt").to(device)
@@ -154,13 +161,12 @@ def naive_loop(
                     outputs = model(**inputs)
                 persons = processor.post_process_pose_estimation(outputs, boxes=[xywh])[0]
             canvas = image.copy()
-            for person in persons:
-                for (x, y), score in zip(
-                    person["keypoints"].tolist(), person["scores"].tolist(), strict=True
-                ):
-                    if score > 0.3:
-                        cv2.circle(canvas, (int(x), int(y)), 3, (255, 0, 0), -1)
-            log.write(json.dumps({"frame": index, "persons": len(persons)}) + "\n")
+            records = []
+            for box, person in zip(xyxy, persons, strict=True):
+                points, scores = person["keypoints"].tolist(), person["scores"].tolist()
+                draw_person(canvas, meta, box, points, scores)
+                records.append({"bbox": box[:4], "score": box[4], "keypoints": points, "scores": scores})
+            log.write(json.dumps({"frame": index, "persons": records}) + "\n")
             for packet in out_stream.encode(av.VideoFrame.from_ndarray(canvas, format="rgb24")):
                 dst.mux(packet)
             frames += 1
@@ -170,11 +176,24 @@ def naive_loop(
     return {"frames": frames, "seconds": round(seconds, 3), "fps": round(frames / seconds, 3)}
 
 
+def draw_person(canvas, meta, box, points, scores, threshold: float = 0.3) -> None:
+    """Box, skeleton links in their colours and keypoint dots, as a cv2 user would draw them."""
+    x1, y1, x2, y2 = (int(v) for v in box[:4])
+    cv2.rectangle(canvas, (x1, y1), (x2, y2), (0, 255, 0), 2)
+    for (a, b), color in zip(meta.skeleton.tolist(), meta.link_colors.tolist(), strict=True):
+        if scores[a] > threshold and scores[b] > threshold:
+            start, end = (int(v) for v in points[a]), (int(v) for v in points[b])
+            cv2.line(canvas, tuple(start), tuple(end), color, 2, cv2.LINE_AA)
+    for (x, y), score in zip(points, scores, strict=True):
+        if score > threshold:
+            cv2.circle(canvas, (int(x), int(y)), 2, (255, 0, 0), -1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=300, help="frames of the overhead clip")
     parser.add_argument("--size", default="1920x1080", help="overhead clip WxH")
-    parser.add_argument("--loop-frames", type=int, default=60, help="frames of the clip for (b)")
+    parser.add_argument("--loop-frames", type=int, default=300, help="frames of the clip for (b)")
     parser.add_argument("--persons", type=int, default=3, help="persons per frame in (b)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
