@@ -7,6 +7,12 @@ static batch sizes (flip-TTA doubles each chunk inside the same forward). Keypoi
 decoded on the device; only those small results leave it, one ``results`` message per frame, to the
 source's track stage. Control messages (``eos``, ``skip``) travel in the group in arrival order, so
 each source's messages leave in the order they came.
+
+With smoothing on (the default; ``--no-smooth`` turns it off), the boxes persons are cropped from are
+steadied per source before the crop (``trackers.CropBoxSmoother``: associated with the previous
+frame's crop boxes, One-Euro filtered over the frames' timestamps), so detector jitter does not shake
+the crops and, through them, the keypoints. The results still carry the detector's boxes (the tracker
+downstream associates on them); ``crop_to_frame`` describes the crops actually cut.
 """
 
 from __future__ import annotations
@@ -140,6 +146,8 @@ class InferenceEngine:
         # Per source: (frame number the boxes belong to, boxes, scores), carried between detector runs.
         self.last_boxes: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}
         self.seg_smoothers: dict[str, object] = {}
+        # Per source: (segment, its crop box smoother), used when smoothing is on.
+        self.crop_smoothers: dict[str, tuple[int, object]] = {}
         self.dropped_boxes = 0
 
     # --- warm-up ------------------------------------------------------------------------------------
@@ -210,6 +218,9 @@ class InferenceEngine:
             boxes = [prepared.boxes[i] for i in active]
             scores = [prepared.scores[i] for i in active]
             boxes, scores = self._valid_boxes(frames, boxes, scores)
+            crop_boxes = boxes
+            if self.cfg.smooth and self.pose_model is not None:
+                crop_boxes = self._smoothed_crop_boxes(frames, [group.frames[i] for i in active], boxes)
             for slot, i in enumerate(active):
                 results[i] = FrameResult(
                     boxes=boxes[slot],
@@ -217,7 +228,7 @@ class InferenceEngine:
                     track_ids=np.full(len(boxes[slot]), -1, np.int64),
                 )
             if self.pose_model is not None and frames:
-                self._run_pose(frames, boxes, [results[i] for i in active], crops, active)
+                self._run_pose(frames, crop_boxes, [results[i] for i in active], crops, active)
                 if self.cfg.detect_every > 1:
                     self._carry_pose_boxes(group, active, results)
             if self.seg_model is not None and frames:
@@ -248,6 +259,39 @@ class InferenceEngine:
             # boxes from an older frame.
             if frame > self.last_boxes.get(source, (-1,))[0]:
                 self.last_boxes[source] = (frame, boxes, result.scores)
+
+    def _smoothed_crop_boxes(
+        self, frames: list[torch.Tensor], messages: list[Message], boxes: list[np.ndarray]
+    ) -> list[np.ndarray]:
+        """Each frame's boxes, smoothed over its source's earlier frames, to crop persons from.
+
+        Groups are computed in the order they arrived and ``messages`` are in arrival order, so every
+        source's frames reach its smoother in frame order, also when several sources share a group.
+        """
+        from models.preprocess import valid_box_mask
+
+        crop_boxes = []
+        for frame, message, frame_boxes in zip(frames, messages, boxes, strict=True):
+            smoothed = self._crop_smoother(message)(frame_boxes, _timestamp(message)).astype(np.float32)
+            if len(smoothed):
+                # A smoothed box that lags a person leaving the frame may lie outside it, and
+                # crop_and_warp refuses such boxes: that person is cropped from the detector's box.
+                index = torch.zeros(len(smoothed), dtype=torch.long)
+                size = [tuple(frame.shape[:2])]
+                inside = valid_box_mask(torch.from_numpy(smoothed), None, size, index).cpu().numpy()
+                smoothed = np.where(inside[:, None], smoothed, frame_boxes)
+            crop_boxes.append(np.ascontiguousarray(smoothed, np.float32))
+        return crop_boxes
+
+    def _crop_smoother(self, message: Message):
+        """The source's crop box smoother; a frame of a new segment starts a fresh one."""
+        segment, smoother = self.crop_smoothers.get(message.source, (None, None))
+        if smoother is None or segment != message.segment:
+            from trackers import CropBoxSmoother
+
+            smoother = CropBoxSmoother()
+            self.crop_smoothers[message.source] = (message.segment, smoother)
+        return smoother
 
     def _valid_boxes(self, frames, boxes, scores):
         from models.preprocess import valid_box_mask
@@ -337,8 +381,15 @@ class InferenceEngine:
             self.seg_smoothers[source] = SegmentationSmoother()
         return self.seg_smoothers[source]
 
-    def end_segment(self, source: str) -> None:
-        """Forget a source's temporal state (its segment ended: reconnect, new resolution or the end)."""
+    def end_segment(self, source: str, segment: int | None = None) -> None:
+        """Forget a source's temporal state (its segment ended: reconnect, new resolution or the end).
+
+        ``segment`` is the segment that ended (the ``eos`` message's). Crop boxes of a later segment,
+        whose first frames may have followed the ``eos`` in the same group, are kept.
+        """
+        crop_segment, _ = self.crop_smoothers.get(source, (None, None))
+        if crop_segment is not None and (segment is None or crop_segment <= segment):
+            del self.crop_smoothers[source]
         self.last_boxes.pop(source, None)
         smoother = self.seg_smoothers.pop(source, None)
         if smoother is not None and hasattr(smoother, "reset"):
@@ -436,7 +487,7 @@ def run_inference(context: zmq.Context, spec: WorkerSpec, link: StageLink) -> No
             for messages in outputs:
                 for message in messages:
                     if message.kind == EOS:
-                        engine.end_segment(message.source)
+                        engine.end_segment(message.source, message.segment)
                         if message.meta.get("final"):
                             open_sources.discard(message.source)
                     elif message.kind == SKIP and message.meta.get("cause") == "stale":
