@@ -281,13 +281,22 @@ def chosen_keypoints(results: list[Message]) -> np.ndarray:
     return np.stack([m.arrays["keypoints"][0, keypoint_indices()] for m in results])  # (F, K, 2)
 
 
+SHIFT = 60  # a second source shows the figure this many pixels further left
+OFFSET = 1000  # that source's decode indices start here, so one boxes file holds both sources' boxes
+
+
 @pytest.fixture(scope="module")
 def engine_runs(trained_checkpoint: Path, still_figure: dict, tmp_path_factory) -> dict:
+    """One engine with smoothing off and one with it on, and their results for the still figure."""
+    moved = still_figure["boxes"] - np.array([SHIFT, 0, SHIFT, 0])
     boxes_file = write_boxes_file(
         tmp_path_factory.mktemp("crop_boxes") / "boxes.jsonl",
-        {i: still_figure["boxes"][i][None] for i in range(NUM_FRAMES)},
+        {
+            **{i: still_figure["boxes"][i][None] for i in range(NUM_FRAMES)},
+            **{OFFSET + i: moved[i][None] for i in range(NUM_FRAMES)},
+        },
     )
-    runs = {"boxes_file": boxes_file}
+    runs = {"engines": {}}
     for smooth in (False, True):
         engine = make_engine(trained_checkpoint, boxes_file, smooth)
         messages = frame_messages("clip", still_figure["image"], list(range(NUM_FRAMES)))
@@ -295,6 +304,7 @@ def engine_runs(trained_checkpoint: Path, still_figure: dict, tmp_path_factory) 
         assert [m.kind for m in results] == [RESULTS] * NUM_FRAMES
         assert [m.frame for m in results] == list(range(NUM_FRAMES))
         runs[smooth] = results
+        runs["engines"][smooth] = engine
     return runs
 
 
@@ -323,26 +333,13 @@ def test_engine_keypoints_shake_less_and_stay_accurate(engine_runs: dict, still_
     assert steady_error <= raw_error * 1.05 + 0.05, summary
 
 
-def test_engine_keeps_crop_state_per_source_and_per_segment(
-    trained_checkpoint: Path, still_figure: dict, engine_runs: dict, tmp_path_factory
-) -> None:
-    """Two sources interleaved in the same groups crop exactly as each would alone, and a new
-    segment of a source starts from its detector box again."""
+def test_engine_keeps_crop_state_per_source(engine_runs: dict, still_figure: dict) -> None:
+    """Two sources interleaved in the same groups crop exactly as each would alone."""
+    engine = engine_runs["engines"][True]
     image = still_figure["image"]
-    shift = 60  # the second source shows the figure 60 px further left, with its boxes moved along
-    other = np.ascontiguousarray(np.roll(image, -shift, axis=1))
-    moved = still_figure["boxes"] - np.array([shift, 0, shift, 0])
-    offset = 1000  # the second source's decode indices, so the boxes file holds both sources' boxes
-    boxes_file = write_boxes_file(
-        tmp_path_factory.mktemp("crop_sources") / "boxes.jsonl",
-        {
-            **{i: still_figure["boxes"][i][None] for i in range(NUM_FRAMES)},
-            **{offset + i: moved[i][None] for i in range(NUM_FRAMES)},
-        },
-    )
-    engine = make_engine(trained_checkpoint, boxes_file, smooth=True)
     first = frame_messages("a", image, list(range(NUM_FRAMES)))
-    second = frame_messages("b", other, [offset + i for i in range(NUM_FRAMES)])
+    other = np.ascontiguousarray(np.roll(image, -SHIFT, axis=1))
+    second = frame_messages("b", other, [OFFSET + i for i in range(NUM_FRAMES)])
     # Source b's clock runs 1000 / 30 s ahead: were its state shared with a's, a's frames would go
     # back in time and restart the filter.
     interleaved = [m for pair in zip(first, second, strict=True) for m in pair]
@@ -350,18 +347,22 @@ def test_engine_keeps_crop_state_per_source_and_per_segment(
     by_source = {name: [m for m in results if m.source == name] for name in ("a", "b")}
     alone = crop_centres(engine_runs[True])
     np.testing.assert_allclose(crop_centres(by_source["a"]), alone, atol=1e-4)
-    np.testing.assert_allclose(crop_centres(by_source["b"]), alone - np.array([shift, 0]), atol=1e-3)
+    np.testing.assert_allclose(crop_centres(by_source["b"]), alone - np.array([SHIFT, 0]), atol=1e-3)
 
-    # Source a: a segment ends after frame 19 and a new one (a reconnect) starts at frame 20.
+
+def test_engine_starts_crop_smoothing_afresh_at_a_new_segment(engine_runs: dict, still_figure: dict) -> None:
+    """A segment ends after frame 19 and a new one (a reconnect) starts at frame 20, in the middle of
+    a group: frame 20 is cropped from its detector box, later frames are smoothed again, also after
+    the old segment's ``eos`` has left the engine."""
+    engine = engine_runs["engines"][True]
     split = 20
-    segment_end = control_message(EOS, "a", split, final=False)
+    before = frame_messages("c", still_figure["image"], list(range(split)))
+    segment_end = control_message(EOS, "c", split, final=False)
     segment_end.segment = 0
-    restarted = frame_messages("a", image, list(range(split, NUM_FRAMES)), segment=1)
-    engine = make_engine(trained_checkpoint, boxes_file, smooth=True)
-    results = [m for m in run_engine(engine, [*first[:split], segment_end, *restarted]) if m.kind == RESULTS]
+    after = frame_messages("c", still_figure["image"], list(range(split, NUM_FRAMES)), segment=1)
+    results = [m for m in run_engine(engine, [*before, segment_end, *after]) if m.kind == RESULTS]
     centres = crop_centres(results)
-    np.testing.assert_allclose(centres[:split], alone[:split], atol=1e-4)
-    unsmoothed = crop_centres(engine_runs[False])
+    smoothed, unsmoothed = crop_centres(engine_runs[True]), crop_centres(engine_runs[False])
+    np.testing.assert_allclose(centres[:split], smoothed[:split], atol=1e-4)
     np.testing.assert_allclose(centres[split], unsmoothed[split], atol=1e-3)
-    # Smoothing goes on in the new segment, also after the old one's end has left the engine.
     assert (np.abs(centres[split + 1 :] - unsmoothed[split + 1 :]).max(axis=1) > 1e-3).all()
