@@ -171,7 +171,8 @@ class _Launcher:
 
 # Imported once by the fork server, so workers start from a warm interpreter instead of each paying for
 # Python, numpy, PyAV, ZeroMQ and torch (seconds per worker on a small CPU). Nothing here starts threads
-# beyond the BLAS pool, which re-initialises after fork; OpenCV is left to the workers that draw.
+# beyond the BLAS pool, which re-initialises after fork; OpenCV (imported by models.preprocess for the CPU
+# crops) starts its pool on first use, in the worker.
 WORKER_PRELOAD = [
     "__main__",
     "stream.workers.base",
