@@ -17,14 +17,27 @@ while the true label does not; mIoU over classes, mean over frames. Modes: a cro
 jittery detected box (previous map carried by the box shift, then optical flow), and a full frame
 (carried by DIS optical flow on the probabilities or on a rendered image, or not at all).
 
-Run: ``.venv/bin/python benchmarks/smoothing.py [--out FILE]``.
+Crop boxes (the boxes the GPU worker crops persons from, ``CropBoxSmoother``): a 100x250 px person
+box at 30 fps, 5 s per case, every edge jittered by 2 % of the box's width or height (a detector's
+frame-to-frame wobble). Cases ``still``, ``slow`` (0.25 scale/s), ``fast`` (2 scales/s, a run across
+the view), ``step`` (a jump of half the scale). Jitter ratio raw/smoothed and lag as above, on the box
+centre. Then, unless ``--no-model``, the same with a model: a tiny pose checkpoint trained on synthetic
+figures (``tests/trained_pose.py``, about 20 s to train, or ``--checkpoint DIR``) runs in the worker's
+``InferenceEngine`` on a still and a walking figure whose detector boxes jitter by 3 %; keypoint jitter
+and mean error against the figure's true keypoints, with crops from raw and from smoothed boxes (no
+keypoint smoothing: what changes is the crop alone).
+
+Run: ``.venv/bin/python benchmarks/smoothing.py [--out FILE] [--no-model] [--checkpoint DIR]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import tempfile
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -33,7 +46,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import write_results  # noqa: E402
-from trackers import BoxSmoother, KeypointSmoother, SegmentationSmoother  # noqa: E402
+from trackers import BoxSmoother, CropBoxSmoother, KeypointSmoother, SegmentationSmoother  # noqa: E402
 from trackers.seg_smoothing import crop_shift  # noqa: E402
 
 FPS = 30.0
@@ -253,10 +266,187 @@ def run_full_frame_case(
     return mask_scores(raws, smooths, truths)
 
 
+# ---------------------------------------------------------------------------------------- crop boxes
+
+CROP_BOX_SIZE = np.array([100.0, 250.0])  # w, h of a standing person's box in px
+CROP_BOX_JITTER = 0.02  # detector jitter per edge, share of the box's width or height
+
+
+def crop_box_case(kind: str, rng: np.random.Generator, frames: int = 150) -> tuple[np.ndarray, np.ndarray]:
+    """truth (T,4) and detected (T,4) xyxy boxes."""
+    t = np.arange(frames) / FPS
+    scale = float(np.sqrt(CROP_BOX_SIZE.prod()))
+    cx = np.full(frames, 320.0)
+    if kind == "slow":
+        cx = cx + 0.25 * scale * t
+    elif kind == "fast":
+        cx = 60.0 + 2.0 * scale * t
+    elif kind == "step":
+        cx = np.where(t >= 2.5, cx + 0.5 * scale, cx)
+    centres = np.stack([cx, np.full(frames, 240.0)], axis=1)
+    truth = np.concatenate([centres - CROP_BOX_SIZE / 2, centres + CROP_BOX_SIZE / 2], axis=1)
+    detected = truth + rng.normal(0.0, 1.0, truth.shape) * CROP_BOX_JITTER * np.tile(CROP_BOX_SIZE, 2)
+    return truth, detected
+
+
+def box_centres(boxes: np.ndarray) -> np.ndarray:
+    """(T,4) xyxy -> (T,1,2) centres, shaped like one keypoint for the keypoint measures."""
+    return ((boxes[:, :2] + boxes[:, 2:]) / 2)[:, None]
+
+
+def run_crop_box_case(kind: str, seed: int) -> dict:
+    truth, detected = crop_box_case(kind, np.random.default_rng(seed))
+    smoother = CropBoxSmoother()
+    out = np.stack([smoother(detected[i][None], i / FPS)[0] for i in range(len(truth))])
+    result = {}
+    for name, series in (("raw", detected), ("smoothed", out)):
+        entry = {
+            "jitter_px": jitter(series.reshape(-1, 2, 2), truth.reshape(-1, 2, 2)),
+            "rmse_px": float(np.sqrt(((series - truth) ** 2).mean())),
+        }
+        if kind in ("slow", "fast"):
+            entry["lag_frames"] = best_delay(box_centres(series), box_centres(truth))
+        if kind == "step":
+            jump = 0.5 * float(np.sqrt(CROP_BOX_SIZE.prod()))
+            centres, true_centres = box_centres(series), box_centres(truth)
+            entry["settle_frames"] = settle_frames(centres, true_centres, int(2.5 * FPS), jump)
+        result[name] = entry
+    return result
+
+
+def crop_boxes_section(seeds: int) -> dict:
+    cases = {}
+    for kind in ("still", "slow", "fast", "step"):
+        cases[kind] = mean_cases([run_crop_box_case(kind, seed) for seed in range(seeds)])
+        raw, smoothed = cases[kind]["raw"], cases[kind]["smoothed"]
+        cases[kind]["jitter_ratio"] = round(raw["jitter_px"] / smoothed["jitter_px"], 2)
+    return {
+        "setup": f"{CROP_BOX_SIZE[0]:.0f}x{CROP_BOX_SIZE[1]:.0f} px box, 30 fps, 150 frames, "
+        f"edge jitter {CROP_BOX_JITTER:.0%} of the box size, {seeds} seeds",
+        "cases": cases,
+        "jitter_ratio_at_rest": cases["still"]["jitter_ratio"],
+        "max_lag_frames_in_motion": max(cases[k]["smoothed"]["lag_frames"] for k in ("slow", "fast")),
+    }
+
+
+# Keypoints through the worker's engine, with crops from raw or from smoothed boxes.
+
+MODEL_FRAMES = 60
+MODEL_BOX_JITTER = 0.03
+MODEL_FRAME_SIZE = (320, 240)  # W, H
+
+
+def figure_clip(seed: int, walk_px_per_frame: float) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Frames of one synthetic figure (fixed pose, moving by ``walk_px_per_frame`` to the right),
+    its true keypoints (T,K,2) and jittered detector boxes (T,4)."""
+    from trained_pose import draw_background, draw_person, random_body_color, random_person
+
+    rng = np.random.default_rng(seed)
+    width, height = MODEL_FRAME_SIZE
+    background = draw_background(rng, (height, width))
+    start_x = width / 2 - walk_px_per_frame * MODEL_FRAMES / 2
+    person = random_person(rng, (start_x, height / 2), 130.0)
+    color = random_body_color(rng)
+    frames, keypoints, boxes = [], [], []
+    for i in range(MODEL_FRAMES):
+        person_i = type(person)(person.keypoints + np.array([walk_px_per_frame * i, 0.0]), person.height)
+        image = background.copy()
+        draw_person(image, person_i, color)
+        frames.append(image)
+        keypoints.append(person_i.keypoints)
+        box = person_i.box()
+        size = np.tile(box[2:] - box[:2], 2)
+        boxes.append(box + rng.normal(0.0, 1.0, 4) * MODEL_BOX_JITTER * size)
+    return frames, np.stack(keypoints), np.stack(boxes)
+
+
+def engine_keypoints(
+    checkpoint: Path, frames: list[np.ndarray], boxes: np.ndarray, smooth: bool
+) -> np.ndarray:
+    """Keypoints (T,K,2) of the trained keypoints from ``InferenceEngine``, scheduled as the worker does."""
+    from trained_pose import INPUT_SIZE, keypoint_indices
+
+    from stream.config import PipelineConfig
+    from stream.frames import DecodedFrame
+    from stream.messages import frame_message
+    from stream.workers.device import OverlapScheduler
+    from stream.workers.inference import Group, InferenceEngine
+
+    with tempfile.TemporaryDirectory() as work:
+        boxes_file = Path(work) / "boxes.jsonl"
+        lines = [json.dumps({"frame": i, "boxes": [[*b, 0.95]]}) for i, b in enumerate(boxes.tolist())]
+        boxes_file.write_text("\n".join(lines) + "\n")
+        cfg = PipelineConfig(
+            sources=["clip"],
+            out=work,
+            task=("pose",),
+            pose_model=str(checkpoint),
+            detector=f"boxes:{boxes_file}",
+            device="cpu",
+            flip=False,
+            input_size=INPUT_SIZE,
+            smooth=smooth,
+            max_batch=8,
+        )
+        engine = InferenceEngine(cfg)
+        scheduler = OverlapScheduler(engine.prepare, engine.compute)
+        outputs = []
+        for start in range(0, len(frames), 4):
+            group = Group()
+            for i in range(start, min(start + 4, len(frames))):
+                decoded = DecodedFrame(frames[i], i, i / FPS, Fraction(1, 30), 0.0)
+                message = frame_message("clip", i, decoded)
+                group.messages.append(message)
+                group.frames.append(message)
+            outputs += scheduler.submit(group)
+        outputs += scheduler.flush()
+    results = [m for batch in outputs for m in batch]
+    return np.stack([m.arrays["keypoints"][0, keypoint_indices()] for m in results])
+
+
+def model_section(checkpoint: Path | None, seeds: int) -> dict:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from trained_pose import train_tiny_pose
+
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as work:
+        if checkpoint is None:
+            checkpoint = train_tiny_pose(Path(work) / "tiny_pose").directory
+        trained_s = time.perf_counter() - start
+        cases = {}
+        for kind, speed in (("still", 0.0), ("walk", 1.5)):
+            runs = []
+            for seed in range(seeds):
+                frames, truth, boxes = figure_clip(100 + seed, speed)
+                run = {}
+                for name, smooth in (("raw_crops", False), ("smoothed_crops", True)):
+                    out = engine_keypoints(checkpoint, frames, boxes, smooth)
+                    run[name] = {
+                        "jitter_px": jitter(out, truth),
+                        "mean_error_px": float(np.linalg.norm(out - truth, axis=-1).mean()),
+                    }
+                runs.append(run)
+            cases[kind] = mean_cases(runs)
+            raw, smoothed = cases[kind]["raw_crops"], cases[kind]["smoothed_crops"]
+            cases[kind]["jitter_ratio"] = round(raw["jitter_px"] / smoothed["jitter_px"], 2)
+    return {
+        "setup": "tiny pose checkpoint trained on synthetic figures (9 keypoints, 128x96 input), figures "
+        f"130 px tall in {MODEL_FRAME_SIZE[0]}x{MODEL_FRAME_SIZE[1]} frames, {MODEL_FRAMES} frames at "
+        "30 fps, "
+        f"box edge jitter {MODEL_BOX_JITTER:.0%}, walk 1.5 px/frame, {seeds} figures, no flip, "
+        "no keypoint smoothing",
+        "cases": cases,
+        "seconds": round(time.perf_counter() - start, 1),
+        "training_seconds": round(trained_s, 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=6)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--no-model", action="store_true", help="skip the crop boxes' keypoint jitter")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="trained tiny pose checkpoint to reuse")
     args = parser.parse_args()
 
     smoother = KeypointSmoother()
@@ -279,10 +469,15 @@ def main() -> None:
         raw, smoothed = masks[mode]["raw"], masks[mode]["smoothed"]
         masks[mode]["flicker_reduction"] = round(raw["flicker"] / max(smoothed["flicker"], 1e-9), 2)
 
+    crop_boxes = crop_boxes_section(args.seeds)
+    command = f"benchmarks/smoothing.py --seeds {args.seeds}" + (" --no-model" if args.no_model else "")
+    if not args.no_model:
+        crop_boxes["keypoints_through_the_engine"] = model_section(args.checkpoint, seeds=3)
+
     write_results(
         "smoothing",
         {
-            "command": f"benchmarks/smoothing.py --seeds {args.seeds}",
+            "command": command,
             "keypoints": keypoints,
             "keypoint_summary": {
                 "jitter_reduction_at_rest": round(jitter_ratio, 2),
@@ -297,6 +492,7 @@ def main() -> None:
                 f"{h}x{w}": round(time_seg_smoother(h, w), 1)
                 for h, w in ((192, 256), (384, 512), (768, 1024))
             },
+            "crop_boxes": crop_boxes,
         },
         args.out,
     )
