@@ -109,6 +109,18 @@ class Renderer:
         self._banners: dict[tuple, np.ndarray] = {}
         self._buffers: dict[str, np.ndarray] = {}
 
+    def draws_on(
+        self, result: FrameResult | None, text_lines: list[str] | None = None, banner: str | None = None
+    ) -> bool:
+        """False when ``__call__`` would return an unchanged copy of the frame (nothing to draw), so a
+        caller can use the frame itself and skip the copy."""
+        if banner or text_lines:
+            return True
+        if result is None:
+            return False
+        has_seg = result.seg_labels is not None and self.seg_alpha > 0
+        return has_seg or result.num_persons > 0
+
     def __call__(
         self,
         image: np.ndarray,

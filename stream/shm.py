@@ -1,6 +1,7 @@
 """A shared-memory ring of frame slots, so decoded pixels cross process boundaries on one host once.
 
-The decoder writes each frame into a free slot and sends only the slot reference (``ring``, ``slot``,
+The decoder writes each frame into a free slot (decoding straight into it where the source allows:
+``claim`` a slot, fill it, ``commit`` it) and sends only the slot reference (``ring``, ``slot``,
 shape) in the message; the GPU worker and the render stage map the same memory and read the pixels in
 place. Each slot has one "in use" byte per reader. The writer sets every reader's byte when it fills
 the slot; each reader clears its own byte once it is done with the frame; the writer reuses a slot only
@@ -54,6 +55,7 @@ class FrameRing:
             os.close(fd)
         self.flags = np.frombuffer(self.map, np.uint8, slots * readers).reshape(slots, readers)
         self.next = 0
+        self.claimed: set[int] = set()  # slots the writer is filling (flags still clear)
 
     @classmethod
     def create(cls, slot_bytes: int, slots: int, readers: int) -> FrameRing:
@@ -94,16 +96,42 @@ class FrameRing:
 
     def put(self, image: np.ndarray) -> int | None:
         """Copy ``image`` into a free slot and mark it held by every reader; None when all are in use."""
-        if image.nbytes > self.slot_bytes:
+        claim = self.claim(image.shape, image.dtype)
+        if claim is None:
             return None
+        slot, pixels = claim
+        pixels[...] = image
+        self.commit(slot)
+        return slot
+
+    def fits(self, shape, dtype=np.uint8) -> bool:
+        """Whether an array of ``shape`` and ``dtype`` fits one slot."""
+        return int(np.prod(shape)) * np.dtype(dtype).itemsize <= self.slot_bytes
+
+    def claim(self, shape, dtype=np.uint8) -> tuple[int, np.ndarray] | None:
+        """A free slot and a writable ``shape`` array on it, for the writer to fill before ``commit``;
+        None when every slot is in use or the array would not fit a slot."""
+        if not self.fits(shape, dtype):
+            return None
+        held = self.flags.any(axis=1)
         for step in range(self.slots):
             slot = (self.next + step) % self.slots
-            if not self.flags[slot].any():
-                self.view(slot, image.shape, image.dtype, writable=True)[...] = image
-                self.flags[slot] = 1
+            if not held[slot] and slot not in self.claimed:
+                self.claimed.add(slot)
                 self.next = (slot + 1) % self.slots
-                return slot
+                return slot, self.view(slot, shape, dtype, writable=True)
         return None
+
+    def commit(self, slot: int) -> None:
+        """The claimed ``slot`` is filled: every reader now holds it until it releases it."""
+        if slot not in self.claimed:
+            raise ValueError(f"slot {slot} was not claimed")
+        self.claimed.discard(slot)
+        self.flags[slot] = 1
+
+    def unclaim(self, slot: int) -> None:
+        """Give a claimed slot back unused."""
+        self.claimed.discard(slot)
 
     def in_use(self) -> int:
         """Slots some reader still holds."""

@@ -18,6 +18,7 @@ import av
 import cv2
 import numpy as np
 
+from stream.color import rgb_to_yuv420p_frame
 from stream.frames import DecodedFrame, FrameResult
 
 _NVENC = "h264_nvenc"
@@ -103,6 +104,10 @@ class VideoSink(_Sink):
     Sizes: yuv420p needs even sizes, so an odd width or height is padded by one pixel at the right or
     bottom, a copy of the last column or row (``encoded_size`` tells the result). A frame whose size
     differs from ``(width, height)`` (a live source that changed resolution) is resized to it.
+
+    Pixels: every encoder is given BT.601 limited-range yuv420p, untagged (swscale's default for RGB),
+    converted by ``stream.color.rgb_to_yuv420p_frame``; images are only read, so read-only views (a
+    shared-memory frame slot) go in without a copy.
     """
 
     def __init__(
@@ -166,7 +171,7 @@ class VideoSink(_Sink):
         pad_bottom = self.encoded_size[1] - self.height
         if pad_right or pad_bottom:
             image = cv2.copyMakeBorder(image, 0, pad_bottom, 0, pad_right, cv2.BORDER_REPLICATE)
-        return np.ascontiguousarray(image)
+        return image
 
     def _output_pts(self, pts: int | None) -> int:
         if pts is None:
@@ -184,7 +189,7 @@ class VideoSink(_Sink):
         """Encode one RGB frame ``(height, width, 3)`` uint8 at ``pts`` (time_base units) or the next slot."""
         if self._closed:
             raise ValueError(f"VideoSink {self.path} is closed")
-        frame = av.VideoFrame.from_ndarray(self._prepare(image), format="rgb24")
+        frame = rgb_to_yuv420p_frame(self._prepare(image))
         frame.pts = self._output_pts(pts)
         frame.time_base = self.time_base
         for packet in self._stream.encode(frame):

@@ -9,7 +9,7 @@ stops early.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
@@ -18,9 +18,14 @@ from pathlib import Path
 import av
 import numpy as np
 
+from stream.color import RgbDecoder, frame_to_rgb
 from stream.frames import DecodedFrame
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+# ``frame_buffer(height, width)``: a writable (height, width, 3) uint8 array to decode the next frame
+# into (e.g. a shared-memory frame slot), or None to let the source allocate one.
+FrameBuffer = Callable[[int, int], "np.ndarray | None"]
 
 
 class SourceError(ValueError):
@@ -147,18 +152,24 @@ def _read_image(path: Path) -> np.ndarray:
     try:
         with av.open(str(path)) as container:
             for frame in container.decode(video=0):
-                return frame.to_ndarray(format="rgb24")
+                return frame_to_rgb(frame)
     except (av.FFmpegError, OSError) as exc:
         raise SourceError(f"cannot read image {path}: {_first_line(exc)}") from exc
     raise SourceError(f"cannot read image {path}: no picture in it")
 
 
 @contextmanager
-def open_source(info: SourceInfo, live_options=None, stats=None) -> Iterator[Iterator[DecodedFrame]]:
-    """A context manager that yields an iterator of frames for ``info``; everything is closed on exit."""
+def open_source(
+    info: SourceInfo, live_options=None, stats=None, frame_buffer: FrameBuffer | None = None
+) -> Iterator[Iterator[DecodedFrame]]:
+    """A context manager that yields an iterator of frames for ``info``; everything is closed on exit.
+
+    ``frame_buffer`` (video files only): where to decode each frame, so its pixels are written once,
+    straight where the consumer wants them.
+    """
     if info.kind == "file":
         with av.open(info.spec) as container:
-            yield _decode_video(container)
+            yield _decode_video(container, frame_buffer)
     elif info.kind in ("folder", "image"):
         paths = list_images(Path(info.spec)) if info.kind == "folder" else [Path(info.spec)]
         yield _decode_images(paths)
@@ -174,19 +185,23 @@ def open_source(info: SourceInfo, live_options=None, stats=None) -> Iterator[Ite
         raise SourceError(f"unknown source kind {info.kind!r}")
 
 
-def _decode_video(container: av.container.InputContainer) -> Iterator[DecodedFrame]:
+def _decode_video(
+    container: av.container.InputContainer, frame_buffer: FrameBuffer | None = None
+) -> Iterator[DecodedFrame]:
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"  # frame + slice threads: decode keeps up with 1080p on few cores
     time_base = Fraction(stream.time_base) if stream.time_base else None
+    to_rgb = RgbDecoder()
     size = None
     segment = 0
     for index, frame in enumerate(container.decode(stream)):
-        image = frame.to_ndarray(format="rgb24")
+        out = frame_buffer(frame.height, frame.width) if frame_buffer is not None else None
+        image = to_rgb(frame, out)
         if size is not None and image.shape[:2] != size:
             segment += 1  # a resolution change starts a new segment, like a live reconnect
         size = image.shape[:2]
         yield DecodedFrame(
-            image=np.ascontiguousarray(image),
+            image=image,
             index=index,
             pts=float(frame.time) if frame.time is not None else None,
             time_base=time_base,

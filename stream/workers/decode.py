@@ -12,6 +12,7 @@ import threading
 import time
 from collections import deque
 
+import numpy as np
 import zmq
 
 from stream.frames import DecodedFrame
@@ -22,6 +23,7 @@ from stream.transport import Stopped, close_sender, make_socket, send_until
 from stream.workers.base import SourcePlan, StageLink, WorkerSpec
 
 LIVE_QUEUE_FRAMES = 2  # frames a live source may hold while downstream is busy
+SLOT_WAIT_S = 0.001  # offline, how often a decoder waiting for a free ring slot looks again
 
 
 class FrameSender:
@@ -45,6 +47,7 @@ class FrameSender:
         self.use_ring = spec.config.workers == "ipc"
         self.ring_slots = 4 * spec.config.queue_frames + 2 * spec.config.max_batch + 8
         self.ring: FrameRing | None = None
+        self.claim: tuple[int, np.ndarray] | None = None  # the slot the source is decoding into
 
     def frame(self, frame: DecodedFrame) -> None:
         if frame.segment != self.segment:
@@ -55,20 +58,64 @@ class FrameSender:
         self._into_ring(message, frame.image)
         self._send_both(message)
 
-    def _into_ring(self, message: Message, image) -> None:
-        """Move the pixels into a ring slot when one is free; otherwise they travel inline."""
-        if not self.use_ring or image.dtype.name != "uint8":
-            return
+    def frame_buffer(self, height: int, width: int) -> np.ndarray | None:
+        """A free ring slot to decode the next frame into (None: the source allocates its own array).
+
+        Only the latest claim is kept: a frame decoded into it is sent without copying its pixels.
+        """
+        self._drop_claim()
+        if not self._ensure_ring(height * width * 3):
+            return None
+        self.claim = self._claim((height, width, 3))
+        return None if self.claim is None else self.claim[1]
+
+    def _claim(self, shape: tuple[int, ...]) -> tuple[int, np.ndarray] | None:
+        """A free slot for ``shape``. Offline, wait until one is free: the ring is what holds the
+        decoder back. Slot references are small messages, and the sockets' kernel buffers take
+        hundreds of them beyond the high-water marks, so without waiting the decoder runs ahead until
+        the ring is full and then sends every further frame inline, a full copy through each socket."""
+        while True:
+            claim = self.ring.claim(shape, np.uint8)
+            if claim is not None or self.plan.live or not self.ring.fits(shape):
+                return claim
+            if self.link.should_abort():
+                raise Stopped()
+            time.sleep(SLOT_WAIT_S)
+
+    def _drop_claim(self) -> None:
+        if self.claim is not None:
+            self.ring.unclaim(self.claim[0])
+            self.claim = None
+
+    def _ensure_ring(self, slot_bytes: int) -> bool:
+        if not self.use_ring:
+            return False
         if self.ring is None:
             try:
-                self.ring = FrameRing.create(image.nbytes, self.ring_slots, READERS)
+                self.ring = FrameRing.create(slot_bytes, self.ring_slots, READERS)
             except RingError:
                 self.use_ring = False  # no shared memory to spare: inline pixels still work
+                return False
+        return True
+
+    def _into_ring(self, message: Message, image: np.ndarray) -> None:
+        """Pixels decoded into the claimed slot stay there; others are copied into a free slot, or
+        travel inline when the ring cannot take them (live and the ring is full, or too large)."""
+        if self.claim is not None and image is self.claim[1]:
+            slot = self.claim[0]
+            self.claim = None
+        else:
+            self._drop_claim()
+            if image.dtype != np.uint8 or not self._ensure_ring(image.nbytes):
                 return
-        slot = self.ring.put(image)
-        if slot is not None:
-            message.arrays = {}
-            message.slot = [self.ring.name, slot, list(image.shape)]
+            claim = self._claim(image.shape)
+            if claim is None:
+                return
+            slot, pixels = claim
+            pixels[...] = image
+        self.ring.commit(slot)
+        message.arrays = {}
+        message.slot = [self.ring.name, slot, list(image.shape)]
 
     def control(self, kind: str, **meta) -> None:
         message = control_message(kind, self.plan.name, self.seq, self.session, **meta)
@@ -115,7 +162,7 @@ def run_decoder(context: zmq.Context, spec: WorkerSpec, link: StageLink) -> None
 
 def _run_offline(plan: SourcePlan, sender: FrameSender, link: StageLink) -> int:
     decoded = 0
-    with open_source(plan.info) as frames:
+    with open_source(plan.info, frame_buffer=sender.frame_buffer) as frames:
         for frame in frames:
             sender.frame(frame)
             decoded += 1

@@ -51,7 +51,11 @@ class SourceOutputs:
         self.skipped = 0
 
     def write(self, frame_msg: Message, result_msg: Message) -> np.ndarray | None:
-        """Write one position of the source; returns the rendered image (None for a skipped frame)."""
+        """Write one position of the source; returns the rendered image (None for a skipped frame).
+
+        The image may be the frame message's own pixels (when nothing was drawn): valid only until the
+        message's frame slot is released.
+        """
         from stream.sinks import jsonl_record
 
         frame = to_decoded_frame(frame_msg) if frame_msg.kind == FRAME else None
@@ -70,7 +74,10 @@ class SourceOutputs:
         self.lines += 1
         if result.seg_labels is not None:
             self._label_sink().write(frame.index, result.seg_labels)
-        image = self.renderer(frame.image, result, banner=self.cfg.banner)
+        if self.renderer.draws_on(result, banner=self.cfg.banner):
+            image = self.renderer(frame.image, result, banner=self.cfg.banner)
+        else:
+            image = frame.image  # nothing to draw: encode the received pixels as they are, no copy
         self._write_video(image, frame_msg)
         return image
 
@@ -198,6 +205,10 @@ def run_renderer(context: zmq.Context, spec: WorkerSpec, link: StageLink) -> Non
                     stamps=result_msg.stamps,
                 )
                 if preview is not None and image is not None:
+                    if frame_msg.slot is not None and image is frame_msg.arrays.get("image"):
+                        # The slot is released below and reused by the decoder, while a zero-copy
+                        # send may still be reading it: the preview gets its own copy.
+                        image = image.copy()
                     _publish_preview(preview, plan.name, image, frame_msg)
                 release(frame_msg, RENDER_READER)  # written and shown: the slot may be reused
     finally:
