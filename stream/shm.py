@@ -11,8 +11,8 @@ Layout of the file (``/dev/shm`` where it exists)::
 
     [flags: slots x readers uint8, padded to 4 KiB][slot 0 pixels][slot 1 pixels]...
 
-When every slot is in use the writer gets ``None`` and sends the pixels inline instead (never blocks,
-never overwrites a frame a reader still holds).
+When every slot is in use the writer gets ``None`` (the ring never blocks and never overwrites a frame
+a reader still holds): an offline decoder waits for a slot, a live one sends the pixels inline.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""RGB <-> YUV conversions against FFmpeg's swscale: the fast paths give swscale's picture, or swscale runs."""
+"""RGB <-> YUV conversions against swscale: the fast paths give swscale's picture, or swscale runs."""
 
 from __future__ import annotations
 

@@ -1,7 +1,10 @@
 """Decode stage (one per source): read frames and hand each to the GPU worker and the render stage.
 
-Offline, every send blocks while the receiver's queue is full, so backpressure reaches the decoder and
-nothing is lost. Live, a reader thread keeps pulling frames from the camera into a short queue; when
+Offline, every send blocks while the receiver's queue is full, and a decoder on one host also waits for
+a free frame-ring slot (see ``FrameSender._claim``), so backpressure reaches the decoder and nothing is
+lost. Frames are decoded straight into their ring slot, so their pixels are written once.
+
+Live, a reader thread keeps pulling frames from the camera into a short queue; when
 the downstream stages are behind, the oldest queued frame is replaced by a ``skip`` marker (counted as
 a drop), so latency stays bounded and reorder buffers downstream never wait for it.
 """

@@ -1,0 +1,176 @@
+"""Frames decoded straight into shared-memory ring slots, and the offline decoder held back by the ring."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from stream.config import build_config
+from stream.messages import EOS, FRAME
+from stream.shm import INFER_READER, READERS, RENDER_READER, FrameRing, release, resolve
+from stream.sources import open_source, probe_source
+from stream.synth import moving_squares, write_clip
+from stream.transport import Topology, make_socket, recv_message
+from stream.workers.base import SourcePlan, WorkerSpec, run_worker
+
+SIZE = (96, 64)  # W, H
+SHAPE = (64, 96, 3)
+
+
+def _clip(tmp_path, frames: int):
+    path = tmp_path / "clip.mp4"
+    write_clip(path, moving_squares(frames, SIZE), fps=30)
+    info = probe_source(str(path))
+    with open_source(info) as decoded:
+        plain = [frame.image.copy() for frame in decoded]
+    return info, plain
+
+
+def test_ring_claims_commits_and_gives_back_slots():
+    ring = FrameRing.create(int(np.prod(SHAPE)), 2, READERS)
+    try:
+        first, second = ring.claim(SHAPE), ring.claim(SHAPE)
+        assert {first[0], second[0]} == {0, 1} and first[1].flags.writeable
+        assert ring.claim(SHAPE) is None  # both claimed, though no reader holds either yet
+        ring.unclaim(first[0])
+        again = ring.claim(SHAPE)
+        assert again[0] == first[0]
+        ring.commit(second[0])
+        assert ring.in_use() == 1
+        with pytest.raises(ValueError, match="not claimed"):
+            ring.commit(second[0])
+        ring.release(second[0], INFER_READER)
+        assert ring.claim(SHAPE) is None  # the render reader still holds it
+        ring.release(second[0], RENDER_READER)
+        assert ring.claim(SHAPE)[0] == second[0]
+        assert not ring.fits((65, 96, 3)) and ring.claim((65, 96, 3)) is None
+    finally:
+        ring.close()
+
+
+def test_video_frames_decode_into_the_slots_they_are_given(tmp_path):
+    info, plain = _clip(tmp_path, 6)
+    ring = FrameRing.create(int(np.prod(SHAPE)), 4, READERS)
+    claims = []
+
+    def frame_buffer(height: int, width: int):
+        claims.append(ring.claim((height, width, 3)))
+        return None if claims[-1] is None else claims[-1][1]
+
+    try:
+        with open_source(info, frame_buffer=frame_buffer) as frames:
+            for i, frame in enumerate(frames):
+                if i < 4:
+                    slot, view = claims[-1]
+                    assert frame.image is view
+                    ring.commit(slot)  # held by the readers: never handed out again until released
+                else:
+                    # Every slot is held: the source decodes into an array of its own.
+                    assert claims[-1] is None
+                    assert not any(np.shares_memory(frame.image, ring.view(s, SHAPE)) for s in range(4))
+                np.testing.assert_array_equal(frame.image, plain[i])
+        for slot in range(4):
+            np.testing.assert_array_equal(ring.view(slot, SHAPE), plain[slot])
+    finally:
+        ring.close()
+
+
+class _Stage:
+    """The decoder's peers on real ipc sockets: the GPU worker's and the render stage's frame inboxes,
+    and the coordinator's event and control sockets."""
+
+    def __init__(self, tmp_path, info):
+        cfg = build_config(
+            {
+                "sources": [info.spec],
+                "out": str(tmp_path / "out"),
+                "workers": "ipc",
+                "queue_frames": 1,
+                "max_batch": 1,
+            }
+        )
+        self.topology = Topology("ipc")
+        names = ["infer", "render.clip.frames", "events", "control"]
+        endpoints = {name: self.topology.endpoint(name) for name in names}
+        self.context = zmq.Context()
+        self.gpu = make_socket(self.context, zmq.PULL, endpoints["infer"], bind=True, hwm=1)
+        self.render = make_socket(self.context, zmq.PULL, endpoints["render.clip.frames"], bind=True, hwm=1)
+        self.events = make_socket(self.context, zmq.PULL, endpoints["events"], bind=True, hwm=1000)
+        self.control = make_socket(
+            self.context, zmq.PUB, endpoints["control"], bind=True, hwm=10, linger_ms=0
+        )
+        spec = WorkerSpec("decode", cfg, endpoints, [SourcePlan("clip", info, live=False)], "session")
+        # 4 * queue_frames + 2 * max_batch + 8 slots in the decoder's ring.
+        self.slots = 4 * 1 + 2 * 1 + 8
+        self.worker = threading.Thread(target=run_worker, args=(spec, self.context), daemon=True)
+        self.worker.start()
+
+    def receive(self, sock, timeout_ms: int):
+        if not sock.poll(timeout_ms, zmq.POLLIN):
+            return None
+        message = recv_message(sock)
+        resolve(message)
+        return message
+
+    def command_until_done(self, command: str, timeout_s: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.worker.is_alive() and time.monotonic() < deadline:
+            self.control.send(msgpack.packb({"cmd": command}))
+            self.worker.join(0.1)
+        assert not self.worker.is_alive()
+
+    def close(self) -> None:
+        for sock in (self.gpu, self.render, self.events, self.control):
+            sock.close(linger=0)
+        self.context.term()
+        self.topology.cleanup()
+
+
+def test_offline_decoder_waits_for_a_free_slot_instead_of_sending_pixels_inline(tmp_path):
+    info, plain = _clip(tmp_path, 20)
+    stage = _Stage(tmp_path, info)
+    try:
+        held = []
+        while len(held) < stage.slots:  # the readers hold every frame they get
+            to_gpu, to_render = stage.receive(stage.gpu, 5000), stage.receive(stage.render, 5000)
+            assert to_gpu.kind == to_render.kind == FRAME and to_gpu.seq == to_render.seq
+            assert to_gpu.slot is not None and to_render.slot is not None  # pixels stay in the ring
+            np.testing.assert_array_equal(to_render.arrays["image"], plain[to_render.frame])
+            held.append((to_gpu, to_render))
+        # The ring is full: the decoder waits rather than sending frames inline.
+        assert stage.receive(stage.gpu, 500) is None and stage.receive(stage.render, 0) is None
+        for to_gpu, to_render in held:
+            release(to_gpu, INFER_READER)
+            release(to_render, RENDER_READER)
+        frames = len(held)
+        while True:
+            to_gpu, to_render = stage.receive(stage.gpu, 5000), stage.receive(stage.render, 5000)
+            if to_gpu.kind == EOS:
+                break
+            assert to_gpu.slot is not None
+            np.testing.assert_array_equal(to_render.arrays["image"], plain[to_render.frame])
+            release(to_gpu, INFER_READER)
+            release(to_render, RENDER_READER)
+            frames += 1
+        assert frames == len(plain)
+        stage.command_until_done("finish")
+    finally:
+        stage.close()
+
+
+def test_a_decoder_waiting_for_a_slot_still_aborts(tmp_path):
+    info, _ = _clip(tmp_path, 20)
+    stage = _Stage(tmp_path, info)
+    try:
+        for _ in range(stage.slots):
+            assert stage.receive(stage.gpu, 5000).kind == FRAME
+            assert stage.receive(stage.render, 5000).kind == FRAME
+        assert stage.receive(stage.gpu, 300) is None  # waiting for a slot nobody releases
+        stage.command_until_done("abort", timeout_s=5.0)
+    finally:
+        stage.close()
