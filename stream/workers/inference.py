@@ -21,6 +21,7 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -39,6 +40,9 @@ from stream.workers.device import (
     padded_size,
     static_batch_sizes,
 )
+
+if TYPE_CHECKING:
+    from trackers import CropBoxSmoother
 
 ARCH_PATTERN = re.compile(r"(0\.1b|0\.4b|0\.8b|1b|5b)", re.IGNORECASE)
 
@@ -147,7 +151,7 @@ class InferenceEngine:
         self.last_boxes: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}
         self.seg_smoothers: dict[str, object] = {}
         # Per source: (segment, its crop box smoother), used when smoothing is on.
-        self.crop_smoothers: dict[str, tuple[int, object]] = {}
+        self.crop_smoothers: dict[str, tuple[int, CropBoxSmoother]] = {}
         self.dropped_boxes = 0
 
     # --- warm-up ------------------------------------------------------------------------------------
@@ -283,7 +287,7 @@ class InferenceEngine:
             crop_boxes.append(np.ascontiguousarray(smoothed, np.float32))
         return crop_boxes
 
-    def _crop_smoother(self, message: Message):
+    def _crop_smoother(self, message: Message) -> CropBoxSmoother:
         """The source's crop box smoother; a frame of a new segment starts a fresh one."""
         segment, smoother = self.crop_smoothers.get(message.source, (None, None))
         if smoother is None or segment != message.segment:
