@@ -33,7 +33,6 @@ from trained_pose import (
     random_person,
     scene_clip,
     tiny_pose_config,
-    train_tiny_pose,
     udp_heatmaps,
 )
 
@@ -55,13 +54,6 @@ MAX_MEAN_ERROR = 1.5
 MAX_ERROR = 6.0
 MAX_OFFSET = 0.35
 INPUT_SIZE_ARG = f"{INPUT_SIZE[0]}x{INPUT_SIZE[1]}"
-
-
-@pytest.fixture(scope="session")
-def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("tiny_pose_trained")
-    train_tiny_pose(directory)
-    return directory
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,6 @@ from trained_pose import (
     keypoint_indices,
     random_body_color,
     random_person,
-    train_tiny_pose,
 )
 
 from stream.config import PipelineConfig
@@ -187,13 +186,6 @@ def test_bad_input_is_a_clear_error() -> None:
 FRAME_SIZE = (320, 240)  # (W, H)
 NUM_FRAMES = 40
 BOX_JITTER = 0.03  # detector jitter: share of the box size per edge
-
-
-@pytest.fixture(scope="module")
-def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("tiny_pose_crops")
-    train_tiny_pose(directory)
-    return directory
 
 
 @pytest.fixture(scope="module")
