@@ -236,7 +236,7 @@ class KeypointSmoother:
 
 
 class BoxSmoother:
-    """One-Euro smoothing of person boxes per track (the crop box for the next frame).
+    """One-Euro smoothing of person boxes per id (tracked output boxes; ``CropBoxSmoother``'s filter).
 
     ``box_smoother(ids (N,), boxes (N,4) xyxy, timestamp) -> (N,4)``. The two corners are filtered
     as two points with speed in box-scales per second, so the box follows a walking person without
