@@ -4,6 +4,12 @@
 
 Figures are milliseconds per frame (median) and encode frames per second, on synthetic frames with
 ``--persons`` full 308-keypoint skeletons and a segmentation map covering them.
+
+Pixel-format conversions (``stream.color``, one thread, on a photo scaled to the size): RGB -> yuv420p
+for the encoder, swscale (what PyAV's encoder does with an rgb24 frame: wrap the array, then convert)
+against the OpenCV path every video sink uses; and yuv420p -> RGB for the decoder, swscale
+(``to_ndarray(format="rgb24")``) against the OpenCV path writing into a given buffer, as the decoder
+does into a frame-ring slot.
 """
 
 from __future__ import annotations
@@ -15,11 +21,16 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
+import av
+import cv2
 import numpy as np
 import torch
+import ultralytics
+from av.video.reformatter import VideoReformatter
 
 from benchmarks._common import time_call, write_results
 from models.meta import pose_meta
+from stream.color import RgbDecoder, rgb_to_yuv420p_frame
 from stream.frames import DecodedFrame, FrameResult
 from stream.render import Renderer
 from stream.sinks import JsonlSink, LabelMapSink, VideoSink, jsonl_record
@@ -88,7 +99,34 @@ def bench_size(width: int, height: int, persons: int, frames: int, workdir: Path
         "encode_libx264_veryfast_fps": round(frames / encode_s, 2),
         "jsonl_record_and_write_ms": _ms(jsonl_times),
         "label_map_png_write_ms": _ms(label_times),
+        **bench_conversions(width, height),
     }
+
+
+def bench_conversions(width: int, height: int) -> dict:
+    """Milliseconds per frame (median) of each pixel-format conversion, swscale against ``stream.color``."""
+    photo = cv2.imread(str(Path(ultralytics.__file__).parent / "assets" / "bus.jpg"))
+    image = cv2.cvtColor(cv2.resize(photo, (width, height), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+    scaler = VideoReformatter()  # kept between frames, as the encoder keeps its own
+
+    def swscale_encode() -> av.VideoFrame:
+        return scaler.reformat(av.VideoFrame.from_ndarray(image, format="rgb24"), format="yuv420p", threads=1)
+
+    yuv = swscale_encode()
+    to_rgb, out = RgbDecoder(), np.empty_like(image)
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # one thread each, like swscale here: the CPU a conversion costs
+    times = {
+        "rgb_to_yuv420p_swscale_ms": _ms(time_call(swscale_encode, repeats=30)),
+        "rgb_to_yuv420p_opencv_ms": _ms(time_call(lambda: rgb_to_yuv420p_frame(image), repeats=30)),
+        "yuv420p_to_rgb_swscale_ms": _ms(time_call(lambda: yuv.to_ndarray(format="rgb24"), repeats=30)),
+        "yuv420p_to_rgb_opencv_into_buffer_ms": _ms(time_call(lambda: to_rgb(yuv, out), repeats=30)),
+    }
+    cv2.setNumThreads(threads)
+    times["encode_conversion_speedup"] = round(
+        times["rgb_to_yuv420p_swscale_ms"] / times["rgb_to_yuv420p_opencv_ms"], 2
+    )
+    return times
 
 
 def _without_seg(result: FrameResult) -> FrameResult:

@@ -33,6 +33,16 @@ _BT601_SPACES = frozenset({2, 5, 6})
 _LIMITED_RANGES = frozenset({int(ColorRange.UNSPECIFIED), int(ColorRange.MPEG)})
 
 
+def single_threaded_opencv() -> None:
+    """Run OpenCV calls on the calling thread only, for a stage that has a process of its own.
+
+    The decode and render stages convert (and draw on) one frame at a time while the other stages'
+    processes, FFmpeg's decoder threads and x264's threads keep every core busy; OpenCV's own thread
+    pool then only adds hand-offs and spinning wake-ups (``sched_yield``) that cost CPU the encoder needs.
+    """
+    cv2.setNumThreads(1)
+
+
 def _check_rgb(image: np.ndarray) -> None:
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
@@ -63,8 +73,22 @@ def rgb_to_yuv420p_frame(image: np.ndarray) -> av.VideoFrame:
 
     The frame owns its pixels: an encoder may keep it as long as it likes.
     """
-    yuv = rgb_to_i420(np.ascontiguousarray(image))
-    if image.shape[0] % 4 == 0:
+    return _wrap_i420(rgb_to_i420(np.ascontiguousarray(image)))
+
+
+def i420_to_frame(yuv: np.ndarray) -> av.VideoFrame:
+    """An untagged ``yuv420p`` VideoFrame with a copy of an I420 array ``(H * 3 // 2, W)`` (even sides).
+
+    The copy lets the caller reuse its array (a shared-memory slot) as soon as this returns, whatever
+    the encoder keeps.
+    """
+    if yuv.ndim != 2 or yuv.dtype != np.uint8 or yuv.shape[0] % 3 or yuv.shape[1] % 2:
+        raise ValueError(f"expected an (H * 3 // 2, W) uint8 I420 array with even sides, got {yuv.shape}")
+    return _wrap_i420(np.array(yuv, order="C"))
+
+
+def _wrap_i420(yuv: np.ndarray) -> av.VideoFrame:
+    if yuv.shape[0] // 3 * 2 % 4 == 0:
         # Wraps the array without a copy. PyAV derives the height as rows // 6 * 4, which is right only
         # when the height is a multiple of 4.
         return av.VideoFrame.from_numpy_buffer(yuv, format="yuv420p")
@@ -92,18 +116,25 @@ class RgbDecoder:
         self._reformatter = VideoReformatter()
 
     def __call__(self, frame: av.VideoFrame, out: np.ndarray | None = None) -> np.ndarray:
+        return self.with_i420(frame, out)[0]
+
+    def with_i420(self, frame: av.VideoFrame, out: np.ndarray | None = None):
+        """``(rgb, i420)``: the RGB picture and, when the frame is BT.601 limited-range yuv420p (what
+        every video sink encodes), its planes as an ``(H * 3 // 2, W)`` I420 array, else None. An
+        encoder given those planes writes the source's own picture, with no conversion at all."""
         shape = (frame.height, frame.width, 3)
         if out is not None and (out.shape != shape or out.dtype != np.uint8):
             raise ValueError(f"output buffer {out.shape} {out.dtype} does not fit a {shape} uint8 frame")
         if opencv_decodes(frame):
             if out is None:
                 out = np.empty(shape, np.uint8)
-            return cv2.cvtColor(frame.to_ndarray(), cv2.COLOR_YUV2RGB_I420, dst=out)
+            i420 = frame.to_ndarray()
+            return cv2.cvtColor(i420, cv2.COLOR_YUV2RGB_I420, dst=out), i420
         rgb = self._reformatter.reformat(frame, format="rgb24").to_ndarray()
         if out is None:
-            return np.ascontiguousarray(rgb)
+            return np.ascontiguousarray(rgb), None
         out[...] = rgb
-        return out
+        return out, None
 
 
 def frame_to_rgb(frame: av.VideoFrame, out: np.ndarray | None = None) -> np.ndarray:

@@ -139,13 +139,16 @@ class FrameRing:
 
     # --- readers --------------------------------------------------------------------------------------
 
-    def view(self, slot: int, shape, dtype=np.uint8, writable: bool = False) -> np.ndarray:
-        """The pixels of ``slot`` as an array of ``shape`` (read-only for readers)."""
+    def view(self, slot: int, shape, dtype=np.uint8, writable: bool = False, offset: int = 0) -> np.ndarray:
+        """The bytes of ``slot`` from ``offset`` on as an array of ``shape`` (read-only for readers)."""
         if not 0 <= slot < self.slots:
             raise ValueError(f"slot {slot} is outside the ring's {self.slots} slots")
+        dtype = np.dtype(dtype)
         count = int(np.prod(shape))
-        offset = self.header + slot * self.slot_bytes
-        array = np.frombuffer(self.map, np.dtype(dtype), count, offset).reshape(shape)
+        if offset < 0 or offset + count * dtype.itemsize > self.slot_bytes:
+            raise ValueError(f"{count} x {dtype} at byte {offset} do not fit a {self.slot_bytes}-byte slot")
+        start = self.header + slot * self.slot_bytes + offset
+        array = np.frombuffer(self.map, dtype, count, start).reshape(shape)
         array.flags.writeable = writable
         return array
 
@@ -177,12 +180,26 @@ RENDER_READER = 1  # reader index of the render stage
 READERS = 2
 
 
+I420_META = "i420"  # frame message meta flag: the slot also holds the frame's yuv420p planes
+
+
+def i420_shape(height: int, width: int) -> tuple[int, int]:
+    """Shape of the I420 planes of a ``height`` x ``width`` picture, stored after its RGB pixels."""
+    return height * 3 // 2, width
+
+
 def resolve(message) -> None:
-    """Give a ``frame`` message that references a slot its ``image`` array (a read-only view)."""
+    """Give a ``frame`` message that references a slot its ``image`` array (a read-only view) and,
+    when the slot holds them (meta ``i420``), the frame's own yuv420p planes as ``i420``."""
     if message.slot is None:
         return
     name, slot, shape = message.slot
-    message.arrays["image"] = FrameRing.attach(name).view(int(slot), tuple(shape))
+    ring = FrameRing.attach(name)
+    message.arrays["image"] = ring.view(int(slot), tuple(shape))
+    if message.meta.get(I420_META):
+        height, width = int(shape[0]), int(shape[1])
+        offset = height * width * 3
+        message.arrays[I420_META] = ring.view(int(slot), i420_shape(height, width), offset=offset)
 
 
 def release(message, reader: int) -> None:
@@ -191,5 +208,6 @@ def release(message, reader: int) -> None:
         return
     name, slot, _ = message.slot
     message.arrays.pop("image", None)
+    message.arrays.pop(I420_META, None)
     FrameRing.attach(name).release(int(slot), reader)
     message.slot = None

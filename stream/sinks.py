@@ -18,7 +18,7 @@ import av
 import cv2
 import numpy as np
 
-from stream.color import rgb_to_yuv420p_frame
+from stream.color import i420_to_frame, rgb_to_yuv420p_frame
 from stream.frames import DecodedFrame, FrameResult
 
 _NVENC = "h264_nvenc"
@@ -189,7 +189,20 @@ class VideoSink(_Sink):
         """Encode one RGB frame ``(height, width, 3)`` uint8 at ``pts`` (time_base units) or the next slot."""
         if self._closed:
             raise ValueError(f"VideoSink {self.path} is closed")
-        frame = rgb_to_yuv420p_frame(self._prepare(image))
+        self._encode(rgb_to_yuv420p_frame(self._prepare(image)), pts)
+
+    def write_i420(self, yuv: np.ndarray, pts: int | None = None) -> None:
+        """Encode one BT.601 limited-range I420 picture ``(height * 3 // 2, width)`` uint8 of exactly
+        ``encoded_size`` (a decoded source's own planes): no colour conversion at all."""
+        if self._closed:
+            raise ValueError(f"VideoSink {self.path} is closed")
+        width, height = self.encoded_size
+        expected = (height * 3 // 2, width)
+        if yuv.shape != expected or yuv.dtype != np.uint8:
+            raise ValueError(f"VideoSink expects {expected} uint8 I420 planes, got {yuv.shape} {yuv.dtype}")
+        self._encode(i420_to_frame(yuv), pts)
+
+    def _encode(self, frame: av.VideoFrame, pts: int | None) -> None:
         frame.pts = self._output_pts(pts)
         frame.time_base = self.time_base
         for packet in self._stream.encode(frame):

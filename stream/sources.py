@@ -23,6 +23,8 @@ from stream.frames import DecodedFrame
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
+I420 = "i420"  # DecodedFrame.extra key of a video frame's own yuv420p planes (see ``_decode_video``)
+
 # ``frame_buffer(height, width)``: a writable (height, width, 3) uint8 array to decode the next frame
 # into (e.g. a shared-memory frame slot), or None to let the source allocate one.
 FrameBuffer = Callable[[int, int], "np.ndarray | None"]
@@ -196,7 +198,7 @@ def _decode_video(
     segment = 0
     for index, frame in enumerate(container.decode(stream)):
         out = frame_buffer(frame.height, frame.width) if frame_buffer is not None else None
-        image = to_rgb(frame, out)
+        image, i420 = to_rgb.with_i420(frame, out)
         if size is not None and image.shape[:2] != size:
             segment += 1  # a resolution change starts a new segment, like a live reconnect
         size = image.shape[:2]
@@ -208,6 +210,9 @@ def _decode_video(
             capture_time=time.time(),
             segment=segment,
             pts_raw=frame.pts,
+            # The source's own planes when they are what a video sink encodes (BT.601 limited range):
+            # a frame nothing is drawn on can then be encoded without converting it back from RGB.
+            extra={I420: i420} if i420 is not None else {},
         )
 
 

@@ -14,7 +14,7 @@ from av.video.reformatter import ColorRange, Colorspace
 
 from stream.color import RgbDecoder, frame_to_rgb, opencv_decodes, rgb_to_i420, rgb_to_yuv420p_frame
 from stream.sinks import VideoSink
-from stream.sources import open_source, probe_source
+from stream.sources import I420, open_source, probe_source
 
 ASSETS = Path(ultralytics.__file__).parent / "assets"
 
@@ -107,8 +107,10 @@ def _decode_all(path: Path) -> tuple[list[np.ndarray], list[np.ndarray], list[bo
         reference = [frame.to_ndarray(format="rgb24") for frame in frames]
         fast = [opencv_decodes(frame) for frame in frames]
     with open_source(probe_source(str(path))) as decoded:
-        ours = [frame.image for frame in decoded]
-    return ours, reference, fast
+        decoded = list(decoded)
+    # Planes for the sinks come along exactly when they are BT.601 limited range, like the fast path.
+    assert [I420 in frame.extra for frame in decoded] == fast
+    return [frame.image for frame in decoded], reference, fast
 
 
 def test_untagged_h264_decodes_like_swscale_and_closer_to_the_photo(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
+import av
 import msgpack
 import numpy as np
 import pytest
@@ -12,8 +13,8 @@ import zmq
 
 from stream.config import build_config
 from stream.messages import EOS, FRAME
-from stream.shm import INFER_READER, READERS, RENDER_READER, FrameRing, release, resolve
-from stream.sources import open_source, probe_source
+from stream.shm import I420_META, INFER_READER, READERS, RENDER_READER, FrameRing, release, resolve
+from stream.sources import I420, open_source, probe_source
 from stream.synth import moving_squares, write_clip
 from stream.transport import Topology, make_socket, recv_message
 from stream.workers.base import SourcePlan, WorkerSpec, run_worker
@@ -29,6 +30,11 @@ def _clip(tmp_path, frames: int):
     with open_source(info) as decoded:
         plain = [frame.image.copy() for frame in decoded]
     return info, plain
+
+
+def _planes(info) -> list[np.ndarray]:
+    with av.open(info.spec) as container:
+        return [frame.to_ndarray() for frame in container.decode(video=0)]
 
 
 def test_ring_claims_commits_and_gives_back_slots():
@@ -55,6 +61,7 @@ def test_ring_claims_commits_and_gives_back_slots():
 
 def test_video_frames_decode_into_the_slots_they_are_given(tmp_path):
     info, plain = _clip(tmp_path, 6)
+    planes = _planes(info)
     ring = FrameRing.create(int(np.prod(SHAPE)), 4, READERS)
     claims = []
 
@@ -74,6 +81,8 @@ def test_video_frames_decode_into_the_slots_they_are_given(tmp_path):
                     assert claims[-1] is None
                     assert not any(np.shares_memory(frame.image, ring.view(s, SHAPE)) for s in range(4))
                 np.testing.assert_array_equal(frame.image, plain[i])
+                # The source's own BT.601 planes come along, for sinks that encode the frame as it is.
+                np.testing.assert_array_equal(frame.extra[I420], planes[i])
         for slot in range(4):
             np.testing.assert_array_equal(ring.view(slot, SHAPE), plain[slot])
     finally:
@@ -133,6 +142,7 @@ class _Stage:
 
 def test_offline_decoder_waits_for_a_free_slot_instead_of_sending_pixels_inline(tmp_path):
     info, plain = _clip(tmp_path, 20)
+    planes = _planes(info)
     stage = _Stage(tmp_path, info)
     try:
         held = []
@@ -141,6 +151,8 @@ def test_offline_decoder_waits_for_a_free_slot_instead_of_sending_pixels_inline(
             assert to_gpu.kind == to_render.kind == FRAME and to_gpu.seq == to_render.seq
             assert to_gpu.slot is not None and to_render.slot is not None  # pixels stay in the ring
             np.testing.assert_array_equal(to_render.arrays["image"], plain[to_render.frame])
+            assert to_render.meta[I420_META]  # the slot also holds the source's planes
+            np.testing.assert_array_equal(to_render.arrays[I420_META], planes[to_render.frame])
             held.append((to_gpu, to_render))
         # The ring is full: the decoder waits rather than sending frames inline.
         assert stage.receive(stage.gpu, 500) is None and stage.receive(stage.render, 0) is None

@@ -18,15 +18,17 @@ from collections import deque
 import numpy as np
 import zmq
 
+from stream.color import single_threaded_opencv
 from stream.frames import DecodedFrame
 from stream.messages import EOS, SKIP, Message, control_message, frame_message
-from stream.shm import READERS, FrameRing, RingError
-from stream.sources import open_source
+from stream.shm import I420_META, READERS, FrameRing, RingError, i420_shape
+from stream.sources import I420, open_source
 from stream.transport import Stopped, close_sender, make_socket, send_until
 from stream.workers.base import SourcePlan, StageLink, WorkerSpec
 
 LIVE_QUEUE_FRAMES = 2  # frames a live source may hold while downstream is busy
-SLOT_WAIT_S = 0.001  # offline, how often a decoder waiting for a free ring slot looks again
+SLOT_WAIT_S = 0.005  # offline, how often a decoder waiting for a free ring slot looks again (the ring
+# holds dozens of frames, so downstream never runs dry in that time)
 
 
 class FrameSender:
@@ -58,7 +60,7 @@ class FrameSender:
             self.control(EOS, segment=self.segment, final=False)
             self.segment = frame.segment
         message = frame_message(self.plan.name, self.seq, frame, self.session, self.meta).stamp("decode")
-        self._into_ring(message, frame.image)
+        self._into_ring(message, frame.image, frame.extra.get(I420))
         self._send_both(message)
 
     def frame_buffer(self, height: int, width: int) -> np.ndarray | None:
@@ -67,7 +69,8 @@ class FrameSender:
         Only the latest claim is kept: a frame decoded into it is sent without copying its pixels.
         """
         self._drop_claim()
-        if not self._ensure_ring(height * width * 3):
+        # A slot has room for the RGB pixels and, after them, the source's own yuv420p planes.
+        if not self._ensure_ring(height * width * 3 + int(np.prod(i420_shape(height, width)))):
             return None
         self.claim = self._claim((height, width, 3))
         return None if self.claim is None else self.claim[1]
@@ -101,9 +104,10 @@ class FrameSender:
                 return False
         return True
 
-    def _into_ring(self, message: Message, image: np.ndarray) -> None:
+    def _into_ring(self, message: Message, image: np.ndarray, i420: np.ndarray | None = None) -> None:
         """Pixels decoded into the claimed slot stay there; others are copied into a free slot, or
-        travel inline when the ring cannot take them (live and the ring is full, or too large)."""
+        travel inline when the ring cannot take them (live and the ring is full, or too large). The
+        source's yuv420p planes, when it has them, go into the slot after the RGB pixels."""
         if self.claim is not None and image is self.claim[1]:
             slot = self.claim[0]
             self.claim = None
@@ -116,6 +120,9 @@ class FrameSender:
                 return
             slot, pixels = claim
             pixels[...] = image
+        if i420 is not None and self.ring.fits((image.nbytes + i420.nbytes,)):
+            self.ring.view(slot, i420.shape, writable=True, offset=image.nbytes)[...] = i420
+            message.meta[I420_META] = True
         self.ring.commit(slot)
         message.arrays = {}
         message.slot = [self.ring.name, slot, list(image.shape)]
@@ -146,6 +153,8 @@ class FrameSender:
 
 def run_decoder(context: zmq.Context, spec: WorkerSpec, link: StageLink) -> None:
     (plan,) = spec.sources
+    if spec.config.workers != "inproc":
+        single_threaded_opencv()
     sender = FrameSender(context, spec, plan, link)
     decoded = 0
     try:

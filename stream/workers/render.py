@@ -18,9 +18,10 @@ import cv2
 import numpy as np
 import zmq
 
+from stream.color import single_threaded_opencv
 from stream.frames import FrameResult
 from stream.messages import EOS, FRAME, RESULTS, SKIP, Message, to_decoded_frame, to_frame_result
-from stream.shm import RENDER_READER, release, resolve
+from stream.shm import I420_META, RENDER_READER, release, resolve
 from stream.transport import make_socket, recv_message, send_message
 from stream.workers.base import SourcePlan, StageLink, WorkerSpec
 from stream.workers.reorder import ReorderBuffer
@@ -76,12 +77,15 @@ class SourceOutputs:
             self._label_sink().write(frame.index, result.seg_labels)
         if self.renderer.draws_on(result, banner=self.cfg.banner):
             image = self.renderer(frame.image, result, banner=self.cfg.banner)
+            self._write_video(image, frame_msg)
         else:
-            image = frame.image  # nothing to draw: encode the received pixels as they are, no copy
-        self._write_video(image, frame_msg)
+            # Nothing to draw: encode the received frame as it is, without a copy, and from the
+            # source's own yuv420p planes when the decoder passed them on (no conversion either).
+            image = frame.image
+            self._write_video(image, frame_msg, frame_msg.arrays.get(I420_META))
         return image
 
-    def _write_video(self, image: np.ndarray, frame_msg: Message) -> None:
+    def _write_video(self, image: np.ndarray, frame_msg: Message, i420: np.ndarray | None = None) -> None:
         from stream.sinks import VideoSink
 
         if self.video is None:
@@ -103,11 +107,15 @@ class SourceOutputs:
                 preset=self.cfg.preset,
             )
             self.video_size = (width, height)
-        if (image.shape[1], image.shape[0]) != self.video_size:
-            # A resolution change mid-source: one playable file at the first size.
-            image = cv2.resize(image, self.video_size, interpolation=cv2.INTER_AREA)
         pts = frame_msg.pts_raw if not self.plan.live and frame_msg.time_base is not None else None
-        self.video.write(image, pts)
+        size = (image.shape[1], image.shape[0])
+        if i420 is not None and size == self.video_size == self.video.encoded_size:
+            self.video.write_i420(i420, pts)
+        else:
+            if size != self.video_size:
+                # A resolution change mid-source: one playable file at the first size.
+                image = cv2.resize(image, self.video_size, interpolation=cv2.INTER_AREA)
+            self.video.write(image, pts)
         self.frames_written += 1
 
     def _label_sink(self):
@@ -159,6 +167,8 @@ class Joiner:
 def run_renderer(context: zmq.Context, spec: WorkerSpec, link: StageLink) -> None:
     (plan,) = spec.sources
     cfg = spec.config
+    if cfg.workers != "inproc":
+        single_threaded_opencv()
     # The frame queue holds what the GPU path has in flight; it never blocks the decoder for long
     # because this loop always drains both sockets.
     frames_in = make_socket(
