@@ -5,11 +5,13 @@
 Figures are milliseconds per frame (median) and encode frames per second, on synthetic frames with
 ``--persons`` full 308-keypoint skeletons and a segmentation map covering them.
 
-Pixel-format conversions (``stream.color``, one thread, on a photo scaled to the size): RGB -> yuv420p
-for the encoder, swscale (what PyAV's encoder does with an rgb24 frame: wrap the array, then convert)
-against the OpenCV path every video sink uses; and yuv420p -> RGB for the decoder, swscale
-(``to_ndarray(format="rgb24")``) against the OpenCV path writing into a given buffer, as the decoder
-does into a frame-ring slot.
+Pixel-format conversions (on a photo scaled to the size), wall and CPU (all threads) milliseconds:
+RGB -> yuv420p for the encoder, swscale (what PyAV's encoder does with an rgb24 frame: wrap the array,
+then convert on its own threads) against ``stream.color``'s OpenCV path every video sink uses (one
+thread, as in the workers); and yuv420p -> RGB while decoding a clip of the photo, swscale
+(``to_ndarray(format="rgb24")`` per decoded frame) against the OpenCV path writing into a given
+buffer, as the decoder does into a frame-ring slot. On a busy 2-core machine the CPU figures are what
+limits throughput.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from stream.color import RgbDecoder, rgb_to_yuv420p_frame
 from stream.frames import DecodedFrame, FrameResult
 from stream.render import Renderer
 from stream.sinks import JsonlSink, LabelMapSink, VideoSink, jsonl_record
-from stream.synth import moving_squares
+from stream.synth import moving_squares, write_clip
 
 
 def synthetic_result(height: int, width: int, persons: int, seed: int = 0) -> FrameResult:
@@ -99,34 +101,78 @@ def bench_size(width: int, height: int, persons: int, frames: int, workdir: Path
         "encode_libx264_veryfast_fps": round(frames / encode_s, 2),
         "jsonl_record_and_write_ms": _ms(jsonl_times),
         "label_map_png_write_ms": _ms(label_times),
-        **bench_conversions(width, height),
+        **bench_conversions(width, height, workdir),
     }
 
 
-def bench_conversions(width: int, height: int) -> dict:
-    """Milliseconds per frame (median) of each pixel-format conversion, swscale against ``stream.color``."""
+def bench_conversions(width: int, height: int, workdir: Path, repeats: int = 30) -> dict:
+    """Wall and CPU milliseconds per frame (medians for the encoder side) of each pixel-format
+    conversion: swscale as PyAV runs it by default against ``stream.color`` as the workers run it."""
     photo = cv2.imread(str(Path(ultralytics.__file__).parent / "assets" / "bus.jpg"))
     image = cv2.cvtColor(cv2.resize(photo, (width, height), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
     scaler = VideoReformatter()  # kept between frames, as the encoder keeps its own
 
     def swscale_encode() -> av.VideoFrame:
-        return scaler.reformat(av.VideoFrame.from_ndarray(image, format="rgb24"), format="yuv420p", threads=1)
+        return scaler.reformat(av.VideoFrame.from_ndarray(image, format="rgb24"), format="yuv420p")
 
-    yuv = swscale_encode()
-    to_rgb, out = RgbDecoder(), np.empty_like(image)
+    clip = workdir / f"photo_{width}x{height}.mp4"
+    write_clip(clip, [image] * 3 * repeats, fps=30)
+    out = np.empty_like(image)
+    to_rgb = RgbDecoder()
     threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)  # one thread each, like swscale here: the CPU a conversion costs
-    times = {
-        "rgb_to_yuv420p_swscale_ms": _ms(time_call(swscale_encode, repeats=30)),
-        "rgb_to_yuv420p_opencv_ms": _ms(time_call(lambda: rgb_to_yuv420p_frame(image), repeats=30)),
-        "yuv420p_to_rgb_swscale_ms": _ms(time_call(lambda: yuv.to_ndarray(format="rgb24"), repeats=30)),
-        "yuv420p_to_rgb_opencv_into_buffer_ms": _ms(time_call(lambda: to_rgb(yuv, out), repeats=30)),
-    }
+    cv2.setNumThreads(1)  # as in the decode and render workers (``single_threaded_opencv``)
+    times = {}
+    for name, convert in {
+        "rgb_to_yuv420p_swscale": swscale_encode,
+        "rgb_to_yuv420p_opencv": lambda: rgb_to_yuv420p_frame(image),
+    }.items():
+        times[f"{name}_ms"], times[f"{name}_cpu_ms"] = _wall_and_cpu(convert, repeats)
+    # Decoding: every frame is a new frame object (swscale sets up its scaler per frame, as it does when
+    # a decoder calls to_ndarray), so whole decodes are timed, less the decode alone.
+    _decode_clip(clip, lambda frame: None)  # warm-up: file cache, codec and thread start-up
+    decode_only = _decode_clip(clip, lambda frame: None)
+    for name, convert in {
+        "yuv420p_to_rgb_swscale": lambda frame: frame.to_ndarray(format="rgb24"),
+        # What the decoder did before: convert, then copy into the frame-ring slot.
+        "yuv420p_to_rgb_swscale_then_copy": lambda frame: np.copyto(out, frame.to_ndarray(format="rgb24")),
+        "yuv420p_to_rgb_opencv_into_buffer": lambda frame: to_rgb(frame, out),
+    }.items():
+        wall, cpu = _decode_clip(clip, convert)
+        times[f"{name}_ms"] = round(wall - decode_only[0], 3)
+        times[f"{name}_cpu_ms"] = round(cpu - decode_only[1], 3)
     cv2.setNumThreads(threads)
-    times["encode_conversion_speedup"] = round(
-        times["rgb_to_yuv420p_swscale_ms"] / times["rgb_to_yuv420p_opencv_ms"], 2
+    times["rgb_to_yuv420p_cpu_saving"] = round(
+        times["rgb_to_yuv420p_swscale_cpu_ms"] / times["rgb_to_yuv420p_opencv_cpu_ms"], 2
+    )
+    into_slot = times["yuv420p_to_rgb_opencv_into_buffer_cpu_ms"]
+    times["yuv420p_to_rgb_into_slot_cpu_saving"] = round(
+        times["yuv420p_to_rgb_swscale_then_copy_cpu_ms"] / into_slot, 2
     )
     return times
+
+
+def _decode_clip(clip: Path, convert) -> tuple[float, float]:
+    """Mean wall and process-CPU milliseconds per frame to decode ``clip`` and ``convert`` each frame."""
+    with av.open(str(clip)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # as the sources decode
+        wall, cpu, frames = time.perf_counter(), time.process_time(), 0
+        for frame in container.decode(stream):
+            convert(frame)
+            frames += 1
+        return 1000 * (time.perf_counter() - wall) / frames, 1000 * (time.process_time() - cpu) / frames
+
+
+def _wall_and_cpu(fn, repeats: int) -> tuple[float, float]:
+    """Median wall and process-CPU (all threads) milliseconds per call, after one untimed call."""
+    fn()
+    walls, cpus = [], []
+    for _ in range(repeats):
+        wall, cpu = time.perf_counter(), time.process_time()
+        fn()
+        cpus.append(time.process_time() - cpu)
+        walls.append(time.perf_counter() - wall)
+    return _ms(walls), _ms(cpus)
 
 
 def _without_seg(result: FrameResult) -> FrameResult:

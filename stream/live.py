@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 
 import av
 
+from stream.color import frame_to_rgb
 from stream.frames import DecodedFrame
 from stream.metrics import SourceStats, redact_text, redact_url
 from stream.sources import SourceError  # one error type for every source that fails for good
@@ -446,7 +447,7 @@ class LiveSource:
 
     def _deliver(self, connection: _Connection, av_frame: av.VideoFrame, pts_raw: int | None) -> bool:
         """Hand one decoded frame to the consumer; False when this connection must stop."""
-        image = av_frame.to_ndarray(format="rgb24")
+        image = frame_to_rgb(av_frame)  # OpenCV where it gives swscale's colours, else swscale
         time_base = Fraction(av_frame.time_base) if av_frame.time_base is not None else None
         pts = float(pts_raw * time_base) if pts_raw is not None and time_base else None
         size = (image.shape[1], image.shape[0])
