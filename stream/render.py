@@ -118,7 +118,8 @@ class Renderer:
             return True
         if result is None:
             return False
-        has_seg = result.seg_labels is not None and self.seg_alpha > 0
+        # Background (class 0) is never tinted: an all-background map draws nothing.
+        has_seg = result.seg_labels is not None and self.seg_alpha > 0 and bool(result.seg_labels.any())
         return has_seg or result.num_persons > 0
 
     def __call__(

@@ -67,6 +67,23 @@ def test_frames_with_nothing_to_draw_are_encoded_as_received(tmp_path):
     assert np.abs(frames[2].astype(int) - images[2].astype(int)).mean() < 2
 
 
+def test_a_background_only_label_map_draws_nothing_and_body_parts_are_drawn(tmp_path):
+    images = list(moving_squares(2, (96, 64)))
+    background, body = FrameResult.empty(), FrameResult.empty()
+    background.seg_labels = np.zeros((64, 96), np.uint8)
+    body.seg_labels = np.zeros((64, 96), np.uint8)
+    body.seg_labels[10:30, 20:40] = 5
+    outputs = _outputs(tmp_path)
+    try:
+        untouched = outputs.write(*_messages(0, images[0], background))
+        drawn = outputs.write(*_messages(1, images[1], body))
+    finally:
+        outputs.close()
+    assert untouched is images[0]
+    assert drawn is not images[1] and not np.array_equal(drawn[10:30, 20:40], images[1][10:30, 20:40])
+    assert len(list((tmp_path / "clip_seg").iterdir())) == 2  # label maps are written either way
+
+
 def test_frames_with_a_person_or_a_banner_are_drawn_on_a_copy(tmp_path):
     images = list(moving_squares(2, (96, 64)))
     originals = [image.copy() for image in images]
