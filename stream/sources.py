@@ -18,16 +18,17 @@ from pathlib import Path
 import av
 import numpy as np
 
-from stream.color import RgbDecoder, frame_to_rgb
+from stream.color import RgbDecoder, frame_to_rgb, opencv_decodes
 from stream.frames import DecodedFrame
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 I420 = "i420"  # DecodedFrame.extra key of a video frame's own yuv420p planes (see ``_decode_video``)
 
-# ``frame_buffer(height, width)``: a writable (height, width, 3) uint8 array to decode the next frame
-# into (e.g. a shared-memory frame slot), or None to let the source allocate one.
-FrameBuffer = Callable[[int, int], "np.ndarray | None"]
+# ``frame_buffer(height, width, with_i420)``: a writable (height, width, 3) uint8 array to decode the
+# next frame into (e.g. a shared-memory frame slot), or None to let the source allocate one;
+# ``with_i420`` tells that the frame will also carry its yuv420p planes (``DecodedFrame.extra[I420]``).
+FrameBuffer = Callable[[int, int, bool], "np.ndarray | None"]
 
 
 class SourceError(ValueError):
@@ -197,7 +198,9 @@ def _decode_video(
     size = None
     segment = 0
     for index, frame in enumerate(container.decode(stream)):
-        out = frame_buffer(frame.height, frame.width) if frame_buffer is not None else None
+        out = None
+        if frame_buffer is not None:
+            out = frame_buffer(frame.height, frame.width, opencv_decodes(frame))
         image, i420 = to_rgb.with_i420(frame, out)
         if size is not None and image.shape[:2] != size:
             segment += 1  # a resolution change starts a new segment, like a live reconnect

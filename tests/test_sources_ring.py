@@ -65,7 +65,8 @@ def test_video_frames_decode_into_the_slots_they_are_given(tmp_path):
     ring = FrameRing.create(int(np.prod(SHAPE)), 4, READERS)
     claims = []
 
-    def frame_buffer(height: int, width: int):
+    def frame_buffer(height: int, width: int, with_i420: bool):
+        assert with_i420  # an untagged H.264 clip: its planes come along
         claims.append(ring.claim((height, width, 3)))
         return None if claims[-1] is None else claims[-1][1]
 
@@ -184,5 +185,41 @@ def test_a_decoder_waiting_for_a_slot_still_aborts(tmp_path):
             assert stage.receive(stage.render, 5000).kind == FRAME
         assert stage.receive(stage.gpu, 300) is None  # waiting for a slot nobody releases
         stage.command_until_done("abort", timeout_s=5.0)
+    finally:
+        stage.close()
+
+
+def _bt709_clip(tmp_path, frames: int):
+    """A BT.709-tagged clip: its frames decode through swscale and carry no planes for the sinks."""
+    path = tmp_path / "clip.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = *SIZE, "yuv420p"
+        stream.codec_context.colorspace = 1  # AVCOL_SPC_BT709
+        for i, image in enumerate(moving_squares(frames, SIZE)):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(
+                format="yuv420p", dst_colorspace="itu709"
+            )
+            frame.pts = i
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return probe_source(str(path))
+
+
+def test_a_source_without_bt601_planes_gets_slots_for_rgb_only(tmp_path):
+    info = _bt709_clip(tmp_path, 4)
+    stage = _Stage(tmp_path, info)
+    try:
+        for _ in range(4):
+            to_gpu, to_render = stage.receive(stage.gpu, 5000), stage.receive(stage.render, 5000)
+            assert to_render.slot is not None and I420_META not in to_render.meta
+            assert I420_META not in to_render.arrays
+            assert FrameRing.attach(to_render.slot[0]).slot_bytes == int(np.prod(SHAPE))
+            release(to_gpu, INFER_READER)
+            release(to_render, RENDER_READER)
+        assert stage.receive(stage.gpu, 5000).kind == EOS
+        stage.command_until_done("finish")
     finally:
         stage.close()

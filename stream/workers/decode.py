@@ -63,14 +63,16 @@ class FrameSender:
         self._into_ring(message, frame.image, frame.extra.get(I420))
         self._send_both(message)
 
-    def frame_buffer(self, height: int, width: int) -> np.ndarray | None:
+    def frame_buffer(self, height: int, width: int, with_i420: bool = False) -> np.ndarray | None:
         """A free ring slot to decode the next frame into (None: the source allocates its own array).
 
         Only the latest claim is kept: a frame decoded into it is sent without copying its pixels.
         """
         self._drop_claim()
-        # A slot has room for the RGB pixels and, after them, the source's own yuv420p planes.
-        if not self._ensure_ring(height * width * 3 + int(np.prod(i420_shape(height, width)))):
+        # Slots are sized by the first frame: its RGB pixels and, when it has them, its yuv420p planes
+        # after them (a source whose frames have none does not pay for the room).
+        planes = int(np.prod(i420_shape(height, width))) if with_i420 else 0
+        if not self._ensure_ring(height * width * 3 + planes):
             return None
         self.claim = self._claim((height, width, 3))
         return None if self.claim is None else self.claim[1]
