@@ -186,11 +186,18 @@ def load_sapiens2(
         # torch's compiler stack, a second of start-up per worker process).
         model = build_sapiens2(config, init=False).to(dtype=dtype)
     check_state_dict(model, state, str(name_or_path))
-    # The file's tensors are views of a memory map at unaligned offsets; copying them into freshly
-    # allocated (aligned, anonymous) parameters keeps matrix multiplies and convolutions on fast paths.
-    model.to_empty(device=device)
-    model.load_state_dict(state, strict=True)
+    # The file's tensors are views of a memory map at unaligned offsets; fresh copies (aligned, anonymous
+    # memory) keep matrix multiplies and convolutions on fast paths. They replace the meta parameters
+    # outright: allocating the meta model first (``to_empty``) goes through torch's reference ops, which
+    # import sympy, a third of a second of every worker's start-up.
+    weights = {name: _fresh_copy(tensor, device, dtype) for name, tensor in state.items()}
+    model.load_state_dict(weights, strict=True, assign=True)
     return model.eval().requires_grad_(False)
+
+
+def _fresh_copy(tensor: torch.Tensor, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
+    target = dtype if tensor.is_floating_point() else tensor.dtype
+    return tensor.to(device=device, dtype=target, copy=True, memory_format=torch.contiguous_format)
 
 
 def save_sapiens2(model: nn.Module, directory: str | os.PathLike, max_shard_size: int | None = None) -> Path:

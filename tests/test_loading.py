@@ -183,6 +183,24 @@ def test_half_precision_loads_and_tracks_fp32(tmp_path, dtype):
     assert all(p.dtype == dtype for p in stored.parameters())
 
 
+def test_loaded_parameters_own_aligned_memory_and_loading_stays_light(tmp_path):
+    save_sapiens2(tiny("pose"), tmp_path)
+    model = load_sapiens2(tmp_path)
+    for name, param in model.named_parameters():
+        assert isinstance(param, torch.nn.Parameter) and not param.requires_grad, name
+        assert param.is_contiguous() and param.data_ptr() % 64 == 0, name  # not a view into the file map
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    # A worker loads its model on every start: loading must not pull in torch's compiler stack (sympy).
+    script = (
+        "import sys; from models import load_sapiens2; "
+        f"load_sapiens2({str(tmp_path)!r}); print('sympy' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.stdout.strip() == "False", result.stderr
+
+
 def test_official_architecture_sizes():
     """The 0.4b pose model has the released parameter count (built on the meta device, no memory)."""
     with torch.device("meta"):
