@@ -322,15 +322,15 @@ class _Coordinator:
         try:
             self.start_services()
             specs = worker_specs(self.cfg, self.plans, self.endpoints)
-            decoders = [spec for spec in specs if spec.role == "decode"]
+            # A live camera starts once the models are loaded, so it loses no frames to start-up. Files
+            # start with the other stages: their first frames are decoded while the models load.
+            decoders = [spec for spec in specs if spec.role == "decode" and spec.sources[0].live]
             for spec in specs:
-                if spec.role != "decode":
+                if spec not in decoders:
                     launcher.start(spec)
             abort_deadline = None
             while launcher.running():
                 if decoders and (self.device is not None or self.error or signals.count):
-                    # Sources start once the models are loaded, so a live camera loses no frames to
-                    # start-up (offline sources would simply wait).
                     for spec in decoders:
                         launcher.start(spec)
                     decoders = []
