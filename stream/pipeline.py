@@ -334,7 +334,8 @@ class _Coordinator:
                     for spec in decoders:
                         launcher.start(spec)
                     decoders = []
-                self._drain_events(progress, timeout_ms=100)
+                # Once every sink is closed only the workers' exits are awaited: look for them often.
+                self._drain_events(progress, timeout_ms=100 if self.sinks_open else 5)
                 self._drain_preview()
                 self._check_stop(signals)
                 if not self.sinks_open:
