@@ -201,6 +201,17 @@ def _process_context():
     return multiprocessing.get_context("spawn")
 
 
+def start_worker_server() -> None:
+    """Start the fork server now, if workers come from one: it imports torch (seconds on a small CPU)
+    while the sources are probed (a camera may take as long to answer) and the coordinator sets up,
+    instead of after. Later runs of this process reuse it."""
+    context = _process_context()
+    if context.get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+
 class _Signals:
     """First SIGINT/SIGTERM: stop and drain; second: abort. Handlers are installed in the main thread only."""
 
@@ -463,6 +474,8 @@ def run_pipeline(config: PipelineConfig, stop: threading.Event | None = None) ->
     whatever was processed before a failure is flushed and playable.
     """
     config.validate()
+    if config.workers == "ipc":
+        start_worker_server()
     plans = plan_sources(config)
     check_inputs(config)
     Path(config.out).mkdir(parents=True, exist_ok=True)
