@@ -474,7 +474,7 @@ def run_pipeline(config: PipelineConfig, stop: threading.Event | None = None) ->
     whatever was processed before a failure is flushed and playable.
     """
     config.validate()
-    if config.workers == "ipc":
+    if config.workers != "inproc":
         start_worker_server()
     plans = plan_sources(config)
     check_inputs(config)
