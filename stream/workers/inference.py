@@ -385,15 +385,12 @@ class InferenceEngine:
             self.seg_smoothers[source] = SegmentationSmoother()
         return self.seg_smoothers[source]
 
-    def end_segment(self, source: str, segment: int | None = None) -> None:
+    def end_segment(self, source: str) -> None:
         """Forget a source's temporal state (its segment ended: reconnect, new resolution or the end).
 
-        ``segment`` is the segment that ended (the ``eos`` message's). Crop boxes of a later segment,
-        whose first frames may have followed the ``eos`` in the same group, are kept.
+        Crop boxes are not among it: their smoother is kept per segment (``_crop_smoother``), so the
+        first frames of the next segment, which may share a group with the ``eos``, start afresh anyway.
         """
-        crop_segment, _ = self.crop_smoothers.get(source, (None, None))
-        if crop_segment is not None and (segment is None or crop_segment <= segment):
-            del self.crop_smoothers[source]
         self.last_boxes.pop(source, None)
         smoother = self.seg_smoothers.pop(source, None)
         if smoother is not None and hasattr(smoother, "reset"):
@@ -491,7 +488,7 @@ def run_inference(context: zmq.Context, spec: WorkerSpec, link: StageLink) -> No
             for messages in outputs:
                 for message in messages:
                     if message.kind == EOS:
-                        engine.end_segment(message.source, message.segment)
+                        engine.end_segment(message.source)
                         if message.meta.get("final"):
                             open_sources.discard(message.source)
                     elif message.kind == SKIP and message.meta.get("cause") == "stale":
