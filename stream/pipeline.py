@@ -201,6 +201,12 @@ def _process_context():
     return multiprocessing.get_context("spawn")
 
 
+def _waits_for_models(spec: WorkerSpec) -> bool:
+    """A live camera's decoder starts once the models are loaded, so it loses no frames to start-up.
+    File decoders start with the other stages: their first frames are decoded while the models load."""
+    return spec.role == "decode" and spec.sources[0].live
+
+
 def start_worker_server() -> None:
     """Start the fork server now, if workers come from one: it imports torch (seconds on a small CPU)
     while the sources are probed (a camera may take as long to answer) and the coordinator sets up,
@@ -333,11 +339,9 @@ class _Coordinator:
         try:
             self.start_services()
             specs = worker_specs(self.cfg, self.plans, self.endpoints)
-            # A live camera starts once the models are loaded, so it loses no frames to start-up. Files
-            # start with the other stages: their first frames are decoded while the models load.
-            decoders = [spec for spec in specs if spec.role == "decode" and spec.sources[0].live]
+            decoders = [spec for spec in specs if _waits_for_models(spec)]
             for spec in specs:
-                if spec not in decoders:
+                if not _waits_for_models(spec):
                     launcher.start(spec)
             abort_deadline = None
             while launcher.running():
