@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 import av
 
-from stream.color import frame_to_rgb
+from stream.color import RgbDecoder
 from stream.frames import DecodedFrame
 from stream.metrics import SourceStats, redact_text, redact_url
 from stream.sources import SourceError  # one error type for every source that fails for good
@@ -205,6 +205,8 @@ class _Connection:
         self.abandoned = False
         self.finished = threading.Event()
         self.thread: threading.Thread | None = None
+        # One per connection (its reader thread): the swscale fallback keeps its scaler between frames.
+        self.to_rgb = RgbDecoder()
 
 
 class LiveSource:
@@ -447,7 +449,7 @@ class LiveSource:
 
     def _deliver(self, connection: _Connection, av_frame: av.VideoFrame, pts_raw: int | None) -> bool:
         """Hand one decoded frame to the consumer; False when this connection must stop."""
-        image = frame_to_rgb(av_frame)  # OpenCV where it gives swscale's colours, else swscale
+        image = connection.to_rgb(av_frame)  # OpenCV where it gives swscale's colours, else swscale
         time_base = Fraction(av_frame.time_base) if av_frame.time_base is not None else None
         pts = float(pts_raw * time_base) if pts_raw is not None and time_base else None
         size = (image.shape[1], image.shape[0])
