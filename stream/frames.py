@@ -7,6 +7,10 @@ from fractions import Fraction
 
 import numpy as np
 
+# The key under which a video frame's own yuv420p planes travel with it: in ``DecodedFrame.extra``, and in
+# a frame message's meta (a flag: its ring slot holds them after the RGB pixels) and arrays.
+I420 = "i420"
+
 
 @dataclass
 class DecodedFrame:

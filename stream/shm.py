@@ -24,6 +24,8 @@ import uuid
 
 import numpy as np
 
+from stream.frames import I420
+
 HEADER_ALIGN = 4096
 _attached: dict[str, FrameRing] = {}  # rings this process has mapped, by name (readers reuse them)
 
@@ -180,9 +182,6 @@ RENDER_READER = 1  # reader index of the render stage
 READERS = 2
 
 
-I420_META = "i420"  # frame message meta flag: the slot also holds the frame's yuv420p planes
-
-
 def i420_shape(height: int, width: int) -> tuple[int, int]:
     """Shape of the I420 planes of a ``height`` x ``width`` picture, stored after its RGB pixels."""
     return height * 3 // 2, width
@@ -196,10 +195,10 @@ def resolve(message) -> None:
     name, slot, shape = message.slot
     ring = FrameRing.attach(name)
     message.arrays["image"] = ring.view(int(slot), tuple(shape))
-    if message.meta.get(I420_META):
+    if message.meta.get(I420):
         height, width = int(shape[0]), int(shape[1])
         offset = height * width * 3
-        message.arrays[I420_META] = ring.view(int(slot), i420_shape(height, width), offset=offset)
+        message.arrays[I420] = ring.view(int(slot), i420_shape(height, width), offset=offset)
 
 
 def release(message, reader: int) -> None:
@@ -208,6 +207,6 @@ def release(message, reader: int) -> None:
         return
     name, slot, _ = message.slot
     message.arrays.pop("image", None)
-    message.arrays.pop(I420_META, None)
+    message.arrays.pop(I420, None)
     FrameRing.attach(name).release(int(slot), reader)
     message.slot = None

@@ -19,11 +19,9 @@ import av
 import numpy as np
 
 from stream.color import RgbDecoder, frame_to_rgb, opencv_decodes
-from stream.frames import DecodedFrame
+from stream.frames import I420, DecodedFrame
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
-I420 = "i420"  # DecodedFrame.extra key of a video frame's own yuv420p planes (see ``_decode_video``)
 
 # ``frame_buffer(height, width, with_i420)``: a writable (height, width, 3) uint8 array to decode the
 # next frame into (e.g. a shared-memory frame slot), or None to let the source allocate one;

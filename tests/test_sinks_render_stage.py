@@ -12,9 +12,8 @@ from pipeline_fixtures import read_jsonl, read_video
 
 from stream.color import rgb_to_i420
 from stream.config import build_config
-from stream.frames import DecodedFrame, FrameResult
+from stream.frames import I420, DecodedFrame, FrameResult
 from stream.messages import RESULTS, follow_up, frame_message, result_arrays
-from stream.shm import I420_META
 from stream.sinks import VideoSink
 from stream.sources import SourceInfo
 from stream.synth import moving_squares
@@ -36,8 +35,8 @@ def _messages(index: int, image: np.ndarray, result: FrameResult, i420: np.ndarr
     frame = DecodedFrame(image, index, index / 30, Fraction(1, 30), 0.0, pts_raw=index)
     frame_msg = frame_message("clip", index, frame, meta={"rate": [30, 1]})
     if i420 is not None:  # as ``shm.resolve`` gives a slot that holds the source's planes
-        frame_msg.arrays[I420_META] = i420
-        frame_msg.meta[I420_META] = True
+        frame_msg.arrays[I420] = i420
+        frame_msg.meta[I420] = True
     return frame_msg, follow_up(frame_msg, RESULTS, result_arrays(result))
 
 

@@ -12,9 +12,10 @@ import pytest
 import zmq
 
 from stream.config import build_config
+from stream.frames import I420
 from stream.messages import EOS, FRAME
-from stream.shm import I420_META, INFER_READER, READERS, RENDER_READER, FrameRing, release, resolve
-from stream.sources import I420, open_source, probe_source
+from stream.shm import INFER_READER, READERS, RENDER_READER, FrameRing, release, resolve
+from stream.sources import open_source, probe_source
 from stream.synth import moving_squares, write_clip
 from stream.transport import Topology, make_socket, recv_message
 from stream.workers.base import SourcePlan, WorkerSpec, run_worker
@@ -152,8 +153,8 @@ def test_offline_decoder_waits_for_a_free_slot_instead_of_sending_pixels_inline(
             assert to_gpu.kind == to_render.kind == FRAME and to_gpu.seq == to_render.seq
             assert to_gpu.slot is not None and to_render.slot is not None  # pixels stay in the ring
             np.testing.assert_array_equal(to_render.arrays["image"], plain[to_render.frame])
-            assert to_render.meta[I420_META]  # the slot also holds the source's planes
-            np.testing.assert_array_equal(to_render.arrays[I420_META], planes[to_render.frame])
+            assert to_render.meta[I420]  # the slot also holds the source's planes
+            np.testing.assert_array_equal(to_render.arrays[I420], planes[to_render.frame])
             held.append((to_gpu, to_render))
         # The ring is full: the decoder waits rather than sending frames inline.
         assert stage.receive(stage.gpu, 500) is None and stage.receive(stage.render, 0) is None
@@ -214,8 +215,8 @@ def test_a_source_without_bt601_planes_gets_slots_for_rgb_only(tmp_path):
     try:
         for _ in range(4):
             to_gpu, to_render = stage.receive(stage.gpu, 5000), stage.receive(stage.render, 5000)
-            assert to_render.slot is not None and I420_META not in to_render.meta
-            assert I420_META not in to_render.arrays
+            assert to_render.slot is not None and I420 not in to_render.meta
+            assert I420 not in to_render.arrays
             assert FrameRing.attach(to_render.slot[0]).slot_bytes == int(np.prod(SHAPE))
             release(to_gpu, INFER_READER)
             release(to_render, RENDER_READER)

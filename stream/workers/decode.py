@@ -19,10 +19,10 @@ import numpy as np
 import zmq
 
 from stream.color import single_threaded_opencv
-from stream.frames import DecodedFrame
+from stream.frames import I420, DecodedFrame
 from stream.messages import EOS, SKIP, Message, control_message, frame_message
-from stream.shm import I420_META, READERS, FrameRing, RingError, i420_shape
-from stream.sources import I420, open_source
+from stream.shm import READERS, FrameRing, RingError, i420_shape
+from stream.sources import open_source
 from stream.transport import Stopped, close_sender, make_socket, send_until
 from stream.workers.base import SourcePlan, StageLink, WorkerSpec
 
@@ -124,7 +124,7 @@ class FrameSender:
             pixels[...] = image
         if i420 is not None and self.ring.fits((image.nbytes + i420.nbytes,)):
             self.ring.view(slot, i420.shape, writable=True, offset=image.nbytes)[...] = i420
-            message.meta[I420_META] = True
+            message.meta[I420] = True
         self.ring.commit(slot)
         message.arrays = {}
         message.slot = [self.ring.name, slot, list(image.shape)]

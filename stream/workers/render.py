@@ -19,9 +19,9 @@ import numpy as np
 import zmq
 
 from stream.color import single_threaded_opencv
-from stream.frames import FrameResult
+from stream.frames import I420, FrameResult
 from stream.messages import EOS, FRAME, RESULTS, SKIP, Message, to_decoded_frame, to_frame_result
-from stream.shm import I420_META, RENDER_READER, release, resolve
+from stream.shm import RENDER_READER, release, resolve
 from stream.transport import make_socket, recv_message, send_message
 from stream.workers.base import SourcePlan, StageLink, WorkerSpec
 from stream.workers.reorder import ReorderBuffer
@@ -82,7 +82,7 @@ class SourceOutputs:
             # Nothing to draw: encode the received frame as it is, without a copy, and from the
             # source's own yuv420p planes when the decoder passed them on (no conversion either).
             image = frame.image
-            self._write_video(image, frame_msg, frame_msg.arrays.get(I420_META))
+            self._write_video(image, frame_msg, frame_msg.arrays.get(I420))
         return image
 
     def _write_video(self, image: np.ndarray, frame_msg: Message, i420: np.ndarray | None = None) -> None:
