@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -46,7 +48,6 @@ def _blurred_neighbourhood(
     """
     n, k, h, w = heatmaps.shape
     radius = kernel.shape[0] // 2
-    size = kernel.shape[0]
     device = heatmaps.device
     reach = torch.arange(-radius - 1, radius + 2, device=device)  # patch offsets around the peak
     rows = peak_xy[..., 1, None] + reach  # (N, K, P)
@@ -55,8 +56,11 @@ def _blurred_neighbourhood(
     base = torch.arange(n * k, device=device).view(n, k, 1, 1) * (h * w)
     index = base + rows.clamp(0, h - 1)[..., :, None] * w + cols.clamp(0, w - 1)[..., None, :]
     patch = heatmaps.reshape(-1)[index] * inside  # (N, K, P, P), zeros outside the map
-    patch = (patch.unfold(-2, size, 1) * kernel).sum(-1)  # (N, K, 3, P): rows y-1..y+1
-    patch = (patch.unfold(-1, size, 1) * kernel).sum(-1)  # (N, K, 3, 3)
+    # The separable blur at the nine points, as two flat matrix products with the (P, 3) band whose
+    # column i holds the kernel at rows i..i+2r: one GEMM each instead of a batch of tiny ones.
+    band = _blur_band(reach.shape[0], kernel)[:, radius : radius + 3]  # (P, 3)
+    cols3 = (patch.reshape(-1, reach.shape[0]) @ band).view(n * k, -1, 3)  # (NK, P, 3): columns x-1..x+1
+    patch = (cols3.transpose(1, 2).reshape(-1, reach.shape[0]) @ band).view(n, k, 3, 3).transpose(-1, -2)
     # Replicate at the map's edge: a neighbour beyond it reads the edge pixel's value.
     step = torch.arange(-1, 2, device=device)
     pick_y = (peak_xy[..., 1, None] + step).clamp(0, h - 1) - peak_xy[..., 1, None] + 1  # (N, K, 3)
@@ -75,16 +79,67 @@ def _blur_band(size: int, kernel: torch.Tensor) -> torch.Tensor:
     return torch.where(inside, taps, torch.zeros((), dtype=kernel.dtype, device=kernel.device))
 
 
-def _full_blur_max(heatmaps: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """Maximum (M,) of each zero-padded, blurred map (M, h, w): the reference's rescaling denominator.
+BLUR_BACKENDS = ("auto", "matmul", "opencv")
+BLUR_CHUNK_PIXELS = 1 << 18  # pixels per OpenCV call: about 1 MB of float32, which stays in cache
 
-    The separable blur runs as two batched matrix products with banded matrices (B_h @ map @ B_w):
-    single-channel conv2d over hundreds of small maps was 7-20x slower on CPU (benchmarks/postprocess.py).
+
+def full_blur_max(
+    maps: torch.Tensor, kernel: torch.Tensor, which: torch.Tensor | None = None, backend: str = "auto"
+) -> torch.Tensor:
+    """Maximum of each zero-padded, blurred map: the reference's rescaling denominator.
+
+    ``maps`` is (M, h, w); ``which`` (optional, indices into M) picks the maps to blur, and the result has
+    one value per picked map. ``opencv`` (the ``auto`` choice for CPU maps) stacks the maps into tall
+    images for ``cv2.sepFilter2D``; ``matmul`` (the ``auto`` choice elsewhere) runs the separable blur as
+    two batched products with banded matrices. On a 2-core CPU the OpenCV path is the faster one, and
+    single-channel conv2d was slower than both (``benchmarks/postprocess.py``).
     """
-    _, h, w = heatmaps.shape
-    kernel = kernel.to(heatmaps.dtype)
-    blurred = _blur_band(h, kernel) @ heatmaps @ _blur_band(w, kernel)  # the band is symmetric
+    if backend not in BLUR_BACKENDS:
+        raise ValueError(f"unknown blur backend {backend!r}; expected one of {BLUR_BACKENDS}")
+    if backend == "auto":
+        backend = "opencv" if maps.device.type == "cpu" else "matmul"
+    if which is None:
+        which = torch.arange(maps.shape[0], device=maps.device)
+    if backend == "opencv":
+        return _full_blur_max_opencv(maps, kernel, which)
+    return _full_blur_max_matmul(maps, kernel, which)
+
+
+def _full_blur_max_matmul(maps: torch.Tensor, kernel: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+    """``full_blur_max`` as B_h @ map @ B_w with banded matrices, on the maps' device."""
+    _, h, w = maps.shape
+    kernel = kernel.to(maps.dtype)
+    if which.numel() * 2 > maps.shape[0]:
+        # Most maps are wanted: blurring all of them in place beats gathering a copy of those first.
+        blurred = _blur_band(h, kernel) @ maps @ _blur_band(w, kernel)  # the band is symmetric
+        return blurred.amax(dim=(1, 2))[which]
+    blurred = _blur_band(h, kernel) @ maps[which] @ _blur_band(w, kernel)
     return blurred.amax(dim=(1, 2))
+
+
+def _full_blur_max_opencv(maps: torch.Tensor, kernel: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+    """``full_blur_max`` of CPU maps with ``cv2.sepFilter2D``, a cache-sized chunk of maps per call.
+
+    The maps of a chunk are stacked into one (count * (h + r), w) image with ``r`` (the kernel radius)
+    zero rows after each: every map's vertical pass then reads the same zeros beyond its edges as when
+    blurred alone, and the horizontal pass never mixes rows.
+    """
+    source = maps.detach().float().contiguous().numpy()
+    picked = which.cpu().numpy()
+    _, h, w = source.shape
+    taps = kernel.detach().float().cpu().numpy()
+    radius = taps.shape[0] // 2
+    per_call = max(1, min(len(picked), BLUR_CHUNK_PIXELS // ((h + radius) * w)))
+    stacked = np.zeros((per_call, h + radius, w), np.float32)
+    maxima = np.empty(len(picked), np.float32)
+    for start in range(0, len(picked), per_call):
+        chunk = picked[start : start + per_call]
+        n = len(chunk)
+        stacked[:n, :h] = source[chunk]
+        tall = stacked[:n].reshape(n * (h + radius), w)
+        blurred = cv2.sepFilter2D(tall, cv2.CV_32F, taps, taps, borderType=cv2.BORDER_CONSTANT)
+        maxima[start : start + n] = blurred.reshape(n, h + radius, w)[:, :h].max(axis=(1, 2))
+    return torch.from_numpy(maxima)
 
 
 def _log_neighbourhood(
@@ -101,12 +156,8 @@ def _log_neighbourhood(
     log_values = blurred.clamp_min(low).log()
     unsure = (~safe & (peak_value > 0)).nonzero(as_tuple=True)
     if unsure[0].numel():
-        if unsure[0].numel() * 2 > safe.numel():
-            # Most maps need it (weak or untrained models): blurring all of them in place is cheaper
-            # than gathering a copy of the unsure ones first.
-            blur_max = _full_blur_max(heatmaps.flatten(0, 1), kernel).view_as(peak_value)[unsure]
-        else:
-            blur_max = _full_blur_max(heatmaps[unsure], kernel)  # (M,) from (M, h, w)
+        flat_index = unsure[0] * peak_value.shape[1] + unsure[1]  # (M,) into the (N * K) maps
+        blur_max = full_blur_max(heatmaps.flatten(0, 1), kernel, which=flat_index)
         scale = torch.where(blur_max > 0, peak_value[unsure] / blur_max.where(blur_max > 0, 1.0), 1.0)
         rescaled = blurred[unsure] * scale[:, None, None]
         log_values[unsure] = rescaled.clamp(low, high).log()

@@ -11,6 +11,8 @@ from transformers.models.sapiens2.modeling_sapiens2 import flip_back
 from models.meta import pose_meta, seg_meta
 from models.postprocess import (
     decode_pose_heatmaps,
+    full_blur_max,
+    gaussian_kernel_1d,
     paste_person_segmentation,
     postprocess_matting,
     postprocess_normals,
@@ -103,6 +105,34 @@ def test_pose_decoding_where_the_log_clamp_matters_equals_the_reference():
     heatmaps[2, :10] *= 80.0
     heatmaps[2, 10:20, :, 0] = 0.8  # ridge along the left edge
     _assert_pose_parity(heatmaps, BOXES[:3], *_reference_pose(heatmaps, BOXES[:3]))
+
+
+@pytest.mark.parametrize(("shape", "kernel_size"), [((64, 48), 11), ((9, 7), 11), ((2, 3), 5), ((33, 20), 3)])
+def test_blurred_map_maxima_agree_between_backends(shape: tuple[int, int], kernel_size: int):
+    # OpenCV (the CPU path) stacks maps with zero rows between them; the banded products (the GPU path)
+    # blur each map alone. Both must see zero padding at every map's edges: bright edges and corners
+    # make a wrong padding visible in the maximum, and maps smaller than the kernel test its reach.
+    generator = torch.Generator().manual_seed(5)
+    maps = torch.rand(40, *shape, generator=generator) - 0.5
+    maps[:10, 0, :] += 2.0  # bright top rows: the row above must be zero, not the previous map
+    maps[10:20, -1, -1] += 5.0  # bright bottom-right corners
+    kernel = gaussian_kernel_1d(kernel_size)
+    dense = torch.stack([_zero_padded_blur(m, kernel).amax() for m in maps])
+    for backend in ("opencv", "matmul"):
+        torch.testing.assert_close(full_blur_max(maps, kernel, backend=backend), dense, rtol=1e-5, atol=1e-6)
+    which = torch.tensor([39, 0, 17, 17, 3])
+    for backend in ("opencv", "matmul"):
+        picked = full_blur_max(maps, kernel, which, backend)
+        torch.testing.assert_close(picked, dense[which], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="blur backend"):
+        full_blur_max(maps, kernel, backend="fft")
+
+
+def _zero_padded_blur(image: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """The separable blur with zero padding, as a plain 2-D convolution."""
+    radius = kernel.shape[0] // 2
+    weight = (kernel[:, None] * kernel[None, :])[None, None]
+    return torch.nn.functional.conv2d(image[None, None], weight, padding=radius)[0, 0]
 
 
 def test_pose_decoding_maps_heatmap_corners_to_crop_window_corners():
