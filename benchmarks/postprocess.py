@@ -14,8 +14,10 @@ warp; CPU only), with the pixel differences between them.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -27,7 +29,7 @@ if __package__ in (None, ""):  # run as a script (as the Makefile does): make th
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import time_call, write_results  # noqa: E402
-from models.postprocess import decode_pose_heatmaps  # noqa: E402
+from models.postprocess import BLUR_BACKENDS, decode_pose_heatmaps, full_blur_max, gaussian_kernel_1d  # noqa: E402
 from models.preprocess import IMAGENET_MEAN, IMAGENET_STD, crop_and_warp, crop_to_frame_affine  # noqa: E402
 
 INPUT_SIZE = (1024, 768)
@@ -113,6 +115,35 @@ def bench_pose(device: torch.device, persons: list[int], repeats: int, chunk: in
             }
         )
         print(rows[-1], flush=True)
+    return rows
+
+
+def bench_blur(device: torch.device, repeats: int, sync) -> list[dict]:
+    """The full-map blur behind DARK's exact rescaling, per backend, wall and process CPU time.
+
+    Half the maps of a batch, as with randomly initialised weights, where the clamp can bite on about
+    half of them: 24 crops of the 64 x 48 heatmaps of a 256 x 192 input, 4 crops of the official 256 x 192.
+    """
+    kernel = gaussian_kernel_1d(11, device=device)
+    generator = torch.Generator().manual_seed(3)
+    rows = []
+    for crops, heatmap_hw in ((24, (64, 48)), (4, HEATMAP_SIZE)):
+        maps = (torch.randn(crops * NUM_KEYPOINTS, *heatmap_hw, generator=generator) * 0.05).to(device)
+        which = torch.arange(0, maps.shape[0], 2, device=device)
+        row = {"crops": crops, "heatmap_hw": list(heatmap_hw), "maps_blurred": int(which.numel())}
+        backends = [b for b in BLUR_BACKENDS if b != "auto" and (b != "opencv" or device.type == "cpu")]
+        for backend in backends:
+            cpu_start = time.process_time()
+            call = functools.partial(full_blur_max, maps, kernel, which, backend)
+            wall = time_call(call, repeats, sync=sync)
+            cpu = (time.process_time() - cpu_start) / (repeats + 1)  # time_call adds one warm-up call
+            row[f"{backend}_ms"] = round(statistics.median(wall) * 1e3, 2)
+            row[f"{backend}_cpu_ms"] = round(cpu * 1e3, 2)
+        if "opencv" in backends:
+            a, b = (full_blur_max(maps, kernel, which, name) for name in ("opencv", "matmul"))
+            row["max_abs_diff"] = float((a - b).abs().max())
+        rows.append(row)
+        print(row, flush=True)
     return rows
 
 
@@ -219,6 +250,7 @@ def main() -> None:
     sync = torch.cuda.synchronize if device.type == "cuda" else None
     with torch.inference_mode():
         pose = bench_pose(device, args.persons, args.repeats, args.reference_chunk, sync)
+        blur = bench_blur(device, args.repeats, sync)
         crops = [
             bench_crops(device, args.crop_persons, tuple(int(v) for v in size.split("x")), args.repeats, sync)
             for size in args.crop_input_sizes
@@ -227,6 +259,7 @@ def main() -> None:
     payload = {
         "device": str(device),
         "pose_decoding": pose,
+        "dark_full_blur": blur,
         "crop_and_warp": crops,
         "target": "pose decoding >= 5x the reference at 8 persons (CPU)",
         "target_met": bool(at_8 and at_8[0] >= 5.0),

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import zmq
 
+from stream.color import single_threaded_opencv
 from stream.config import PipelineConfig
 from stream.frames import FrameResult
 from stream.messages import EOS, FRAME, RESULTS, SKIP, Message, follow_up, result_arrays
@@ -64,9 +65,11 @@ def limit_cpu_threads() -> None:
     """On CPU the model gets every core: its forward and the heatmap decoding dominate a CPU run, and
     the decode, track and render stages spend most of their time waiting for it. Measured on 2 cores
     (tiny model, 3 persons per 640x360 frame): one thread 20 fps, two threads 30 fps through the whole
-    pipeline. ``OMP_NUM_THREADS``, when set, wins."""
+    pipeline. ``OMP_NUM_THREADS``, when set, wins. OpenCV (crop warps, heatmap blurs) runs on the
+    calling thread, between the model's parallel regions, as in the other stages."""
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, os.cpu_count() or 1))
+    single_threaded_opencv()
 
 
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
