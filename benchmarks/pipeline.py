@@ -10,7 +10,7 @@
     tiny weights, same boxes, same clip. Ratio = pipeline fps / loop fps, both over the whole run
     (model loading included) and the pipeline's steady state.
 
-    .venv/bin/python benchmarks/pipeline.py [--frames 300] [--size 1920x1080] [--out FILE]
+    .venv/bin/python benchmarks/pipeline.py [--frames 300] [--size 1920x1080] [--max-batch N] [--out FILE]
 """
 
 from __future__ import annotations
@@ -93,7 +93,10 @@ def write_boxes(path: Path, boxes: dict[int, list[list[float]]]) -> Path:
     return path
 
 
-def pipeline_run(clip: Path, out: Path, boxes: Path, model: Path, device: str, input_size, flip: bool):
+def pipeline_run(
+    clip: Path, out: Path, boxes: Path, model: Path, device: str, input_size, flip: bool, max_batch=None
+):
+    extra = {} if max_batch is None else {"max_batch": max_batch}
     config = build_config(
         {
             "sources": [str(clip)],
@@ -107,6 +110,7 @@ def pipeline_run(clip: Path, out: Path, boxes: Path, model: Path, device: str, i
             "preset": PRESET,
             "codec": "libx264",
             "progress": False,
+            **extra,
         }
     )
     start = time.perf_counter()
@@ -126,6 +130,7 @@ def pipeline_run(clip: Path, out: Path, boxes: Path, model: Path, device: str, i
         "shutdown_s": None if report.last_output is None else round(report.elapsed - report.last_output, 3),
         "steady_fps": None if steady is None else round(steady, 3),
         "device": report.device,
+        "max_batch": config.max_batch,
     }
 
 
@@ -200,6 +205,7 @@ def main() -> None:
     parser.add_argument("--loop-frames", type=int, default=300, help="frames of the clip for (b)")
     parser.add_argument("--persons", type=int, default=3, help="persons per frame in (b)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--max-batch", type=int, help="the pipeline's --max-batch (default: its own default)")
     parser.add_argument(
         "--out", default=None, help="JSON result path (default benchmarks/results/pipeline_<dev>.json)"
     )
@@ -217,7 +223,7 @@ def main() -> None:
         no_boxes = write_boxes(tmp / "none.jsonl", {i: [] for i in range(args.frames)})
         bare_s = bare_transcode(clip, tmp / "bare.mp4")
         bare = {"frames": args.frames, "seconds": round(bare_s, 3), "fps": round(args.frames / bare_s, 3)}
-        piped = pipeline_run(clip, tmp / "a", no_boxes, model, args.device, TINY_INPUT, flip=False)
+        piped = pipeline_run(clip, tmp / "a", no_boxes, model, args.device, TINY_INPUT, False, args.max_batch)
         overhead = {
             "clip": f"{width}x{height}, {args.frames} frames, no persons",
             "bare_pyav_transcode": bare,
@@ -234,7 +240,9 @@ def main() -> None:
         boxes = person_boxes(args.loop_frames, size, args.persons)
         boxes_file = write_boxes(tmp / "people.jsonl", boxes)
         loop = naive_loop(clip_b, tmp / "loop.mp4", boxes, model, args.device)
-        ours = pipeline_run(clip_b, tmp / "b", boxes_file, model, args.device, TINY_INPUT, flip=False)
+        ours = pipeline_run(
+            clip_b, tmp / "b", boxes_file, model, args.device, TINY_INPUT, False, args.max_batch
+        )
         versus = {
             "clip": f"{size[0]}x{size[1]}, {args.loop_frames} frames, {args.persons} persons per frame",
             "model": f"tiny Sapiens2 pose, input {TINY_INPUT[0]}x{TINY_INPUT[1]}, no flip (both)",
