@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.preprocess import padding_window
+from models.preprocess import padding_window, pick_backend
 
 LOG_CLAMP = (1e-3, 50.0)
 
@@ -79,7 +79,6 @@ def _blur_band(size: int, kernel: torch.Tensor) -> torch.Tensor:
     return torch.where(inside, taps, torch.zeros((), dtype=kernel.dtype, device=kernel.device))
 
 
-BLUR_BACKENDS = ("auto", "matmul", "opencv")
 BLUR_CHUNK_PIXELS = 1 << 18  # pixels per OpenCV call: about 1 MB of float32, which stays in cache
 
 
@@ -90,14 +89,11 @@ def full_blur_max(
 
     ``maps`` is (M, h, w); ``which`` (optional, indices into M) picks the maps to blur, and the result has
     one value per picked map. ``opencv`` (the ``auto`` choice for CPU maps) stacks the maps into tall
-    images for ``cv2.sepFilter2D``; ``matmul`` (the ``auto`` choice elsewhere) runs the separable blur as
+    images for ``cv2.sepFilter2D``; ``torch`` (the ``auto`` choice elsewhere) runs the separable blur as
     two batched products with banded matrices. On a 2-core CPU the OpenCV path is the faster one, and
     single-channel conv2d was slower than both (``benchmarks/postprocess.py``).
     """
-    if backend not in BLUR_BACKENDS:
-        raise ValueError(f"unknown blur backend {backend!r}; expected one of {BLUR_BACKENDS}")
-    if backend == "auto":
-        backend = "opencv" if maps.device.type == "cpu" else "matmul"
+    backend = pick_backend(backend, maps.device, "blur")
     if which is None:
         which = torch.arange(maps.shape[0], device=maps.device)
     if backend == "opencv":

@@ -46,7 +46,7 @@ DEFAULT_PADDING = 1.25
 MAX_SUPERSAMPLE = 8
 # Upper bound on bilinear taps evaluated at once (x 3 channels floats); bounds peak memory of a warp.
 _MAX_TAPS_PER_CHUNK = 24_000_000
-WARP_BACKENDS = ("auto", "torch", "opencv")
+BACKENDS = ("auto", "torch", "opencv")  # of the crop warp and of the DARK full blur
 
 
 @dataclass
@@ -236,7 +236,7 @@ def crop_and_warp(
             "outside its frame; filter boxes with valid_box_mask first"
         )
 
-    backend = _pick_backend(backend, device)
+    backend = pick_backend(backend, device, "warp")
 
     affine = crop_to_frame_affine(boxes, out_hw, padding)
     taps = _supersample_factor(affine, antialias)
@@ -248,13 +248,15 @@ def crop_and_warp(
     return CropBatch(pixel_values=_normalise(pixels), crop_to_frame=affine, frame_index=frame_index)
 
 
-def _pick_backend(backend: str, device: torch.device) -> str:
-    if backend not in WARP_BACKENDS:
-        raise ValueError(f"backend must be one of {WARP_BACKENDS}, got {backend!r}")
+def pick_backend(backend: str, device: torch.device, what: str) -> str:
+    """The implementation of ``what`` to run on ``device``: ``auto`` is OpenCV for CPU tensors and torch
+    elsewhere; ``opencv`` only takes CPU tensors."""
+    if backend not in BACKENDS:
+        raise ValueError(f"{what} backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
         return "opencv" if device.type == "cpu" else "torch"
     if backend == "opencv" and device.type != "cpu":
-        raise ValueError(f"the opencv warp needs frames on the CPU, got frames on {device}")
+        raise ValueError(f"the opencv {what} needs tensors on the CPU, got tensors on {device}")
     return backend
 
 
