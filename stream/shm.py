@@ -34,6 +34,11 @@ class RingError(RuntimeError):
     """A frame ring that cannot be created or mapped (one-line reason)."""
 
 
+def _header_bytes(slots: int, readers: int) -> int:
+    """The flags (one byte per slot and reader), rounded up to ``HEADER_ALIGN`` so slots start aligned."""
+    return -(-slots * readers // HEADER_ALIGN) * HEADER_ALIGN
+
+
 def _directory() -> str:
     return "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
 
@@ -48,7 +53,7 @@ class FrameRing:
         self.readers = readers
         self.slot_bytes = slot_bytes
         self.owner = owner
-        self.header = -(-slots * readers // HEADER_ALIGN) * HEADER_ALIGN
+        self.header = _header_bytes(slots, readers)
         size = self.header + slots * slot_bytes
         fd = os.open(path, os.O_RDWR)
         try:
@@ -64,7 +69,7 @@ class FrameRing:
         """A new ring file; memory is reserved up front, so a full tmpfs fails here, not on a write."""
         if slot_bytes <= 0 or slots <= 0 or readers <= 0:
             raise ValueError(f"frame ring needs positive sizes, got {slot_bytes=} {slots=} {readers=}")
-        header = -(-slots * readers // HEADER_ALIGN) * HEADER_ALIGN
+        header = _header_bytes(slots, readers)
         path = os.path.join(_directory(), f"ss-ring-{uuid.uuid4().hex[:12]}-{slots}x{readers}x{slot_bytes}")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
