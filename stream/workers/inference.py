@@ -65,11 +65,9 @@ def limit_cpu_threads() -> None:
     """On CPU the model gets every core: its forward and the heatmap decoding dominate a CPU run, and
     the decode, track and render stages spend most of their time waiting for it. Measured on 2 cores
     (tiny model, 3 persons per 640x360 frame): one thread 20 fps, two threads 30 fps through the whole
-    pipeline. ``OMP_NUM_THREADS``, when set, wins. OpenCV (crop warps, heatmap blurs) runs on the
-    calling thread, between the model's parallel regions, as in the other stages."""
+    pipeline. ``OMP_NUM_THREADS``, when set, wins."""
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, os.cpu_count() or 1))
-    single_threaded_opencv()
 
 
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
@@ -462,6 +460,10 @@ def _timestamp(message: Message) -> float:
 
 def run_inference(context: zmq.Context, spec: WorkerSpec, link: StageLink) -> None:
     cfg = spec.config
+    if cfg.workers != "inproc":
+        # As in the decode and render stages: OpenCV (crop warps and heatmap blurs on CPU) runs on this
+        # process's thread, between the model's parallel regions, instead of waking a pool of its own.
+        single_threaded_opencv()
     names = [plan.name for plan in spec.sources]
     live = any(plan.live for plan in spec.sources)
     inbox = make_socket(
