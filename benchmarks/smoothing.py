@@ -388,18 +388,18 @@ def engine_keypoints(
             smooth=smooth,
             max_batch=8,
         )
-        engine = InferenceEngine(cfg)
-        scheduler = OverlapScheduler(engine.prepare, engine.compute)
-        outputs = []
-        for start in range(0, len(frames), 4):
-            group = Group()
-            for i in range(start, min(start + 4, len(frames))):
-                decoded = DecodedFrame(frames[i], i, i / FPS, Fraction(1, 30), 0.0)
-                message = frame_message("clip", i, decoded)
-                group.messages.append(message)
-                group.frames.append(message)
-            outputs += scheduler.submit(group)
-        outputs += scheduler.flush()
+        with InferenceEngine(cfg) as engine:
+            scheduler = OverlapScheduler(engine.prepare, engine.compute)
+            outputs = []
+            for start in range(0, len(frames), 4):
+                group = Group()
+                for i in range(start, min(start + 4, len(frames))):
+                    decoded = DecodedFrame(frames[i], i, i / FPS, Fraction(1, 30), 0.0)
+                    message = frame_message("clip", i, decoded)
+                    group.messages.append(message)
+                    group.frames.append(message)
+                outputs += scheduler.submit(group)
+            outputs += scheduler.flush()
     results = [m for batch in outputs for m in batch]
     return np.stack([m.arrays["keypoints"][0, keypoint_indices()] for m in results])
 

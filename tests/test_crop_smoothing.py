@@ -11,6 +11,7 @@ shake less, keypoints stay as accurate, and the reported boxes are still the det
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -278,7 +279,7 @@ OFFSET = 1000  # that source's decode indices start here, so one boxes file hold
 
 
 @pytest.fixture(scope="module")
-def engine_runs(trained_checkpoint: Path, still_figure: dict, tmp_path_factory) -> dict:
+def engine_runs(trained_checkpoint: Path, still_figure: dict, tmp_path_factory) -> Iterator[dict]:
     """One engine with smoothing off and one with it on, and their results for the still figure."""
     moved = still_figure["boxes"] - np.array([SHIFT, 0, SHIFT, 0])
     boxes_file = write_boxes_file(
@@ -297,7 +298,9 @@ def engine_runs(trained_checkpoint: Path, still_figure: dict, tmp_path_factory) 
         assert [m.frame for m in results] == list(range(NUM_FRAMES))
         runs[smooth] = results
         runs["engines"][smooth] = engine
-    return runs
+    yield runs
+    for engine in runs["engines"].values():
+        engine.close()
 
 
 def test_engine_reports_detector_boxes_and_crops_from_smoothed_ones(engine_runs: dict, still_figure) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -61,13 +62,17 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def limit_cpu_threads() -> None:
-    """On CPU the model gets every core: its forward and the heatmap decoding dominate a CPU run, and
-    the decode, track and render stages spend most of their time waiting for it. Measured on 2 cores
-    (tiny model, 3 persons per 640x360 frame): one thread 20 fps, two threads 30 fps through the whole
-    pipeline. ``OMP_NUM_THREADS``, when set, wins."""
+def share_cpu_cores() -> None:
+    """A CPU run's threads for the process-mode inference worker: the forward gets every core but one,
+    and the pose decoding runs beside it on its own thread (``InferenceEngine``).
+
+    Measured on 2 cores (``benchmarks/pipeline.py`` (b), tiny model, 3 persons per 640x360 frame): the
+    forward on both cores and decoding after it, 6.0 to 6.2 s; the forward on one core and decoding beside
+    it, 5.3 to 5.7 s; both on two threads each, 5.8 to 6.0 s. ``OMP_NUM_THREADS``, when set, wins.
+    """
     if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        torch.set_num_threads(max(1, cores - 1))
 
 
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
@@ -120,15 +125,21 @@ class PreparedGroup:
 
 
 class InferenceEngine:
-    """Detector and Sapiens2 models on one device, with batched, padded, flip-aware forwards."""
+    """Detector and Sapiens2 models on one device, with batched, padded, flip-aware forwards.
 
-    def __init__(self, cfg: PipelineConfig, live: bool = False) -> None:
+    ``decode_thread`` (default: on for CPU) decodes each chunk's heatmaps on a thread of its own while the
+    next chunk is forwarded. On CUDA the decoding is queued on the device behind the forward anyway, so it
+    runs inline there. ``close()`` (or ``with``) stops the thread.
+    """
+
+    def __init__(self, cfg: PipelineConfig, live: bool = False, decode_thread: bool | None = None) -> None:
         from models.detector import make_detector
 
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
-        if self.device.type == "cpu":
-            limit_cpu_threads()
+        if decode_thread is None:
+            decode_thread = self.device.type == "cpu"
+        self.decoder = ThreadPoolExecutor(1, thread_name_prefix="pose-decode") if decode_thread else None
         self.dtype = resolve_dtype(cfg.precision, self.device)
         self.flip = cfg.flip if cfg.flip is not None else not live
         self.live = live
@@ -154,6 +165,16 @@ class InferenceEngine:
         # Per source: (segment, its crop box smoother), used when smoothing is on.
         self.crop_smoothers: dict[str, tuple[int, CropBoxSmoother]] = {}
         self.dropped_boxes = 0
+
+    def close(self) -> None:
+        if self.decoder is not None:
+            self.decoder.shutdown(wait=True)
+
+    def __enter__(self) -> InferenceEngine:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     # --- warm-up ------------------------------------------------------------------------------------
 
@@ -316,7 +337,6 @@ class InferenceEngine:
         return kept_boxes, kept_scores
 
     def _run_pose(self, frames, boxes, results, crops, active) -> None:
-        from models.postprocess import decode_pose_heatmaps
         from models.preprocess import crop_and_warp
 
         counts = [len(b) for b in boxes]
@@ -334,13 +354,13 @@ class InferenceEngine:
         frame_index = torch.repeat_interleave(torch.arange(len(frames)), torch.tensor(counts)).to(self.device)
         batch = crop_and_warp(frames, all_boxes, frame_index, input_size=self.cfg.input_size)
         # Heatmaps are decoded chunk by chunk as the forwards produce them: with 308 keypoints they are
-        # large (24 crops at 256x192 are 91 MB), and joining them first cost a full extra copy.
-        decoded = []
-        for start, heatmaps in self._forward_chunks(self.pose_model, batch.pixel_values):
-            rows = slice(start, start + heatmaps.shape[0])
-            decoded.append(
-                decode_pose_heatmaps(heatmaps.float(), batch.crop_to_frame[rows], self.cfg.input_size)
-            )
+        # large (24 crops at 256x192 are 91 MB), and joining them first cost a full extra copy. With a
+        # decode thread, chunk k is decoded while chunk k + 1 is forwarded.
+        pending = [
+            self._decode_pose(heatmaps, batch.crop_to_frame[start : start + heatmaps.shape[0]])
+            for start, heatmaps in self._forward_chunks(self.pose_model, batch.pixel_values)
+        ]
+        decoded = [future.result() for future in pending]
         keypoints = _numpy(torch.cat([points for points, _ in decoded])).astype(np.float32)
         keypoint_scores = _numpy(torch.cat([scores for _, scores in decoded])).astype(np.float32)
         affines = _numpy(batch.crop_to_frame).astype(np.float32)
@@ -355,6 +375,14 @@ class InferenceEngine:
             if result.keypoints is None:
                 result.keypoints = np.zeros((0, k, 2), np.float32)
                 result.keypoint_scores = np.zeros((0, k), np.float32)
+
+    def _decode_pose(self, heatmaps: torch.Tensor, crop_to_frame: torch.Tensor) -> Future:
+        """Keypoints and scores of one chunk: on the decode thread when there is one, else right here."""
+        if self.decoder is not None:
+            return self.decoder.submit(_decode_pose_chunk, heatmaps, crop_to_frame, self.cfg.input_size)
+        future = Future()
+        future.set_result(_decode_pose_chunk(heatmaps, crop_to_frame, self.cfg.input_size))
+        return future
 
     def _run_seg(self, frames, messages: list[Message], results: list[FrameResult]) -> None:
         from models.postprocess import segment_full_frame
@@ -435,6 +463,13 @@ class InferenceEngine:
         return out
 
 
+def _decode_pose_chunk(heatmaps: torch.Tensor, crop_to_frame: torch.Tensor, input_size) -> tuple:
+    from models.postprocess import decode_pose_heatmaps
+
+    with torch.inference_mode():  # per thread: the decode thread needs its own
+        return decode_pose_heatmaps(heatmaps.float(), crop_to_frame, input_size)
+
+
 SEG_SMOOTH_MAX_SIDE = 384  # longest side of the probability maps that temporal smoothing works on
 
 
@@ -462,8 +497,11 @@ def run_inference(context: zmq.Context, spec: WorkerSpec, link: StageLink) -> No
     cfg = spec.config
     if cfg.workers != "inproc":
         # As in the decode and render stages: OpenCV (crop warps and heatmap blurs on CPU) runs on this
-        # process's thread, between the model's parallel regions, instead of waking a pool of its own.
+        # process's threads, between the model's parallel regions, instead of waking a pool of its own.
+        # In-process runs keep the process's settings.
         single_threaded_opencv()
+        if resolve_device(cfg.device).type == "cpu":
+            share_cpu_cores()
     names = [plan.name for plan in spec.sources]
     live = any(plan.live for plan in spec.sources)
     inbox = make_socket(
@@ -475,6 +513,7 @@ def run_inference(context: zmq.Context, spec: WorkerSpec, link: StageLink) -> No
         )
         for name in names
     }
+    engine = None
     try:
         engine = InferenceEngine(cfg, live=live)
         engine.warm_up()
@@ -504,6 +543,8 @@ def run_inference(context: zmq.Context, spec: WorkerSpec, link: StageLink) -> No
     except Stopped:
         pass
     finally:
+        if engine is not None:
+            engine.close()
         inbox.close(linger=0)
         for sock in outboxes.values():
             close_sender(sock, link.finished)

@@ -1,0 +1,99 @@
+"""The GPU worker's engine on CPU: pose decoding on its own thread gives exactly the inline results.
+
+On CPU each chunk's heatmaps are decoded on a thread beside the next chunk's forward (the default there);
+on CUDA they are decoded inline. Both orders run here on real frame messages, with a tiny checkpoint,
+several persons per frame and chunks smaller than a group, so several decodes are pending at once.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from pipeline_fixtures import INPUT_SIZE, save_tiny_model, write_boxes
+
+import models.postprocess
+from stream.config import PipelineConfig
+from stream.frames import DecodedFrame
+from stream.messages import RESULTS, frame_message
+from stream.workers.inference import Group, InferenceEngine
+
+NUM_FRAMES, SIZE = 6, (96, 128)  # frames (height, width)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict:
+    work = tmp_path_factory.mktemp("engine")
+    boxes = {
+        i: [[4.0 + i, 6.0, 40.0 + i, 90.0, 0.9], [50.0, 10.0, 80.0, 70.0, 0.8], [90.0, 5.0, 120.0, 95.0, 0.7]]
+        for i in range(NUM_FRAMES)
+    }
+    boxes[2] = []  # a frame without persons inside a group
+    rng = np.random.default_rng(0)
+    return {
+        "model": save_tiny_model(work / "pose", "pose"),
+        "boxes": write_boxes(work / "boxes.jsonl", boxes),
+        "images": [rng.integers(0, 256, (*SIZE, 3), dtype=np.uint8) for _ in range(NUM_FRAMES)],
+    }
+
+
+def run(setup: dict, monkeypatch, decode_thread: bool, flip: bool) -> tuple[list, set[str]]:
+    """Results of one group holding every frame, and the names of the threads that decoded heatmaps."""
+    cfg = PipelineConfig(
+        sources=["clip"],
+        out="unused",
+        task=("pose",),
+        pose_model=str(setup["model"]),
+        detector=f"boxes:{setup['boxes']}",
+        device="cpu",
+        flip=flip,
+        input_size=INPUT_SIZE,
+        max_batch=4,  # chunks of 4 crops: 15 crops make 4 chunks
+    )
+    group = Group()
+    for i, image in enumerate(setup["images"]):
+        message = frame_message("clip", i, DecodedFrame(image, i, i / 30, None, 0.0))
+        group.messages.append(message)
+        group.frames.append(message)
+    decoding_threads = set()
+    decode = models.postprocess.decode_pose_heatmaps
+
+    def recording_decode(*args, **kwargs):
+        decoding_threads.add(threading.current_thread().name)
+        return decode(*args, **kwargs)
+
+    with monkeypatch.context() as patch, InferenceEngine(cfg, decode_thread=decode_thread) as engine:
+        patch.setattr(models.postprocess, "decode_pose_heatmaps", recording_decode)
+        messages = engine.compute(engine.prepare(group))
+    assert [m.kind for m in messages] == [RESULTS] * NUM_FRAMES
+    return messages, decoding_threads
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_decode_thread_gives_the_inline_results(setup: dict, monkeypatch, flip: bool) -> None:
+    inline, inline_threads = run(setup, monkeypatch, decode_thread=False, flip=flip)
+    threaded, threaded_threads = run(setup, monkeypatch, decode_thread=True, flip=flip)
+    assert inline_threads == {threading.current_thread().name}
+    assert len(threaded_threads) == 1 and threaded_threads.pop().startswith("pose-decode")
+    assert [m.arrays["keypoints"].shape[0] for m in threaded] == [3, 3, 0, 3, 3, 3]
+    for a, b in zip(inline, threaded, strict=True):
+        assert a.frame == b.frame
+        for name in ("keypoints", "keypoint_scores", "boxes", "crop_to_frame"):
+            np.testing.assert_array_equal(a.arrays[name], b.arrays[name])
+
+
+def test_engine_decodes_on_a_thread_on_cpu_by_default(setup: dict) -> None:
+    cfg = PipelineConfig(
+        sources=["clip"],
+        out="unused",
+        pose_model=str(setup["model"]),
+        detector=f"boxes:{setup['boxes']}",
+        device="cpu",
+        input_size=INPUT_SIZE,
+    )
+    engine = InferenceEngine(cfg)
+    assert engine.decoder is not None
+    engine.close()
+    with pytest.raises(RuntimeError):  # closed: no new work is taken
+        engine.decoder.submit(print)
