@@ -249,7 +249,7 @@ def run_engine(engine: InferenceEngine, messages: list[Message], group_size: int
         for batch in outputs:
             for message in batch:
                 if message.kind == EOS:
-                    engine.end_segment(message.source)
+                    engine.end_segment(message.source, message.segment)
                 results.append(message)
 
     for start in range(0, len(messages), group_size):

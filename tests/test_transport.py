@@ -121,6 +121,37 @@ def test_overlap_scheduler_uploads_the_next_batch_before_computing_the_current()
     assert scheduler.flush() == [] and not scheduler.has_pending
 
 
+def test_overlap_scheduler_finishes_each_batch_after_computing_the_next() -> None:
+    trace = []
+
+    def stage(name, factor):
+        def run(batch):
+            trace.append((name, batch))
+            return batch * factor
+
+        return run
+
+    scheduler = OverlapScheduler(stage("upload", 1), stage("compute", 10), stage("finish", 10))
+    results = []
+    for batch in (1, 2, 3):
+        results += scheduler.submit(batch)
+        assert results == ([100] if batch == 3 else [])
+    results += scheduler.flush()
+    assert results == [100, 200, 300]
+    assert trace == [
+        ("upload", 1),
+        ("upload", 2),
+        ("compute", 1),
+        ("upload", 3),
+        ("compute", 2),
+        ("finish", 10),
+        ("compute", 3),
+        ("finish", 20),
+        ("finish", 30),
+    ]
+    assert scheduler.flush() == [] and not scheduler.has_pending
+
+
 def test_device_streams_on_cpu_are_synchronous_zero_copy_views() -> None:
     streams = DeviceStreams(torch.device("cpu"))
     image = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)

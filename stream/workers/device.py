@@ -14,13 +14,14 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import numpy as np
 import torch
 
 B = TypeVar("B")
 S = TypeVar("S")
+C = TypeVar("C")
 R = TypeVar("R")
 
 
@@ -103,32 +104,53 @@ def _as_tensor(image: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(image)
 
 
-class OverlapScheduler(Generic[B, S, R]):
-    """Run ``prepare`` (upload) one batch ahead of ``compute``.
+class OverlapScheduler(Generic[B, S, C, R]):
+    """Run ``prepare`` (upload) one batch ahead of ``compute``, and ``finish`` (if given) one behind it.
 
-    ``submit(batch)`` prepares ``batch`` and then computes the batch submitted before it, returning that
-    batch's result (so the upload of k+1 is in flight while k computes). ``flush()`` computes the last
-    pending batch. Results come out in submission order.
+    ``submit(batch)`` prepares ``batch``, then computes the batch submitted before it, so the upload of k+1
+    is in flight while k computes. Without ``finish`` that batch's result is returned. With ``finish``,
+    ``compute`` only starts work that completes elsewhere (the CPU worker's decode thread), and the batch
+    computed before is finished and returned after it: batch k-1's last heatmaps are decoded while batch
+    k is cropped and forwarded. ``flush()`` computes and finishes everything pending. Results come out in
+    submission order.
     """
 
-    def __init__(self, prepare: Callable[[B], S], compute: Callable[[S], R]) -> None:
+    def __init__(
+        self,
+        prepare: Callable[[B], S],
+        compute: Callable[[S], C],
+        finish: Callable[[C], R] | None = None,
+    ) -> None:
         self.prepare = prepare
         self.compute = compute
-        self.pending: S | None = None
-        self.has_pending = False
+        self.finish = finish
+        self.staged: list[S] = []  # at most one: prepared, not computed
+        self.computed: list[C] = []  # at most one: computed, not finished
+
+    @property
+    def has_pending(self) -> bool:
+        return bool(self.staged or self.computed)
 
     def submit(self, batch: B) -> list[R]:
         staged = self.prepare(batch)
-        results = self.flush()
-        self.pending, self.has_pending = staged, True
+        results = self._advance()
+        self.staged.append(staged)
         return results
 
     def flush(self) -> list[R]:
-        if not self.has_pending:
-            return []
-        staged: Any = self.pending
-        self.pending, self.has_pending = None, False
-        return [self.compute(staged)]
+        results = []
+        while self.has_pending:
+            results += self._advance()
+        return results
+
+    def _advance(self) -> list[R]:
+        """Compute the staged batch, then finish the one computed before it."""
+        computed = [self.compute(self.staged.pop())] if self.staged else []
+        if self.finish is None:
+            return computed
+        results = [self.finish(self.computed.pop())] if self.computed else []
+        self.computed = computed
+        return results
 
 
 def static_batch_sizes(max_batch: int) -> list[int]:

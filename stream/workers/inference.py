@@ -5,8 +5,10 @@ Frames from every decoder arrive on one PULL socket. The worker collects a group
 at once, warps every person box to the model input and runs the model in chunks padded to a few
 static batch sizes (flip-TTA doubles each chunk inside the same forward). Keypoints and label maps are
 decoded on the device; only those small results leave it, one ``results`` message per frame, to the
-source's track stage. Control messages (``eos``, ``skip``) travel in the group in arrival order, so
-each source's messages leave in the order they came.
+source's track stage. On CPU the heatmaps of each chunk are decoded on a second thread while the next
+chunk, or the next group, is cropped and forwarded: a group's results leave once the next group is
+computed (or at once when no frame is waiting). Control messages (``eos``, ``skip``) travel in the
+group in arrival order, so each source's messages leave in the order they came.
 
 With smoothing on (the default; ``--no-smooth`` turns it off), the boxes persons are cropped from are
 steadied per source before the crop (``trackers.CropBoxSmoother``: associated with the previous
@@ -44,7 +46,7 @@ from stream.workers.device import (
 )
 
 if TYPE_CHECKING:
-    from trackers import CropBoxSmoother
+    from trackers import CropBoxSmoother, SegmentationSmoother
 
 ARCH_PATTERN = re.compile(r"(0\.1b|0\.4b|0\.8b|1b|5b)", re.IGNORECASE)
 
@@ -124,6 +126,26 @@ class PreparedGroup:
     skipped: dict[int, str]  # position in group.frames -> drop cause
 
 
+@dataclass
+class PendingPose:
+    """A group's pose work after its forwards: the decoding of each chunk, maybe still running."""
+
+    counts: list[int]  # persons per active frame
+    crop_to_frame: np.ndarray  # (N, 2, 3) float32, every person's crop affine
+    chunks: list[Future]  # per chunk of crops: (keypoints (n, K, 2), scores (n, K)) on the device
+
+
+@dataclass
+class LaunchedGroup:
+    """A group whose models have run (``InferenceEngine.launch``), waiting to be finished."""
+
+    group: Group
+    active: list[int]  # positions in group.frames that were computed (not skipped)
+    skipped: dict[int, str]  # position in group.frames -> drop cause
+    results: dict[int, FrameResult] = field(default_factory=dict)
+    pose: PendingPose | None = None
+
+
 class InferenceEngine:
     """Detector and Sapiens2 models on one device, with batched, padded, flip-aware forwards.
 
@@ -159,10 +181,12 @@ class InferenceEngine:
         self.seg_model = (
             load_task_model(cfg.seg_model, "seg", cfg, self.device, self.dtype) if cfg.seg else None
         )
-        # Per source: (frame number the boxes belong to, boxes, scores), carried between detector runs.
-        self.last_boxes: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}
-        self.seg_smoothers: dict[str, object] = {}
-        # Per source: (segment, its crop box smoother), used when smoothing is on.
+        # Per-source state, each entry for one segment of the source and led by its number, so a new
+        # segment (reconnect, resolution change) never starts from the state of the one before:
+        # (segment, frame the boxes belong to, boxes, scores), carried between detector runs;
+        self.last_boxes: dict[str, tuple[int, int, np.ndarray, np.ndarray]] = {}
+        # (segment, smoother) of the label maps and, when smoothing is on, of the crop boxes.
+        self.seg_smoothers: dict[str, tuple[int, SegmentationSmoother]] = {}
         self.crop_smoothers: dict[str, tuple[int, CropBoxSmoother]] = {}
         self.dropped_boxes = 0
 
@@ -203,42 +227,46 @@ class InferenceEngine:
         active = [i for i in range(len(group.frames)) if i not in skipped]
         boxes = [np.zeros((0, 4), np.float32) for _ in group.frames]
         scores = [np.zeros((0,), np.float32) for _ in group.frames]
-        detect, covered = [], set(self.last_boxes)
+        detect, covered = [], {(source, entry[0]) for source, entry in self.last_boxes.items()}
         for i in active:
-            if self._needs_detection(group.frames[i], covered):
+            message = group.frames[i]
+            if self._needs_detection(message, covered):
                 detect.append(i)
-                covered.add(group.frames[i].source)
+                covered.add((message.source, message.segment))
         detected = {}
         if detect:
             images = [group.frames[i].arrays["image"] for i in detect]
             indices = [int(group.frames[i].frame) for i in detect]
             detected = dict(zip(detect, self.detector(images, indices), strict=True))
         for i in active:  # in arrival order, so a frame never takes boxes from a later one
-            source = group.frames[i].source
+            message = group.frames[i]
             if i in detected:
                 b, s = detected[i]
                 boxes[i], scores[i] = np.asarray(b, np.float32).reshape(-1, 4), np.asarray(s, np.float32)
-                self.last_boxes[source] = (int(group.frames[i].frame), boxes[i], scores[i])
+                self.last_boxes[message.source] = (message.segment, int(message.frame), boxes[i], scores[i])
             else:
                 # Between detections: boxes around the latest keypoints (see _carry_pose_boxes), or the
-                # last detector boxes when only segmentation runs.
-                _, boxes[i], scores[i] = self.last_boxes.get(source, (-1, boxes[i], scores[i]))
+                # last detector boxes when only segmentation runs. Detection covered this segment.
+                _, _, boxes[i], scores[i] = self.last_boxes[message.source]
         images = [group.frames[i].arrays["image"] for i in active]
         staged = self.streams.upload(images)
         return PreparedGroup(group, staged, boxes, scores, skipped)
 
-    def _needs_detection(self, message: Message, covered: set[str]) -> bool:
-        """Every k-th frame, and the first frame of a source (or segment) that has no boxes to carry."""
+    def _needs_detection(self, message: Message, covered: set[tuple[str, int]]) -> bool:
+        """Every k-th frame, and the first frame of a source's segment that has no boxes to carry."""
         k = self.cfg.detect_every
-        return k == 1 or message.source not in covered or int(message.frame) % k == 0
+        return k == 1 or (message.source, message.segment) not in covered or int(message.frame) % k == 0
 
-    @torch.inference_mode()
     def compute(self, prepared: PreparedGroup) -> list[Message]:
         """Run the models on a prepared group; returns the outgoing messages in arrival order."""
+        return self.finish(self.launch(prepared))
+
+    @torch.inference_mode()
+    def launch(self, prepared: PreparedGroup) -> LaunchedGroup:
+        """Crop and forward a prepared group; its pose decoding may still run on the decode thread."""
         group = prepared.group
         active = [i for i in range(len(group.frames)) if i not in prepared.skipped]
-        results: dict[int, FrameResult] = {}
-        crops: dict[int, np.ndarray] = {}
+        launched = LaunchedGroup(group, active, prepared.skipped)
         with self.streams.compute(prepared.staged):
             frames = prepared.staged.tensors
             boxes = [prepared.boxes[i] for i in active]
@@ -248,21 +276,30 @@ class InferenceEngine:
             if self.cfg.smooth and self.pose_model is not None:
                 crop_boxes = self._smoothed_crop_boxes(frames, [group.frames[i] for i in active], boxes)
             for slot, i in enumerate(active):
-                results[i] = FrameResult(
+                launched.results[i] = FrameResult(
                     boxes=boxes[slot],
                     scores=scores[slot],
                     track_ids=np.full(len(boxes[slot]), -1, np.int64),
                 )
             if self.pose_model is not None and frames:
-                self._run_pose(frames, crop_boxes, [results[i] for i in active], crops, active)
-                if self.cfg.detect_every > 1:
-                    self._carry_pose_boxes(group, active, results)
+                launched.pose = self._launch_pose(frames, crop_boxes)
             if self.seg_model is not None and frames:
-                self._run_seg(frames, [group.frames[i] for i in active], [results[i] for i in active])
+                results = [launched.results[i] for i in active]
+                self._run_seg(frames, [group.frames[i] for i in active], results)
         for message in group.frames:
             # Nothing computed from here on reads the pixels: the decoder may reuse their ring slots.
             release(message, INFER_READER)
-        return self._messages(group, results, crops, prepared.skipped)
+        return launched
+
+    @torch.inference_mode()
+    def finish(self, launched: LaunchedGroup) -> list[Message]:
+        """Wait for a launched group's pose decoding; returns its outgoing messages in arrival order."""
+        crops: dict[int, np.ndarray] = {}
+        if launched.pose is not None:
+            self._finish_pose(launched, crops)
+            if self.cfg.detect_every > 1:
+                self._carry_pose_boxes(launched.group, launched.active, launched.results)
+        return self._messages(launched.group, launched.results, crops, launched.skipped)
 
     def _carry_pose_boxes(self, group: Group, active: list[int], results: dict[int, FrameResult]) -> None:
         """Between detector runs, crop each person around its latest keypoints (pose-derived boxes).
@@ -280,11 +317,12 @@ class InferenceEngine:
             pose_boxes, _ = keypoint_boxes(result.keypoints, result.keypoint_scores, threshold)
             usable = np.isfinite(pose_boxes).all(axis=1)
             boxes = np.where(usable[:, None], pose_boxes, result.boxes).astype(np.float32)
-            source, frame = group.frames[i].source, int(group.frames[i].frame)
+            message = group.frames[i]
+            position = (message.segment, int(message.frame))
             # Batches overlap: a later frame's detection may already be there; never replace it with
-            # boxes from an older frame.
-            if frame > self.last_boxes.get(source, (-1,))[0]:
-                self.last_boxes[source] = (frame, boxes, result.scores)
+            # boxes from an older frame (or segment).
+            if position > self.last_boxes.get(message.source, (-1, -1))[:2]:
+                self.last_boxes[message.source] = (*position, boxes, result.scores)
 
     def _smoothed_crop_boxes(
         self, frames: list[torch.Tensor], messages: list[Message], boxes: list[np.ndarray]
@@ -336,45 +374,43 @@ class InferenceEngine:
             kept_scores.append(np.ascontiguousarray(s, np.float32))
         return kept_boxes, kept_scores
 
-    def _run_pose(self, frames, boxes, results, crops, active) -> None:
+    def _launch_pose(self, frames: list[torch.Tensor], boxes: list[np.ndarray]) -> PendingPose:
+        """Crop every person, forward the crops chunk by chunk and queue each chunk's decoding."""
         from models.preprocess import crop_and_warp
 
         counts = [len(b) for b in boxes]
         if sum(counts) == 0:
-            k = (
-                self.pose_model.config.num_keypoints
-                if hasattr(self.pose_model.config, "num_keypoints")
-                else 308
-            )
-            for result in results:
-                result.keypoints = np.zeros((0, k, 2), np.float32)
-                result.keypoint_scores = np.zeros((0, k), np.float32)
-            return
+            return PendingPose(counts, np.zeros((0, 2, 3), np.float32), [])
         all_boxes = torch.from_numpy(np.concatenate(boxes)).to(self.device)
         frame_index = torch.repeat_interleave(torch.arange(len(frames)), torch.tensor(counts)).to(self.device)
         batch = crop_and_warp(frames, all_boxes, frame_index, input_size=self.cfg.input_size)
         # Heatmaps are decoded chunk by chunk as the forwards produce them: with 308 keypoints they are
         # large (24 crops at 256x192 are 91 MB), and joining them first cost a full extra copy. With a
         # decode thread, chunk k is decoded while chunk k + 1 is forwarded.
-        pending = [
+        chunks = [
             self._decode_pose(heatmaps, batch.crop_to_frame[start : start + heatmaps.shape[0]])
             for start, heatmaps in self._forward_chunks(self.pose_model, batch.pixel_values)
         ]
-        decoded = [future.result() for future in pending]
-        keypoints = _numpy(torch.cat([points for points, _ in decoded])).astype(np.float32)
-        keypoint_scores = _numpy(torch.cat([scores for _, scores in decoded])).astype(np.float32)
-        affines = _numpy(batch.crop_to_frame).astype(np.float32)
+        return PendingPose(counts, _numpy(batch.crop_to_frame).astype(np.float32), chunks)
+
+    def _finish_pose(self, launched: LaunchedGroup, crops: dict[int, np.ndarray]) -> None:
+        """Each active frame's keypoints, scores and crop affines from its group's decoded chunks."""
+        pose = launched.pose
+        if pose.chunks:
+            decoded = [future.result() for future in pose.chunks]
+            keypoints = _numpy(torch.cat([points for points, _ in decoded])).astype(np.float32)
+            keypoint_scores = _numpy(torch.cat([scores for _, scores in decoded])).astype(np.float32)
+        else:
+            k = getattr(self.pose_model.config, "num_keypoints", 308)
+            keypoints, keypoint_scores = np.zeros((0, k, 2), np.float32), np.zeros((0, k), np.float32)
         start = 0
-        for slot, (count, result) in enumerate(zip(counts, results, strict=True)):
+        for i, count in zip(launched.active, pose.counts, strict=True):
+            result = launched.results[i]
             result.keypoints = keypoints[start : start + count]
             result.keypoint_scores = keypoint_scores[start : start + count]
-            crops[active[slot]] = affines[start : start + count]
+            if pose.chunks:  # every frame of a group that was cropped carries its (maybe empty) affines
+                crops[i] = pose.crop_to_frame[start : start + count]
             start += count
-        k = keypoints.shape[1]
-        for result in results:
-            if result.keypoints is None:
-                result.keypoints = np.zeros((0, k, 2), np.float32)
-                result.keypoint_scores = np.zeros((0, k), np.float32)
 
     def _decode_pose(self, heatmaps: torch.Tensor, crop_to_frame: torch.Tensor) -> Future:
         """Keypoints and scores of one chunk: on the decode thread when there is one, else right here."""
@@ -398,7 +434,7 @@ class InferenceEngine:
                 # frame like the raw logits would be.
                 small_hw = smoothing_size(frame_hw)
                 _, probs = segment_full_frame(frame_logits.float(), small_hw, return_probs=True)
-                smoother = self._seg_smoother(message.source)
+                smoother = self._seg_smoother(message)
                 probs = torch.from_numpy(smoother(_numpy(probs), _timestamp(message)))
                 labels, _ = segment_full_frame(probs, frame_hw, return_probs=False)
                 result.seg_labels = _numpy(labels).astype(np.uint8)
@@ -407,23 +443,26 @@ class InferenceEngine:
                 labels = labels[0] if isinstance(labels, tuple) else labels
                 result.seg_labels = _numpy(labels).astype(np.uint8)
 
-    def _seg_smoother(self, source: str):
-        if source not in self.seg_smoothers:
+    def _seg_smoother(self, message: Message) -> SegmentationSmoother:
+        """The source's label map smoother; a frame of a new segment starts a fresh one."""
+        segment, smoother = self.seg_smoothers.get(message.source, (None, None))
+        if smoother is None or segment != message.segment:
             from trackers import SegmentationSmoother
 
-            self.seg_smoothers[source] = SegmentationSmoother()
-        return self.seg_smoothers[source]
+            smoother = SegmentationSmoother()
+            self.seg_smoothers[message.source] = (message.segment, smoother)
+        return smoother
 
-    def end_segment(self, source: str) -> None:
-        """Forget a source's temporal state (its segment ended: reconnect, new resolution or the end).
+    def end_segment(self, source: str, segment: int) -> None:
+        """Forget a source's state of ``segment`` and earlier ones, once that segment's ``eos`` has left.
 
-        Crop boxes are not among it: their smoother is kept per segment (``_crop_smoother``), so the
-        first frames of the next segment, which may share a group with the ``eos``, start afresh anyway.
+        Frames of the next segment may have been computed before (they can share a group with the
+        ``eos``, and on CPU a group is finished after the next one is computed): their state is kept.
         """
-        self.last_boxes.pop(source, None)
-        smoother = self.seg_smoothers.pop(source, None)
-        if smoother is not None and hasattr(smoother, "reset"):
-            smoother.reset()
+        for states in (self.last_boxes, self.seg_smoothers, self.crop_smoothers):
+            entry = states.get(source)
+            if entry is not None and entry[0] <= segment:
+                del states[source]
 
     def _forward(self, model, pixel_values: torch.Tensor) -> torch.Tensor:
         """The model's main output for every row, in chunks padded to the static batch sizes."""
@@ -519,7 +558,13 @@ def run_inference(context: zmq.Context, spec: WorkerSpec, link: StageLink) -> No
         engine.warm_up()
         dtype = str(engine.dtype).replace("torch.", "")
         link.emit("ready", device=str(engine.device), dtype=dtype, flip=engine.flip)
-        scheduler = OverlapScheduler(engine.prepare, engine.compute)
+        if engine.decoder is not None and cfg.detect_every == 1:
+            # Each group is finished after the next one is computed: its last heatmaps are decoded
+            # while the next group is cropped and forwarded. Between detector runs (--detect-every)
+            # the boxes come from the keypoints, which are then needed before the group after next.
+            scheduler = OverlapScheduler(engine.prepare, engine.launch, engine.finish)
+        else:
+            scheduler = OverlapScheduler(engine.prepare, engine.compute)
         open_sources = set(names)
         while open_sources:
             group = _collect(inbox, cfg, link, wait=not scheduler.has_pending)
@@ -532,7 +577,7 @@ def run_inference(context: zmq.Context, spec: WorkerSpec, link: StageLink) -> No
             for messages in outputs:
                 for message in messages:
                     if message.kind == EOS:
-                        engine.end_segment(message.source)
+                        engine.end_segment(message.source, message.segment)
                         if message.meta.get("final"):
                             open_sources.discard(message.source)
                     elif message.kind == SKIP and message.meta.get("cause") == "stale":
