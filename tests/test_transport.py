@@ -92,36 +92,19 @@ def test_reorder_buffer_releases_in_sequence() -> None:
         list(buffer.push(control_message("skip", "cam", 3)))
 
 
-def test_overlap_scheduler_uploads_the_next_batch_before_computing_the_current() -> None:
-    trace = []
-
-    def prepare(batch):
-        trace.append(("upload", batch))
-        return batch
-
-    def compute(batch):
-        trace.append(("compute", batch))
-        return batch * 10
-
-    scheduler = OverlapScheduler(prepare, compute)
-    results = []
-    for batch in (1, 2, 3):
-        results += scheduler.submit(batch)
-    assert scheduler.has_pending
-    results += scheduler.flush()
-    assert results == [10, 20, 30]
-    assert trace == [
-        ("upload", 1),
-        ("upload", 2),
-        ("compute", 1),
-        ("upload", 3),
-        ("compute", 2),
-        ("compute", 3),
-    ]
-    assert scheduler.flush() == [] and not scheduler.has_pending
+UPLOAD_AHEAD = [("upload", 1), ("upload", 2), ("compute", 1), ("upload", 3), ("compute", 2), ("compute", 3)]
+FINISH_BEHIND = [*UPLOAD_AHEAD[:5], ("finish", 10), ("compute", 3), ("finish", 20), ("finish", 30)]
 
 
-def test_overlap_scheduler_finishes_each_batch_after_computing_the_next() -> None:
+@pytest.mark.parametrize(
+    ("finish", "returned", "order"),
+    [
+        (False, [[], [10], [20]], UPLOAD_AHEAD),  # upload k+1, then compute k
+        (True, [[], [], [100]], FINISH_BEHIND),  # ... then finish k-1
+    ],
+    ids=["upload-ahead", "finish-behind"],
+)
+def test_overlap_scheduler_order(finish: bool, returned: list, order: list) -> None:
     trace = []
 
     def stage(name, factor):
@@ -131,24 +114,16 @@ def test_overlap_scheduler_finishes_each_batch_after_computing_the_next() -> Non
 
         return run
 
-    scheduler = OverlapScheduler(stage("upload", 1), stage("compute", 10), stage("finish", 10))
+    stages = [stage("upload", 1), stage("compute", 10)] + ([stage("finish", 10)] if finish else [])
+    scheduler = OverlapScheduler(*stages)
     results = []
-    for batch in (1, 2, 3):
-        results += scheduler.submit(batch)
-        assert results == ([100] if batch == 3 else [])
-    results += scheduler.flush()
-    assert results == [100, 200, 300]
-    assert trace == [
-        ("upload", 1),
-        ("upload", 2),
-        ("compute", 1),
-        ("upload", 3),
-        ("compute", 2),
-        ("finish", 10),
-        ("compute", 3),
-        ("finish", 20),
-        ("finish", 30),
-    ]
+    for batch, expected in zip((1, 2, 3), returned, strict=True):
+        results.append(scheduler.submit(batch))
+        assert results[-1] == expected
+    assert scheduler.has_pending
+    rest = scheduler.flush()
+    assert sum(results, []) + rest == ([100, 200, 300] if finish else [10, 20, 30])
+    assert trace == order
     assert scheduler.flush() == [] and not scheduler.has_pending
 
 

@@ -22,9 +22,10 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
@@ -348,14 +349,9 @@ class InferenceEngine:
         return crop_boxes
 
     def _crop_smoother(self, message: Message) -> CropBoxSmoother:
-        """The source's crop box smoother; a frame of a new segment starts a fresh one."""
-        segment, smoother = self.crop_smoothers.get(message.source, (None, None))
-        if smoother is None or segment != message.segment:
-            from trackers import CropBoxSmoother
+        from trackers import CropBoxSmoother
 
-            smoother = CropBoxSmoother()
-            self.crop_smoothers[message.source] = (message.segment, smoother)
-        return smoother
+        return _segment_state(self.crop_smoothers, message, CropBoxSmoother)
 
     def _valid_boxes(self, frames, boxes, scores):
         from models.preprocess import valid_box_mask
@@ -444,14 +440,9 @@ class InferenceEngine:
                 result.seg_labels = _numpy(labels).astype(np.uint8)
 
     def _seg_smoother(self, message: Message) -> SegmentationSmoother:
-        """The source's label map smoother; a frame of a new segment starts a fresh one."""
-        segment, smoother = self.seg_smoothers.get(message.source, (None, None))
-        if smoother is None or segment != message.segment:
-            from trackers import SegmentationSmoother
+        from trackers import SegmentationSmoother
 
-            smoother = SegmentationSmoother()
-            self.seg_smoothers[message.source] = (message.segment, smoother)
-        return smoother
+        return _segment_state(self.seg_smoothers, message, SegmentationSmoother)
 
     def end_segment(self, source: str, segment: int) -> None:
         """Forget a source's state of ``segment`` and earlier ones, once that segment's ``eos`` has left.
@@ -500,6 +491,18 @@ class InferenceEngine:
             arrays = result_arrays(results[i], crops.get(i))
             out.append(follow_up(message, RESULTS, arrays).stamp("infer"))
         return out
+
+
+T = TypeVar("T")
+
+
+def _segment_state(states: dict[str, tuple[int, T]], message: Message, make: Callable[[], T]) -> T:
+    """The message's source's entry in ``states`` (segment, state); a new segment starts a fresh one."""
+    segment, state = states.get(message.source, (None, None))
+    if state is None or segment != message.segment:
+        state = make()
+        states[message.source] = (message.segment, state)
+    return state
 
 
 def _decode_pose_chunk(heatmaps: torch.Tensor, crop_to_frame: torch.Tensor, input_size) -> tuple:
