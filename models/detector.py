@@ -20,8 +20,10 @@ import json
 import math
 import os
 import socket
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Protocol
 
 import numpy as np
@@ -31,6 +33,22 @@ Detections = list[tuple[np.ndarray, np.ndarray]]
 
 _BOXES_PREFIX = "boxes:"
 _TRUTHY = {"1", "true", "yes", "on", "y", "t"}
+
+
+def import_ultralytics() -> ModuleType:
+    """The ultralytics package, imported without its process-wide thread setting.
+
+    On import, ultralytics sets ``OMP_NUM_THREADS=1`` (its default for training data loaders) unless the
+    variable is set. Processes started afterwards inherit it, so the pipeline's workers, the inference
+    worker's model forward among them, would run on one core; a value the user set is kept.
+    """
+    if "ultralytics" not in sys.modules:
+        unset = "OMP_NUM_THREADS" not in os.environ
+        import ultralytics  # noqa: F401
+
+        if unset:
+            os.environ.pop("OMP_NUM_THREADS", None)
+    return sys.modules["ultralytics"]
 
 
 class DetectorError(ValueError):
@@ -155,6 +173,7 @@ def resolve_yolo_weights(spec: str) -> Path:
     Fails fast (no multi-minute retries) when the weights are neither on disk nor downloadable:
     offline mode (``YOLO_OFFLINE`` or ``HF_HUB_OFFLINE``), an unknown name, or no route to GitHub.
     """
+    import_ultralytics()
     from ultralytics.utils import SETTINGS
     from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES, attempt_download_asset
 
@@ -195,6 +214,7 @@ def _ultralytics_device(device: str | torch.device) -> str:
 
 def _precision_args(half: bool) -> dict:
     """fp16 inference: newer ultralytics spell it ``quantize=16``, older ones ``half=True``."""
+    import_ultralytics()
     from ultralytics.cfg import DEFAULT_CFG_DICT
 
     if "quantize" in DEFAULT_CFG_DICT:
@@ -228,6 +248,7 @@ class YoloPersonDetector:
         imgsz: int = 640,
         half: bool | None = None,
     ):
+        import_ultralytics()
         from ultralytics import YOLO
 
         if not 0.0 <= conf <= 1.0 or not 0.0 <= iou <= 1.0:

@@ -31,9 +31,9 @@ MIN_SIDE = 16  # pixels: narrower remains of a box at the frame's edge are left 
 
 
 def _asset(name: str) -> Path:
-    import ultralytics
+    from models.detector import import_ultralytics
 
-    return Path(ultralytics.__file__).parent / "assets" / name
+    return Path(import_ultralytics().__file__).parent / "assets" / name
 
 
 def _read_rgb(path: Path) -> np.ndarray:

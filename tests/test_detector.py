@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -168,3 +171,22 @@ def test_missing_yolo_path_and_model_definition_are_rejected(tmp_path):
         make_detector(str(tmp_path / "missing.pt"))
     with pytest.raises(DetectorError, match="model definition"):
         make_detector("yolo11n.yaml")
+
+
+def _omp_threads_after(statement: str, env: dict[str, str]) -> str:
+    code = f"import os\n{statement}\nprint(os.environ.get('OMP_NUM_THREADS'))"
+    clean = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()[-1]
+
+
+def test_importing_ultralytics_leaves_the_workers_thread_count_alone():
+    """ultralytics sets OMP_NUM_THREADS=1 on import; processes started later (the pipeline's workers)
+    would inherit it and run the model's forward on one core. Our import keeps the environment as it was."""
+    assert _omp_threads_after("import ultralytics", {}) == "1"  # the side effect this guards against
+    ours = "from models.detector import import_ultralytics\nimport_ultralytics()\nimport ultralytics"
+    assert _omp_threads_after(ours, {}) == "None"
+    assert _omp_threads_after(ours, {"OMP_NUM_THREADS": "3"}) == "3"

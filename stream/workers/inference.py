@@ -65,17 +65,18 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def share_cpu_cores() -> None:
-    """A CPU run's threads for the process-mode inference worker: the forward gets every core but one,
-    and the pose decoding runs beside it on its own thread (``InferenceEngine``).
+def use_all_cores() -> None:
+    """A process-mode CPU inference worker runs the model's forward on every core; the pose decoding
+    thread (``InferenceEngine``) shares them.
 
-    Measured on 2 cores (``benchmarks/pipeline.py`` (b), tiny model, 3 persons per 640x360 frame): the
-    forward on both cores and decoding after it, 6.0 to 6.2 s; the forward on one core and decoding beside
-    it, 5.3 to 5.7 s; both on two threads each, 5.8 to 6.0 s. ``OMP_NUM_THREADS``, when set, wins.
+    With real models the forward dominates: the demo (0.1b pose model at 256x192, 2 cores) ran its 24
+    frames in 35 s with the forward on both cores and in 64 s with it on one core beside the decoding.
+    Only a model as small as the tests' tiny one gains from giving the decoding a core of its own (about
+    8 % in ``benchmarks/pipeline.py`` (b)). ``OMP_NUM_THREADS``, when set, wins.
     """
     if "OMP_NUM_THREADS" not in os.environ:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        torch.set_num_threads(max(1, cores - 1))
+        torch.set_num_threads(max(1, cores))
 
 
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
@@ -543,7 +544,7 @@ def run_inference(context: zmq.Context, spec: WorkerSpec, link: StageLink) -> No
         # In-process runs keep the process's settings.
         single_threaded_opencv()
         if resolve_device(cfg.device).type == "cpu":
-            share_cpu_cores()
+            use_all_cores()
     names = [plan.name for plan in spec.sources]
     live = any(plan.live for plan in spec.sources)
     inbox = make_socket(
