@@ -358,9 +358,10 @@ class Sapiens2Backbone(Sapiens2ViT):
 class InstanceNorm(nn.Module):
     """Per-sample, per-channel normalisation over H and W, no affine (``nn.InstanceNorm2d`` defaults).
 
-    Written with ``var_mean`` so the output keeps the input's memory format: the head stays
-    channels-last from layer to layer, where ``nn.InstanceNorm2d`` would return a contiguous NCHW
-    tensor and push the next (transposed) convolution off its fast path.
+    Group norm with one group per channel is the same normalisation, and its kernel keeps the input's
+    memory format: the head stays channels-last from layer to layer, where ``nn.InstanceNorm2d`` would
+    return a contiguous NCHW tensor and push the next (transposed) convolution off its fast path. On CPU
+    it is also 3 to 4 times faster on the head's channels-last maps than a ``var_mean`` over H and W.
     """
 
     def __init__(self, eps: float = 1e-5) -> None:
@@ -368,8 +369,12 @@ class InstanceNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        var, mean = torch.var_mean(x, dim=(2, 3), correction=0, keepdim=True)
-        return (x - mean).mul_(torch.rsqrt(var + self.eps))
+        if torch.compiler.is_compiling():
+            # Compiled graphs keep the var_mean form, which the compiler fuses: the traced group norm of
+            # the pointmap head's channels-last maps failed at run time (a view of mismatched strides).
+            var, mean = torch.var_mean(x, dim=(2, 3), correction=0, keepdim=True)
+            return (x - mean) * torch.rsqrt(var + self.eps)
+        return F.group_norm(x, x.shape[1], eps=self.eps)
 
 
 def _conv_norm_act(conv: nn.Module, channels: int, act: str, pixel_shuffle: bool = False) -> list[nn.Module]:

@@ -297,3 +297,20 @@ def test_plain_mlp_matches_transformers(variant):
     pixel_values = inputs(variant, "model")
     with torch.no_grad():
         assert_same_outputs(ours(pixel_values), theirs(pixel_values), "model")
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_head_norm_equals_instance_norm_and_keeps_channels_last(compiled):
+    """The head's InstanceNorm equals nn.InstanceNorm2d, eagerly (group norm) and compiled (var_mean),
+    and leaves channels-last maps channels-last, so the next convolution stays on its fast path."""
+    from models.sapiens2 import InstanceNorm
+
+    torch.manual_seed(0)
+    x = (torch.randn(2, 16, 20, 12) * 3 + 1).contiguous(memory_format=torch.channels_last)
+    norm = InstanceNorm()
+    if compiled:
+        torch._dynamo.reset()
+        norm = torch.compile(norm, fullgraph=True, backend="aot_eager")
+    out = norm(x)
+    torch.testing.assert_close(out, torch.nn.InstanceNorm2d(16)(x), atol=1e-5, rtol=1e-5)
+    assert out.is_contiguous(memory_format=torch.channels_last)
