@@ -131,6 +131,7 @@ def pipeline_run(
         "steady_fps": None if steady is None else round(steady, 3),
         "device": report.device,
         "max_batch": config.max_batch,
+        "worker_cpu_s": report.worker_cpu,
     }
 
 

@@ -107,6 +107,10 @@ def run(config) -> int:
         print(f"{source.name}: {source.lines} frames{extra} -> {', '.join(source.outputs.values())}")
     note = " (interrupted)" if report.interrupted else ""
     print(f"done in {report.elapsed:.1f} s, {report.fps:.1f} frames/s{note}")
+    if report.worker_cpu:
+        # Where the time went: the stage whose CPU seconds approach the run's length is the bottleneck.
+        used = [f"{name} {t['user_s'] + t['system_s']:.1f} s" for name, t in report.worker_cpu.items()]
+        print(f"cpu: {', '.join(used)}")
     damaged = [s for s in report.sources.values() if s.frames_missing and not report.interrupted]
     if damaged:
         # Every decoded frame is written and the outputs are complete; the input itself was not.

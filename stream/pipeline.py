@@ -37,6 +37,7 @@ from stream.workers.base import CONTROL_HWM, EVENTS_HWM, SourcePlan, WorkerSpec,
 
 STOP_RESEND_S = 0.5  # PUB/SUB drops messages to subscribers still connecting: repeat commands
 ABORT_GRACE_S = 15.0  # after an abort, workers that have not exited by then are terminated
+FINAL_EVENTS_WAIT_MS = 50  # once the workers have exited: read events until none has come for this long
 
 
 class PipelineError(RuntimeError):
@@ -70,6 +71,8 @@ class RunReport:
     device: str | None = None
     first_output: float | None = None  # seconds from start until the first frame reached a sink
     last_output: float | None = None  # seconds from start until the last frame reached a sink
+    # Process workers only: worker label -> {"user_s", "system_s"}, the CPU seconds it used.
+    worker_cpu: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def frames(self) -> int:
@@ -295,6 +298,7 @@ class _Coordinator:
         self.device: str | None = None
         self.first_output: float | None = None
         self.last_output: float | None = None
+        self.worker_cpu: dict[str, dict[str, float]] = {}
         self.stopping = False
         self.aborting = False
         self.last_command: dict[str, float] = {}
@@ -367,7 +371,9 @@ class _Coordinator:
                     if time.monotonic() > abort_deadline:
                         break
             launcher.join(timeout=5.0)
-            self._drain_events(progress, timeout_ms=0)
+            # Events a worker sent just before it exited may still be on their way through the socket.
+            while self.events.poll(FINAL_EVENTS_WAIT_MS, zmq.POLLIN):
+                self._drain_events(progress, timeout_ms=0)
         finally:
             progress.close()
             self._close()
@@ -376,7 +382,8 @@ class _Coordinator:
         interrupted = signals.count > 0 or bool(self.external_stop and self.external_stop.is_set())
         first = None if self.first_output is None else self.first_output - start
         last = None if self.last_output is None else self.last_output - start
-        return RunReport(self.reports, time.monotonic() - start, interrupted, self.device, first, last)
+        elapsed = time.monotonic() - start
+        return RunReport(self.reports, elapsed, interrupted, self.device, first, last, self.worker_cpu)
 
     def _check_stop(self, signals: _Signals) -> None:
         requested = signals.count > 0 or (self.external_stop is not None and self.external_stop.is_set())
@@ -437,6 +444,11 @@ class _Coordinator:
             report.outputs = dict(event.get("outputs") or {})
             report.complete = bool(event.get("complete"))
             self.sinks_open.discard(source)
+        elif kind == "usage":
+            self.worker_cpu[str(event.get("worker"))] = {
+                "user_s": float(event.get("user_s", 0.0)),
+                "system_s": float(event.get("system_s", 0.0)),
+            }
         elif kind == "ready" and event.get("device"):
             self.device = f"{event['device']} {event.get('dtype', '')}".strip()
         elif kind == "error" and self.error is None:

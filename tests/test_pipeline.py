@@ -177,6 +177,12 @@ def test_process_mode_two_sources_and_sigint_drains_to_playable_outputs(material
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
     assert "interrupted" in stdout
+    # The summary says what CPU each worker process used.
+    (cpu_line,) = [line for line in stdout.splitlines() if line.startswith("cpu: ")]
+    used = dict(item.rsplit(" ", 2)[:2] for item in cpu_line[len("cpu: ") :].split(", "))
+    stages = {f"{role}[{name}]" for role in ("decode", "track", "render") for name in ("walk", "long")}
+    assert set(used) == stages | {"infer[all]"}
+    assert float(used["infer[all]"]) > 0
     # The short clip may or may not have finished; each output is whole and consistent.
     for name in ("walk", "long"):
         lines = read_jsonl(out / f"{name}.jsonl")

@@ -3,13 +3,15 @@
 A worker runs either as a thread of the coordinating process (``inproc://``, one shared ZeroMQ
 context) or as a process of its own (``ipc://``/``tcp://``, its own context). Either way it gets a
 ``WorkerSpec`` (picklable) and reports over the ``events`` socket: ``ready``, ``progress``, ``drop``,
-``done`` and ``error`` (a one-line message). The coordinator publishes ``stop`` (sources end, the
-pipeline drains to EOS) and ``abort`` (stop now, close outputs) on the ``control`` socket.
+``done``, ``error`` (a one-line message) and, from a process of its own, ``usage`` (its CPU seconds).
+The coordinator publishes ``stop`` (sources end, the pipeline drains to EOS) and ``abort`` (stop now,
+close outputs) on the ``control`` socket.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -126,6 +128,10 @@ def run_worker(spec: WorkerSpec, context: zmq.Context | None = None) -> None:
     except Exception as exc:  # reported to the coordinator, which prints it and exits non-zero
         link.emit("error", message=one_line(exc), detail=traceback.format_exc())
     finally:
+        if own_context:
+            # The CPU this worker process used (its threads' and pools' included), for the run's report.
+            times = os.times()
+            link.emit("usage", user_s=round(times.user, 3), system_s=round(times.system, 3))
         link.close()
         if own_context:
             context.term()
