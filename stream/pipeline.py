@@ -37,7 +37,7 @@ from stream.workers.base import CONTROL_HWM, EVENTS_HWM, SourcePlan, WorkerSpec,
 
 STOP_RESEND_S = 0.5  # PUB/SUB drops messages to subscribers still connecting: repeat commands
 ABORT_GRACE_S = 15.0  # after an abort, workers that have not exited by then are terminated
-FINAL_EVENTS_WAIT_MS = 50  # once the workers have exited: read events until none has come for this long
+FINAL_EVENTS_WAIT_MS = 100  # once the workers have exited: how long to wait for their last events
 
 
 class PipelineError(RuntimeError):
@@ -372,7 +372,10 @@ class _Coordinator:
                         break
             launcher.join(timeout=5.0)
             # Events a worker sent just before it exited may still be on their way through the socket.
-            while self.events.poll(FINAL_EVENTS_WAIT_MS, zmq.POLLIN):
+            # A process worker's last event is its usage: read until every one is in, or none comes.
+            expected = 0 if launcher.in_process else len(launcher.workers)
+            self._drain_events(progress, timeout_ms=0)
+            while len(self.worker_cpu) < expected and self.events.poll(FINAL_EVENTS_WAIT_MS, zmq.POLLIN):
                 self._drain_events(progress, timeout_ms=0)
         finally:
             progress.close()
