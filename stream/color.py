@@ -42,11 +42,13 @@ _LIMITED_RANGES = frozenset({int(ColorRange.UNSPECIFIED), int(ColorRange.MPEG)})
 
 
 def single_threaded_opencv() -> None:
-    """Run OpenCV calls on the calling thread only, for a stage that has a process of its own.
+    """Run OpenCV calls on the calling thread only, for a stage that has a process of its own
+    (``stream.workers.base.run_worker`` sets it in every worker process).
 
-    The decode and render stages convert (and draw on) one frame at a time while the other stages'
-    processes, FFmpeg's decoder threads and x264's threads keep every core busy; OpenCV's own thread
-    pool then only adds hand-offs and spinning wake-ups (``sched_yield``) that cost CPU the encoder needs.
+    The decode and render stages convert (and draw on) one frame at a time, and the inference stage warps
+    crops and blurs heatmaps between the model's parallel regions, while the other stages' processes,
+    FFmpeg's decoder threads and x264's threads keep every core busy; OpenCV's own thread pool then only
+    adds hand-offs and spinning wake-ups (``sched_yield``) that cost CPU the encoder needs.
     """
     cv2.setNumThreads(1)
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import msgpack
 import zmq
 
+from stream.color import single_threaded_opencv
 from stream.config import PipelineConfig
 from stream.sources import SourceInfo
 from stream.transport import make_socket
@@ -118,8 +119,11 @@ def run_worker(spec: WorkerSpec, context: zmq.Context | None = None) -> None:
     """Run the stage ``spec.role`` until its sources end; errors are reported as ``error`` events."""
     own_context = context is None
     if own_context:
+        # A process of its own: set it up for a pipeline stage. Threads of the coordinator (inproc)
+        # leave the process's settings alone.
         _ignore_sigint()
         retain_freed_memory()
+        single_threaded_opencv()
         context = zmq.Context()
     link = StageLink(context, spec)
     try:

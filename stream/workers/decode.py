@@ -18,7 +18,6 @@ from collections import deque
 import numpy as np
 import zmq
 
-from stream.color import single_threaded_opencv
 from stream.frames import I420, DecodedFrame
 from stream.messages import EOS, SKIP, Message, control_message, frame_message
 from stream.shm import READERS, FrameRing, RingError, i420_shape
@@ -155,8 +154,6 @@ class FrameSender:
 
 def run_decoder(context: zmq.Context, spec: WorkerSpec, link: StageLink) -> None:
     (plan,) = spec.sources
-    if spec.config.workers != "inproc":
-        single_threaded_opencv()
     sender = FrameSender(context, spec, plan, link)
     decoded = 0
     try:

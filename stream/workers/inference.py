@@ -31,7 +31,6 @@ import numpy as np
 import torch
 import zmq
 
-from stream.color import single_threaded_opencv
 from stream.config import PipelineConfig
 from stream.frames import FrameResult
 from stream.messages import EOS, FRAME, RESULTS, SKIP, Message, follow_up, result_arrays
@@ -538,13 +537,8 @@ def _timestamp(message: Message) -> float:
 
 def run_inference(context: zmq.Context, spec: WorkerSpec, link: StageLink) -> None:
     cfg = spec.config
-    if cfg.workers != "inproc":
-        # As in the decode and render stages: OpenCV (crop warps and heatmap blurs on CPU) runs on this
-        # process's threads, between the model's parallel regions, instead of waking a pool of its own.
-        # In-process runs keep the process's settings.
-        single_threaded_opencv()
-        if resolve_device(cfg.device).type == "cpu":
-            use_all_cores()
+    if cfg.workers != "inproc" and resolve_device(cfg.device).type == "cpu":
+        use_all_cores()  # in-process runs keep the process's settings
     names = [plan.name for plan in spec.sources]
     live = any(plan.live for plan in spec.sources)
     inbox = make_socket(

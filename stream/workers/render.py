@@ -18,7 +18,6 @@ import cv2
 import numpy as np
 import zmq
 
-from stream.color import single_threaded_opencv
 from stream.frames import I420, FrameResult
 from stream.messages import EOS, FRAME, RESULTS, SKIP, Message, to_decoded_frame, to_frame_result
 from stream.shm import RENDER_READER, release, resolve
@@ -167,8 +166,6 @@ class Joiner:
 def run_renderer(context: zmq.Context, spec: WorkerSpec, link: StageLink) -> None:
     (plan,) = spec.sources
     cfg = spec.config
-    if cfg.workers != "inproc":
-        single_threaded_opencv()
     # The frame queue holds what the GPU path has in flight; it never blocks the decoder for long
     # because this loop always drains both sockets.
     frames_in = make_socket(
