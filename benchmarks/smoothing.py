@@ -33,7 +33,6 @@ Run: ``.venv/bin/python benchmarks/smoothing.py [--out FILE] [--no-model] [--che
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -364,43 +363,22 @@ def engine_keypoints(
     checkpoint: Path, frames: list[np.ndarray], boxes: np.ndarray, smooth: bool
 ) -> np.ndarray:
     """Keypoints (T,K,2) of the trained keypoints from ``InferenceEngine``, scheduled as the worker does."""
+    from pipeline_fixtures import engine_config, run_engine, write_boxes
     from trained_pose import INPUT_SIZE, keypoint_indices
 
-    from stream.config import PipelineConfig
     from stream.frames import DecodedFrame
     from stream.messages import frame_message
-    from stream.workers.device import OverlapScheduler
-    from stream.workers.inference import Group, InferenceEngine
+    from stream.workers.inference import InferenceEngine
 
     with tempfile.TemporaryDirectory() as work:
-        boxes_file = Path(work) / "boxes.jsonl"
-        lines = [json.dumps({"frame": i, "boxes": [[*b, 0.95]]}) for i, b in enumerate(boxes.tolist())]
-        boxes_file.write_text("\n".join(lines) + "\n")
-        cfg = PipelineConfig(
-            sources=["clip"],
-            out=work,
-            task=("pose",),
-            pose_model=str(checkpoint),
-            detector=f"boxes:{boxes_file}",
-            device="cpu",
-            flip=False,
-            input_size=INPUT_SIZE,
-            smooth=smooth,
-            max_batch=8,
-        )
-        with InferenceEngine(cfg) as engine:
-            scheduler = OverlapScheduler(engine.prepare, engine.compute)
-            outputs = []
-            for start in range(0, len(frames), 4):
-                group = Group()
-                for i in range(start, min(start + 4, len(frames))):
-                    decoded = DecodedFrame(frames[i], i, i / FPS, Fraction(1, 30), 0.0)
-                    message = frame_message("clip", i, decoded)
-                    group.messages.append(message)
-                    group.frames.append(message)
-                outputs += scheduler.submit(group)
-            outputs += scheduler.flush()
-    results = [m for batch in outputs for m in batch]
+        per_frame = {i: [[*b, 0.95]] for i, b in enumerate(boxes.tolist())}
+        boxes_file = write_boxes(Path(work) / "boxes.jsonl", per_frame)
+        messages = [
+            frame_message("clip", i, DecodedFrame(frame, i, i / FPS, Fraction(1, 30), 0.0))
+            for i, frame in enumerate(frames)
+        ]
+        with InferenceEngine(engine_config(checkpoint, boxes_file, INPUT_SIZE, smooth=smooth)) as engine:
+            results = run_engine(engine, messages)
     return np.stack([m.arrays["keypoints"][0, keypoint_indices()] for m in results])
 
 

@@ -1,4 +1,5 @@
-"""Material for the pipeline tests: tiny checkpoints, short clips, image folders and boxes files."""
+"""Material for the pipeline tests: tiny checkpoints, short clips, image folders and boxes files, and
+the GPU worker's engine run on frame messages as the worker runs it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import cv2
 import numpy as np
 import torch
 
+from stream.config import PipelineConfig
+from stream.messages import EOS, Message
 from stream.synth import moving_squares, write_clip
+from stream.workers.inference import Group, InferenceEngine
 
 INPUT_SIZE = (64, 48)  # the tiny checkpoints' input (H, W)
 
@@ -75,3 +79,47 @@ def source_times(path: Path) -> list[float | None]:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def engine_config(model: Path, boxes_file: Path, input_size: tuple[int, int], **overrides) -> PipelineConfig:
+    """The GPU worker's config for an engine on the CPU: pose, ``boxes:FILE`` detections, flip off."""
+    values = {
+        "sources": ["clip"],
+        "out": "unused",
+        "task": ("pose",),
+        "pose_model": str(model),
+        "detector": f"boxes:{boxes_file}",
+        "device": "cpu",
+        "flip": False,
+        "input_size": input_size,
+        "max_batch": 8,
+    }
+    return PipelineConfig(**{**values, **overrides})
+
+
+def run_engine(engine: InferenceEngine, messages: list[Message], group_size: int = 4) -> list[Message]:
+    """``messages`` in groups of ``group_size``, through ``run_groups``."""
+    return run_groups(engine, [messages[i : i + group_size] for i in range(0, len(messages), group_size)])
+
+
+def run_groups(engine: InferenceEngine, groups: list[list[Message]]) -> list[Message]:
+    """The worker's schedule (``InferenceEngine.scheduler``), groups in arrival order; an ``eos`` ends its
+    source's segment as it leaves. Returns every outgoing message in order."""
+    scheduler = engine.scheduler()
+    out = []
+    for batch in [*(scheduler.submit(_group(messages)) for messages in groups), scheduler.flush()]:
+        for messages in batch:
+            for message in messages:
+                if message.kind == EOS:
+                    engine.end_segment(message.source, message.segment)
+                out.append(message)
+    return out
+
+
+def _group(messages: list[Message]) -> Group:
+    group = Group()
+    for message in messages:
+        group.messages.append(message)
+        if message.kind != EOS:
+            group.frames.append(message)
+    return group

@@ -2,10 +2,10 @@
 
 The class: jitter around a still person drops, a moving person is followed within a frame, persons keep
 their own filters whatever the list order, a new person starts at its raw box, and bad rows (NaN,
-empty frames) neither crash nor spread. The engine: ``InferenceEngine.prepare``/``compute`` on real
-frame messages of a still synthetic figure whose detector boxes jitter, scheduled as the worker
-schedules them; with smoothing on, the crops (``crop_to_frame``) and the keypoints decoded from them
-shake less, keypoints stay as accurate, and the reported boxes are still the detector's.
+empty frames) neither crash nor spread. The engine: ``InferenceEngine`` on real frame messages of a still
+synthetic figure whose detector boxes jitter, scheduled as the worker schedules them; with smoothing on,
+the crops (``crop_to_frame``) and the keypoints decoded from them shake less, keypoints stay as
+accurate, and the reported boxes are still the detector's.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pipeline_fixtures import engine_config, run_engine
 from trained_pose import (
     INPUT_SIZE,
     draw_background,
@@ -26,11 +27,9 @@ from trained_pose import (
     random_person,
 )
 
-from stream.config import PipelineConfig
 from stream.frames import DecodedFrame
 from stream.messages import EOS, RESULTS, Message, control_message, frame_message
-from stream.workers.device import OverlapScheduler
-from stream.workers.inference import Group, InferenceEngine
+from stream.workers.inference import InferenceEngine
 from trackers import CropBoxSmoother
 
 FPS = 30.0
@@ -224,43 +223,7 @@ def frame_messages(source: str, image: np.ndarray, indices: list[int], segment: 
 
 
 def make_engine(checkpoint: Path, boxes_file: Path, smooth: bool) -> InferenceEngine:
-    cfg = PipelineConfig(
-        sources=["clip"],
-        out="unused",
-        task=("pose",),
-        pose_model=str(checkpoint),
-        detector=f"boxes:{boxes_file}",
-        device="cpu",
-        flip=False,
-        input_size=INPUT_SIZE,
-        smooth=smooth,
-        max_batch=8,
-    )
-    return InferenceEngine(cfg)
-
-
-def run_engine(engine: InferenceEngine, messages: list[Message], group_size: int = 4) -> list[Message]:
-    """The worker's schedule: groups in arrival order, each prepared while the one before computes;
-    an ``eos`` ends its source's segment as it leaves."""
-    scheduler = OverlapScheduler(engine.prepare, engine.compute)
-    results = []
-
-    def leave(outputs: list[list[Message]]) -> None:
-        for batch in outputs:
-            for message in batch:
-                if message.kind == EOS:
-                    engine.end_segment(message.source, message.segment)
-                results.append(message)
-
-    for start in range(0, len(messages), group_size):
-        group = Group()
-        for message in messages[start : start + group_size]:
-            group.messages.append(message)
-            if message.kind != EOS:
-                group.frames.append(message)
-        leave(scheduler.submit(group))
-    leave(scheduler.flush())
-    return results
+    return InferenceEngine(engine_config(checkpoint, boxes_file, INPUT_SIZE, smooth=smooth))
 
 
 def crop_centres(results: list[Message]) -> np.ndarray:

@@ -13,13 +13,12 @@ import threading
 
 import numpy as np
 import pytest
-from pipeline_fixtures import INPUT_SIZE, save_tiny_model, write_boxes
+from pipeline_fixtures import INPUT_SIZE, engine_config, run_groups, save_tiny_model, write_boxes
 
 import models.postprocess
 from stream.config import PipelineConfig
 from stream.frames import DecodedFrame
 from stream.messages import EOS, RESULTS, control_message, frame_message
-from stream.workers.device import OverlapScheduler
 from stream.workers.inference import Group, InferenceEngine
 
 NUM_FRAMES, SIZE = 6, (96, 128)  # frames (height, width)
@@ -41,18 +40,9 @@ def setup(tmp_path_factory) -> dict:
     }
 
 
-def engine_config(setup: dict, flip: bool = False) -> PipelineConfig:
-    return PipelineConfig(
-        sources=["clip"],
-        out="unused",
-        task=("pose",),
-        pose_model=str(setup["model"]),
-        detector=f"boxes:{setup['boxes']}",
-        device="cpu",
-        flip=flip,
-        input_size=INPUT_SIZE,
-        max_batch=4,  # chunks of 4 crops: 15 crops make 4 chunks
-    )
+def config(setup: dict, **overrides) -> PipelineConfig:
+    # Chunks of 4 crops: 15 crops make 4 chunks.
+    return engine_config(setup["model"], setup["boxes"], INPUT_SIZE, max_batch=4, **overrides)
 
 
 def frames(setup: dict, indices: range, segment: int = 0) -> list:
@@ -64,7 +54,7 @@ def frames(setup: dict, indices: range, segment: int = 0) -> list:
 
 def run(setup: dict, monkeypatch, decode_thread: bool, flip: bool) -> tuple[list, set[str]]:
     """Results of one group holding every frame, and the names of the threads that decoded heatmaps."""
-    cfg = engine_config(setup, flip)
+    cfg = config(setup, flip=flip)
     group = Group()
     for message in frames(setup, range(NUM_FRAMES)):
         group.messages.append(message)
@@ -97,41 +87,15 @@ def test_decode_thread_gives_the_inline_results(setup: dict, monkeypatch, flip: 
 
 
 def test_engine_decodes_on_a_thread_on_cpu_by_default(setup: dict) -> None:
-    cfg = PipelineConfig(
-        sources=["clip"],
-        out="unused",
-        pose_model=str(setup["model"]),
-        detector=f"boxes:{setup['boxes']}",
-        device="cpu",
-        input_size=INPUT_SIZE,
-    )
-    engine = InferenceEngine(cfg)
+    engine = InferenceEngine(config(setup))
     assert engine.decoder is not None
+    assert engine.scheduler().finish is not None  # the worker finishes each group after the next
     engine.close()
+    with InferenceEngine(config(setup, detect_every=2)) as carrying:
+        # Boxes carried from keypoints are needed before the group after next: no late finishing.
+        assert carrying.scheduler().finish is None
     with pytest.raises(RuntimeError):  # closed: no new work is taken
         engine.decoder.submit(print)
-
-
-def run_scheduled(engine: InferenceEngine, groups: list[list]) -> list:
-    """The CPU worker's schedule: each group finished after the next is computed; eos ends segments."""
-    scheduler = OverlapScheduler(engine.prepare, engine.launch, engine.finish)
-    out = []
-    for messages in [*(scheduler.submit(_group(g)) for g in groups), scheduler.flush()]:
-        for batch in messages:
-            for message in batch:
-                if message.kind == EOS:
-                    engine.end_segment(message.source, message.segment)
-                out.append(message)
-    return out
-
-
-def _group(messages: list) -> Group:
-    group = Group()
-    for message in messages:
-        group.messages.append(message)
-        if message.kind != EOS:
-            group.frames.append(message)
-    return group
 
 
 def test_a_new_segment_starts_afresh_when_groups_finish_late(setup: dict) -> None:
@@ -141,19 +105,17 @@ def test_a_new_segment_starts_afresh_when_groups_finish_late(setup: dict) -> Non
     end.segment = 0  # as the decoder sends it: the segment that ends
     groups = [frames(setup, range(0, 2)), [*frames(setup, range(2, 3)), end, *frames(setup, range(3, 4), 1)]]
     groups.append(frames(setup, range(4, 6), segment=1))
-    with InferenceEngine(engine_config(setup)) as engine:
-        both = [m for m in run_scheduled(engine, groups) if m.kind == RESULTS]
+    with InferenceEngine(config(setup)) as engine:
+        both = [m for m in run_groups(engine, groups) if m.kind == RESULTS]
         assert engine.crop_smoothers["clip"][0] == 1 and engine.last_boxes["clip"][0] == 1
-    with InferenceEngine(engine_config(setup)) as engine:
-        alone = [
-            m for m in run_scheduled(engine, [frames(setup, range(3, 6), segment=1)]) if m.kind == RESULTS
-        ]
+    with InferenceEngine(config(setup)) as engine:
+        alone = [m for m in run_groups(engine, [frames(setup, range(3, 6), segment=1)]) if m.kind == RESULTS]
     assert [m.frame for m in both] == list(range(NUM_FRAMES))
     for a, b in zip(both[3:], alone, strict=True):
         # The crops are what earlier state would change; keypoints also depend on the batch they were
         # forwarded in (other batch sizes round differently).
         np.testing.assert_array_equal(a.arrays["crop_to_frame"], b.arrays["crop_to_frame"])
     # Within a segment the state does carry: frame 1 is cropped from a box smoothed with frame 0's.
-    with InferenceEngine(engine_config(setup)) as engine:
-        (first,) = [m for m in run_scheduled(engine, [frames(setup, range(1, 2))]) if m.kind == RESULTS]
+    with InferenceEngine(config(setup)) as engine:
+        (first,) = [m for m in run_groups(engine, [frames(setup, range(1, 2))]) if m.kind == RESULTS]
     assert not np.allclose(both[1].arrays["crop_to_frame"], first.arrays["crop_to_frame"], atol=0.01)

@@ -201,6 +201,15 @@ class InferenceEngine:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
+    def scheduler(self) -> OverlapScheduler:
+        """How the worker runs this engine: each group is prepared while the one before computes. With a
+        decode thread, each group is also finished after the next one is computed, so its last heatmaps
+        decode while the next group is cropped and forwarded; not between detector runs
+        (``--detect-every``), whose boxes come from keypoints needed before the group after next."""
+        if self.decoder is not None and self.cfg.detect_every == 1:
+            return OverlapScheduler(self.prepare, self.launch, self.finish)
+        return OverlapScheduler(self.prepare, self.compute)
+
     # --- warm-up ------------------------------------------------------------------------------------
 
     def warm_up(self) -> None:
@@ -556,13 +565,7 @@ def run_inference(context: zmq.Context, spec: WorkerSpec, link: StageLink) -> No
         engine.warm_up()
         dtype = str(engine.dtype).replace("torch.", "")
         link.emit("ready", device=str(engine.device), dtype=dtype, flip=engine.flip)
-        if engine.decoder is not None and cfg.detect_every == 1:
-            # Each group is finished after the next one is computed: its last heatmaps are decoded
-            # while the next group is cropped and forwarded. Between detector runs (--detect-every)
-            # the boxes come from the keypoints, which are then needed before the group after next.
-            scheduler = OverlapScheduler(engine.prepare, engine.launch, engine.finish)
-        else:
-            scheduler = OverlapScheduler(engine.prepare, engine.compute)
+        scheduler = engine.scheduler()
         open_sources = set(names)
         while open_sources:
             group = _collect(inbox, cfg, link, wait=not scheduler.has_pending)
