@@ -518,7 +518,7 @@ def _decode_pose_chunk(heatmaps: torch.Tensor, crop_to_frame: torch.Tensor, inpu
     from models.postprocess import decode_pose_heatmaps
 
     with torch.inference_mode():  # per thread: the decode thread needs its own
-        return decode_pose_heatmaps(heatmaps.float(), crop_to_frame, input_size)
+        return decode_pose_heatmaps(heatmaps, crop_to_frame, input_size)  # it takes any float dtype
 
 
 SEG_SMOOTH_MAX_SIDE = 384  # longest side of the probability maps that temporal smoothing works on
