@@ -121,7 +121,7 @@ def counter_delta(before: dict, after: dict, name: str) -> dict[str, float]:
 
 def measure(args: argparse.Namespace) -> dict:
     from stream.config import PipelineConfig, parse_size
-    from stream.pipeline import run_pipeline
+    from stream.pipeline.coordinator import run_pipeline
 
     torch.set_num_threads(args.threads)
     input_size = parse_size(args.input_size)

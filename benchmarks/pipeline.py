@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import write_results  # noqa: E402
 from stream.config import build_config  # noqa: E402
-from stream.pipeline import run_pipeline  # noqa: E402
-from stream.synth import moving_squares, write_clip  # noqa: E402
+from stream.media.synth import moving_squares, write_clip  # noqa: E402
+from stream.pipeline.coordinator import run_pipeline  # noqa: E402
 
 CRF, PRESET = 20, "veryfast"
 TINY_INPUT = (256, 192)

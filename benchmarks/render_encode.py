@@ -7,7 +7,7 @@ Figures are milliseconds per frame (median) and encode frames per second, on syn
 
 Pixel-format conversions (on a photo scaled to the size), wall and CPU (all threads) milliseconds:
 RGB -> yuv420p for the encoder, swscale (what PyAV's encoder does with an rgb24 frame: wrap the array,
-then convert on its own threads) against ``stream.color``'s OpenCV path every video sink uses (one
+then convert on its own threads) against ``stream.media.color``'s OpenCV path every video sink uses (one
 thread, as in the workers); and yuv420p -> RGB while decoding a clip of the photo, swscale
 (``to_ndarray(format="rgb24")`` per decoded frame) against the OpenCV path writing into a given
 buffer, as the decoder does into a frame-ring slot. On a busy 2-core machine the CPU figures are what
@@ -32,11 +32,11 @@ from av.video.reformatter import VideoReformatter
 
 from benchmarks._common import time_call, write_results
 from models.meta import pose_meta
-from stream.color import RgbDecoder, rgb_to_yuv420p_frame
-from stream.frames import DecodedFrame, FrameResult
-from stream.render import Renderer
-from stream.sinks import JsonlSink, LabelMapSink, VideoSink, jsonl_record
-from stream.synth import moving_squares, write_clip
+from stream.drawing.overlay import Renderer
+from stream.edges.sinks import JsonlSink, LabelMapSink, VideoSink, jsonl_record
+from stream.media.color import RgbDecoder, rgb_to_yuv420p_frame
+from stream.media.frames import DecodedFrame, FrameResult
+from stream.media.synth import moving_squares, write_clip
 
 
 def synthetic_result(height: int, width: int, persons: int, seed: int = 0) -> FrameResult:
@@ -107,7 +107,7 @@ def bench_size(width: int, height: int, persons: int, frames: int, workdir: Path
 
 def bench_conversions(width: int, height: int, workdir: Path, repeats: int = 30) -> dict:
     """Wall and CPU milliseconds per frame (medians for the encoder side) of each pixel-format
-    conversion: swscale as PyAV runs it by default against ``stream.color`` as the workers run it."""
+    conversion: swscale as PyAV runs it by default against ``stream.media.color`` as the workers run it."""
     photo = cv2.imread(str(Path(ultralytics.__file__).parent / "assets" / "bus.jpg"))
     image = cv2.cvtColor(cv2.resize(photo, (width, height), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
     scaler = VideoReformatter()  # kept between frames, as the encoder keeps its own

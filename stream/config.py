@@ -115,7 +115,7 @@ class PipelineConfig:
 
     def live_options(self):
         """How live sources connect: transport, stall timer and what to ask of a webcam."""
-        from stream.live import LiveOptions
+        from stream.edges.live import LiveOptions
 
         width, height = _parse_webcam_size(self.webcam_size) if self.webcam_size else (None, None)
         return LiveOptions(

@@ -36,7 +36,7 @@ from trained_pose import (
     udp_heatmaps,
 )
 
-from stream.synth import write_clip
+from stream.media.synth import write_clip
 
 FRAME_SIZE = (360, 240)  # (W, H)
 NUM_FRAMES = 12
@@ -232,7 +232,7 @@ def run_cli(
 ) -> list[dict]:
     """``sapiens-stream run`` on ``clip``; returns the JSONL records it wrote."""
     script = Path(sys.executable).with_name("sapiens-stream")
-    program = [str(script)] if script.exists() else [sys.executable, "-m", "stream.cli"]
+    program = [str(script)] if script.exists() else [sys.executable, "-m", "stream"]
     command = [
         *program,
         "run",

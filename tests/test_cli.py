@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.cli import main
+from stream.front.cli import main
 
 
 def _error_line(capsys) -> str:
@@ -21,7 +21,7 @@ def _error_line(capsys) -> str:
 def test_missing_file_exits_non_zero_with_one_line(tmp_path: Path) -> None:
     # The real command, in its own process: exit status and stderr as a shell sees them.
     proc = subprocess.run(
-        [sys.executable, "-m", "stream.cli", "run", str(tmp_path / "nope.mp4"), "--out", str(tmp_path / "o")],
+        [sys.executable, "-m", "stream", "run", str(tmp_path / "nope.mp4"), "--out", str(tmp_path / "o")],
         capture_output=True,
         text=True,
         timeout=120,
@@ -69,7 +69,7 @@ def test_malformed_config(tmp_path: Path, capsys) -> None:
     ],
 )
 def test_bad_options(tmp_path: Path, capsys, extra: list[str], message: str) -> None:
-    from stream.synth import moving_squares, write_clip
+    from stream.media.synth import moving_squares, write_clip
 
     clip = tmp_path / "a.mp4"
     write_clip(clip, moving_squares(2, (32, 32)), fps=10)

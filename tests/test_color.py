@@ -12,9 +12,9 @@ import pytest
 import ultralytics
 from av.video.reformatter import ColorRange, Colorspace
 
-from stream.color import RgbDecoder, frame_to_rgb, opencv_decodes, rgb_to_i420, rgb_to_yuv420p_frame
-from stream.sinks import VideoSink
-from stream.sources import I420, open_source, probe_source
+from stream.edges.sinks import VideoSink
+from stream.edges.sources import I420, open_source, probe_source
+from stream.media.color import RgbDecoder, frame_to_rgb, opencv_decodes, rgb_to_i420, rgb_to_yuv420p_frame
 
 ASSETS = Path(ultralytics.__file__).parent / "assets"
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from stream.cli import build_parser, config_values
 from stream.config import ConfigError, PipelineConfig, build_config, load_yaml, parse_size
+from stream.front.cli import build_parser, config_values
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -17,9 +17,9 @@ from pipeline_fixtures import INPUT_SIZE, engine_config, run_groups, save_tiny_m
 
 import models.postprocess
 from stream.config import PipelineConfig
-from stream.frames import DecodedFrame
-from stream.messages import EOS, RESULTS, control_message, frame_message
-from stream.workers.inference import Group, InferenceEngine
+from stream.media.frames import DecodedFrame
+from stream.runtime.messages import EOS, RESULTS, control_message, frame_message
+from stream.stages.inference import Group, InferenceEngine
 
 NUM_FRAMES, SIZE = 6, (96, 128)  # frames (height, width)
 

@@ -24,7 +24,7 @@ import av
 import numpy as np
 import pytest
 
-from stream.live import (
+from stream.edges.live import (
     LiveOptions,
     LiveSource,
     SourceError,
@@ -33,8 +33,8 @@ from stream.live import (
     open_args,
     webcam_device,
 )
-from stream.metrics import SourceStats
-from stream.synth import moving_squares, write_clip
+from stream.edges.metrics import SourceStats
+from stream.media.synth import moving_squares, write_clip
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rtsp_server import RtspServerProcess, free_port, server_unavailable_reason  # noqa: E402

@@ -33,7 +33,7 @@ _RTSP_MISSING = server_unavailable_reason()
 pytestmark = pytest.mark.skipif(_RTSP_MISSING is not None, reason=f"RTSP test server: {_RTSP_MISSING}")
 
 PASSWORD = "pa55-never-logged"
-COMMAND = [sys.executable, "-m", "stream.cli", "run"]
+COMMAND = [sys.executable, "-m", "stream", "run"]
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from stream.frames import DecodedFrame, FrameResult
-from stream.messages import (
+from stream.media.frames import DecodedFrame, FrameResult
+from stream.runtime.messages import (
     EOS,
     PROTOCOL_VERSION,
     RESULTS,

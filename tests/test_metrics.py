@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream.metrics import (
+from stream.edges.metrics import (
     SourceStats,
     StatsRegistry,
     StatsReporter,

@@ -27,8 +27,8 @@ from pipeline_fixtures import (
     write_test_clip,
 )
 
-from stream.cli import main
-from stream.sinks import read_label_map
+from stream.edges.sinks import read_label_map
+from stream.front.cli import main
 
 SIZE = "x".join(str(v) for v in INPUT_SIZE)
 
@@ -151,7 +151,7 @@ def test_frames_with_no_persons_anywhere(material, tmp_path) -> None:
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "stream.cli", *args]
+    return [sys.executable, "-m", "stream", *args]
 
 
 def test_process_mode_two_sources_and_sigint_drains_to_playable_outputs(material, tmp_path) -> None:
@@ -209,7 +209,7 @@ def test_live_mode_accounts_for_every_frame_and_marks_drops(material, tmp_path) 
 
 
 def test_demo_clip_and_shipped_boxes(tmp_path) -> None:
-    from stream.demo import CLIP_SIZE, make_sample_clip
+    from stream.front.demo import CLIP_SIZE, make_sample_clip
 
     clip, boxes = tmp_path / "sample.mp4", tmp_path / "boxes.jsonl"
     assert make_sample_clip(clip, boxes, 6) == 6
@@ -257,7 +257,7 @@ def test_ipc_workers_share_frames_through_the_ring_and_match_inproc(material, tm
 
 def test_skipped_frames_are_not_counted_as_output_with_a_latency(material, tmp_path) -> None:
     from stream.config import build_config
-    from stream.pipeline import _Coordinator, _Progress, plan_sources
+    from stream.pipeline.coordinator import _Coordinator, _Progress, plan_sources
 
     config = build_config(
         {"sources": [str(material["clip_a"])], "out": str(tmp_path), "workers": "inproc", "progress": False}
@@ -278,7 +278,7 @@ def test_skipped_frames_are_not_counted_as_output_with_a_latency(material, tmp_p
 
 
 def test_segmentation_smoothing_size_keeps_aspect_and_bounds_the_work() -> None:
-    from stream.workers.inference import SEG_SMOOTH_MAX_SIDE, smoothing_size
+    from stream.stages.inference import SEG_SMOOTH_MAX_SIDE, smoothing_size
 
     assert smoothing_size((64, 96)) == (64, 96)  # small frames are smoothed as they are
     height, width = smoothing_size((1080, 1920))

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
-from stream.preview import PreviewServer, PreviewWindow
+from stream.edges.preview import PreviewServer, PreviewWindow
 
 RED = (230, 30, 30)
 BLUE = (30, 40, 220)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from models.meta import pose_meta, seg_meta
-from stream.frames import FrameResult
-from stream.render import DrawSizes, Renderer
+from stream.drawing.overlay import DrawSizes, Renderer
+from stream.media.frames import FrameResult
 
 HEIGHT, WIDTH = 720, 1280
 GREY = 60

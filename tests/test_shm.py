@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import zmq
 
-from stream.messages import FRAME, Message
-from stream.shm import INFER_READER, READERS, RENDER_READER, FrameRing, RingError, release, resolve
-from stream.transport import make_socket, recv_message, send_message
+from stream.runtime.messages import FRAME, Message
+from stream.runtime.ring import INFER_READER, READERS, RENDER_READER, FrameRing, RingError, release, resolve
+from stream.runtime.transport import make_socket, recv_message, send_message
 
 
 @pytest.fixture

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 from pipeline_fixtures import read_video
 
-from stream.frames import DecodedFrame, FrameResult
-from stream.sinks import (
+from stream.edges.sinks import (
     JsonlSink,
     LabelMapSink,
     VideoSink,
@@ -22,7 +21,8 @@ from stream.sinks import (
     pick_video_codec,
     read_label_map,
 )
-from stream.synth import moving_squares, write_clip
+from stream.media.frames import DecodedFrame, FrameResult
+from stream.media.synth import moving_squares, write_clip
 
 
 def test_reencoding_a_clip_keeps_frame_count_pts_time_base_and_rate(tmp_path):
@@ -130,7 +130,7 @@ def test_interrupted_run_leaves_a_playable_file(tmp_path):
     script = textwrap.dedent(
         f"""
         import numpy as np
-        from stream.sinks import VideoSink
+        from stream.edges.sinks import VideoSink
         with VideoSink({str(tmp_path / "cut.mp4")!r}, 64, 48, 30, codec="libx264") as sink:
             for i in range(12):
                 sink.write(np.full((48, 64, 3), i * 20, np.uint8), i)

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from pipeline_fixtures import read_jsonl, read_video
 
-from stream.color import rgb_to_i420
 from stream.config import build_config
-from stream.frames import I420, DecodedFrame, FrameResult
-from stream.messages import RESULTS, follow_up, frame_message, result_arrays
-from stream.sinks import VideoSink
-from stream.sources import SourceInfo
-from stream.synth import moving_squares
-from stream.workers.base import SourcePlan, WorkerSpec
-from stream.workers.render import SourceOutputs
+from stream.edges.sinks import VideoSink
+from stream.edges.sources import SourceInfo
+from stream.media.color import rgb_to_i420
+from stream.media.frames import I420, DecodedFrame, FrameResult
+from stream.media.synth import moving_squares
+from stream.runtime.messages import RESULTS, follow_up, frame_message, result_arrays
+from stream.runtime.stage import SourcePlan, WorkerSpec
+from stream.stages.render import SourceOutputs
 
 
 def _outputs(tmp_path, **options) -> SourceOutputs:

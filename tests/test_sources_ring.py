@@ -12,13 +12,13 @@ import pytest
 import zmq
 
 from stream.config import build_config
-from stream.frames import I420
-from stream.messages import EOS, FRAME
-from stream.shm import INFER_READER, READERS, RENDER_READER, FrameRing, release, resolve
-from stream.sources import open_source, probe_source
-from stream.synth import moving_squares, write_clip
-from stream.transport import Topology, make_socket, recv_message
-from stream.workers.base import SourcePlan, WorkerSpec, run_worker
+from stream.edges.sources import open_source, probe_source
+from stream.media.frames import I420
+from stream.media.synth import moving_squares, write_clip
+from stream.runtime.messages import EOS, FRAME
+from stream.runtime.ring import INFER_READER, READERS, RENDER_READER, FrameRing, release, resolve
+from stream.runtime.stage import SourcePlan, WorkerSpec, run_worker
+from stream.runtime.transport import Topology, make_socket, recv_message
 
 SIZE = (96, 64)  # W, H
 SHAPE = (64, 96, 3)

@@ -9,11 +9,11 @@ import pytest
 import torch
 import zmq
 
-from stream.frames import DecodedFrame
-from stream.messages import control_message, frame_message
-from stream.transport import COPY_THRESHOLD, Topology, make_socket, recv_message, send_message
-from stream.workers.device import DeviceStreams, OverlapScheduler, padded_size, static_batch_sizes
-from stream.workers.reorder import ReorderBuffer
+from stream.engine.device import DeviceStreams, OverlapScheduler, padded_size, static_batch_sizes
+from stream.media.frames import DecodedFrame
+from stream.runtime.messages import control_message, frame_message
+from stream.runtime.reorder import ReorderBuffer
+from stream.runtime.transport import COPY_THRESHOLD, Topology, make_socket, recv_message, send_message
 
 
 def _frame(index: int, size: tuple[int, int] = (720, 1280)) -> DecodedFrame:
@@ -151,7 +151,7 @@ def test_static_batch_sizes() -> None:
 
 
 def test_live_queue_turns_the_oldest_waiting_frame_into_a_skip() -> None:
-    from stream.workers.decode import _LiveQueue
+    from stream.stages.decode import _LiveQueue
 
     queue = _LiveQueue(capacity=2)
     frames = [_frame(i, size=(4, 6)) for i in range(4)]

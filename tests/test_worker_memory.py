@@ -21,7 +21,7 @@ BATCH_FAULTS = textwrap.dedent(
     from models import Sapiens2Config, build_sapiens2
     from models.postprocess import decode_pose_heatmaps
     from models.preprocess import crop_to_frame_affine
-    from stream.workers.base import retain_freed_memory
+    from stream.runtime.stage import retain_freed_memory
 
     if sys.argv[1] == "retain":
         assert retain_freed_memory()

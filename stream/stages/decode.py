@@ -18,12 +18,12 @@ from collections import deque
 import numpy as np
 import zmq
 
-from stream.frames import I420, DecodedFrame
-from stream.messages import EOS, SKIP, Message, control_message, frame_message
-from stream.shm import READERS, FrameRing, RingError, i420_shape
-from stream.sources import open_source
-from stream.transport import Stopped, close_sender, make_socket, send_until
-from stream.workers.base import SourcePlan, StageLink, WorkerSpec
+from stream.edges.sources import open_source
+from stream.media.frames import I420, DecodedFrame
+from stream.runtime.messages import EOS, SKIP, Message, control_message, frame_message
+from stream.runtime.ring import READERS, FrameRing, RingError, i420_shape
+from stream.runtime.stage import SourcePlan, StageLink, WorkerSpec
+from stream.runtime.transport import Stopped, close_sender, make_socket, send_until
 
 LIVE_QUEUE_FRAMES = 2  # frames a live source may hold while downstream is busy
 SLOT_WAIT_S = 0.005  # offline, how often a decoder waiting for a free ring slot looks again (the ring
@@ -232,7 +232,7 @@ class _LiveQueue:
 
 
 def _run_live(spec: WorkerSpec, plan: SourcePlan, sender: FrameSender, link: StageLink) -> int:
-    from stream.metrics import SourceStats
+    from stream.edges.metrics import SourceStats
 
     cfg = spec.config
     stats = SourceStats(plan.name)  # the source's own drops and reconnects, forwarded to the coordinator

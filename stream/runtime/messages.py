@@ -23,7 +23,7 @@ A message is a ZeroMQ multipart message ``[header, part_0, part_1, ...]``:
   ``arrays``   ``[[name, dtype, shape], ...]``: one entry per payload part, in order
   ``meta``     anything else (small): e.g. the source's frame rate, ``final`` on an eos
   ``slot``     None, or ``[ring, slot, shape]`` when a frame's pixels wait in a shared-memory ring
-               (``stream.shm``) instead of a payload part (``ipc`` workers on one host)
+               (``stream.runtime.ring``) instead of a payload part (``ipc`` workers on one host)
   ===========  =================================================================================
 
 - each payload part is the raw C-ordered buffer of one numpy array. Frames carry ``image``
@@ -44,7 +44,7 @@ from fractions import Fraction
 import msgpack
 import numpy as np
 
-from stream.frames import DecodedFrame, FrameResult
+from stream.media.frames import DecodedFrame, FrameResult
 
 PROTOCOL_VERSION = 1
 
@@ -81,7 +81,7 @@ class Message:
     meta: dict = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     # Pixels in a shared-memory frame ring instead of a payload part: ``[ring name, slot, shape]``
-    # (see ``stream.shm``; receivers call ``shm.resolve`` to get the ``image`` array).
+    # (see ``stream.runtime.ring``; receivers call ``shm.resolve`` to get the ``image`` array).
     slot: list | None = None
 
     def stamp(self, stage: str) -> Message:

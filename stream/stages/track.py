@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import zmq
 
-from stream.messages import EOS, RESULTS, Message, follow_up, result_arrays, to_frame_result
-from stream.transport import Stopped, close_sender, make_socket, recv_message, send_until
-from stream.workers.base import StageLink, WorkerSpec
-from stream.workers.reorder import ReorderBuffer
+from stream.runtime.messages import EOS, RESULTS, Message, follow_up, result_arrays, to_frame_result
+from stream.runtime.reorder import ReorderBuffer
+from stream.runtime.stage import StageLink, WorkerSpec
+from stream.runtime.transport import Stopped, close_sender, make_socket, recv_message, send_until
 
 
 class SourceTracking:

@@ -18,8 +18,8 @@ import av
 import cv2
 import numpy as np
 
-from stream.color import i420_to_frame, rgb_to_yuv420p_frame
-from stream.frames import DecodedFrame, FrameResult
+from stream.media.color import i420_to_frame, rgb_to_yuv420p_frame
+from stream.media.frames import DecodedFrame, FrameResult
 
 _NVENC = "h264_nvenc"
 _X264 = "libx264"
@@ -106,7 +106,7 @@ class VideoSink(_Sink):
     differs from ``(width, height)`` (a live source that changed resolution) is resized to it.
 
     Pixels: every encoder is given BT.601 limited-range yuv420p, untagged (swscale's default for RGB),
-    converted by ``stream.color.rgb_to_yuv420p_frame``; images are only read, so read-only views (a
+    converted by ``stream.media.color.rgb_to_yuv420p_frame``; images are only read, so read-only views (a
     shared-memory frame slot) go in without a copy.
     """
 

@@ -1,4 +1,4 @@
-"""Frame sources: video files, image folders and single images (PyAV), and live streams (``stream.live``).
+"""Frame sources: video files, image folders and single images (PyAV); live streams are in ``live``.
 
 ``probe_source`` checks a spec up front (so bad input fails before any worker starts) and tells the
 pipeline what it is: a name for the outputs, frame rate, time base and, where known, the frame count.
@@ -18,8 +18,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-from stream.color import RgbDecoder, frame_to_rgb, opencv_decodes
-from stream.frames import I420, DecodedFrame
+from stream.media.color import RgbDecoder, frame_to_rgb, opencv_decodes
+from stream.media.frames import I420, DecodedFrame
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -53,9 +53,9 @@ class SourceInfo:
 
 
 def is_live(spec: str) -> bool:
-    """True for webcams and network streams (handled by ``stream.live``)."""
+    """True for webcams and network streams (handled by ``stream.edges.live``)."""
     try:
-        from stream.live import is_live_spec
+        from stream.edges.live import is_live_spec
     except ImportError:
         return spec.isdigit() or spec.startswith(
             ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "/dev/video")
@@ -175,7 +175,7 @@ def open_source(
         paths = list_images(Path(info.spec)) if info.kind == "folder" else [Path(info.spec)]
         yield _decode_images(paths)
     elif info.kind == "live":
-        from stream.live import LiveOptions, LiveSource
+        from stream.edges.live import LiveOptions, LiveSource
 
         source = LiveSource(info.spec, live_options or LiveOptions(), stats=stats)
         try:

@@ -18,12 +18,12 @@ import cv2
 import numpy as np
 import zmq
 
-from stream.frames import I420, FrameResult
-from stream.messages import EOS, FRAME, RESULTS, SKIP, Message, to_decoded_frame, to_frame_result
-from stream.shm import RENDER_READER, release, resolve
-from stream.transport import make_socket, recv_message, send_message
-from stream.workers.base import SourcePlan, StageLink, WorkerSpec
-from stream.workers.reorder import ReorderBuffer
+from stream.media.frames import I420, FrameResult
+from stream.runtime.messages import EOS, FRAME, RESULTS, SKIP, Message, to_decoded_frame, to_frame_result
+from stream.runtime.reorder import ReorderBuffer
+from stream.runtime.ring import RENDER_READER, release, resolve
+from stream.runtime.stage import SourcePlan, StageLink, WorkerSpec
+from stream.runtime.transport import make_socket, recv_message, send_message
 
 PREVIEW_HWM = 2  # the preview shows the newest frames; older ones are dropped, never queued
 
@@ -32,8 +32,8 @@ class SourceOutputs:
     """A source's sinks: annotated video, JSONL and (for segmentation) label maps."""
 
     def __init__(self, spec: WorkerSpec, plan: SourcePlan) -> None:
-        from stream.render import Renderer
-        from stream.sinks import JsonlSink
+        from stream.drawing.overlay import Renderer
+        from stream.edges.sinks import JsonlSink
 
         cfg = spec.config
         self.cfg = cfg
@@ -56,7 +56,7 @@ class SourceOutputs:
         The image may be the frame message's own pixels (when nothing was drawn): valid only until the
         message's frame slot is released.
         """
-        from stream.sinks import jsonl_record
+        from stream.edges.sinks import jsonl_record
 
         frame = to_decoded_frame(frame_msg) if frame_msg.kind == FRAME else None
         if frame_msg.kind == SKIP or result_msg.kind == SKIP or frame is None:
@@ -85,7 +85,7 @@ class SourceOutputs:
         return image
 
     def _write_video(self, image: np.ndarray, frame_msg: Message, i420: np.ndarray | None = None) -> None:
-        from stream.sinks import VideoSink
+        from stream.edges.sinks import VideoSink
 
         if self.video is None:
             height, width = image.shape[:2]
@@ -119,7 +119,7 @@ class SourceOutputs:
 
     def _label_sink(self):
         if self.labels is None:
-            from stream.sinks import LabelMapSink
+            from stream.edges.sinks import LabelMapSink
 
             self.labels = LabelMapSink(self.out / f"{self.plan.name}_seg")
         return self.labels
@@ -236,7 +236,7 @@ def run_renderer(context: zmq.Context, spec: WorkerSpec, link: StageLink) -> Non
 
 
 def _publish_preview(sock: zmq.Socket, name: str, image: np.ndarray, frame_msg: Message) -> None:
-    from stream.messages import follow_up
+    from stream.runtime.messages import follow_up
 
     message = follow_up(frame_msg, FRAME, {"image": image})
     message.source = name

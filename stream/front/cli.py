@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "demo":
-            from stream.demo import run_demo
+            from stream.front.demo import run_demo
 
             return run_demo(args.out, frames=args.frames, device=args.device)
         config = build_config(config_values(args))
@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(config) -> int:
-    from stream.pipeline import run_pipeline
+    from stream.pipeline.coordinator import run_pipeline
 
     report = run_pipeline(config)
     for source in report.sources.values():
@@ -114,7 +114,7 @@ def run(config) -> int:
     damaged = [s for s in report.sources.values() if s.frames_missing and not report.interrupted]
     if damaged:
         # Every decoded frame is written and the outputs are complete; the input itself was not.
-        from stream.sources import SourceError
+        from stream.edges.sources import SourceError
 
         source = damaged[0]
         announced = source.frames_decoded + source.frames_missing
@@ -127,8 +127,8 @@ def run(config) -> int:
 
 
 def _fail(exc: Exception) -> int:
-    from stream.pipeline import PipelineError
-    from stream.sources import SourceError
+    from stream.edges.sources import SourceError
+    from stream.pipeline.coordinator import PipelineError
 
     if isinstance(exc, (ConfigError, SourceError)):
         status = 2

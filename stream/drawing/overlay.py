@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from models.meta import pose_meta, seg_meta
-from stream.frames import FrameResult
+from stream.media.frames import FrameResult
 
 _SHIFT = 4  # cv2 fixed-point bits: keypoints are drawn at 1/16 pixel precision
 _ONE = 1 << _SHIFT

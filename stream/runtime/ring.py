@@ -24,7 +24,7 @@ import uuid
 
 import numpy as np
 
-from stream.frames import I420
+from stream.media.frames import I420
 
 HEADER_ALIGN = 4096
 _attached: dict[str, FrameRing] = {}  # rings this process has mapped, by name (readers reuse them)

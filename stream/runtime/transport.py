@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from stream.messages import Message, decode, encode
+from stream.runtime.messages import Message, decode, encode
 
 # Parts smaller than this are copied into libzmq (cheaper than tracking a zero-copy buffer).
 COPY_THRESHOLD = 64 * 1024

@@ -30,10 +30,10 @@ import msgpack
 import zmq
 
 from stream.config import PipelineConfig
-from stream.messages import to_decoded_frame
-from stream.sources import SourceInfo, missing_frames, probe_source, unique_names
-from stream.transport import Topology, make_socket, recv_message
-from stream.workers.base import CONTROL_HWM, EVENTS_HWM, SourcePlan, WorkerSpec, run_worker
+from stream.edges.sources import SourceInfo, missing_frames, probe_source, unique_names
+from stream.runtime.messages import to_decoded_frame
+from stream.runtime.stage import CONTROL_HWM, EVENTS_HWM, SourcePlan, WorkerSpec, run_worker
+from stream.runtime.transport import Topology, make_socket, recv_message
 
 STOP_RESEND_S = 0.5  # PUB/SUB drops messages to subscribers still connecting: repeat commands
 ABORT_GRACE_S = 15.0  # after an abort, workers that have not exited by then are terminated
@@ -178,12 +178,12 @@ class _Launcher:
 # crops) starts its pool on first use, in the worker.
 WORKER_PRELOAD = [
     "__main__",
-    "stream.workers.base",
-    "stream.workers.decode",
-    "stream.workers.track",
+    "stream.runtime.stage",
+    "stream.stages.decode",
+    "stream.stages.track",
     "scipy.optimize",  # the tracker's assignment solver
     "torch",
-    "stream.workers.inference",
+    "stream.stages.inference",
     "models.sapiens2",
     "models.loading",
     "models.detector",
@@ -276,7 +276,7 @@ class _Coordinator:
     """Runs one pipeline: sockets, workers, the event loop and the report."""
 
     def __init__(self, cfg: PipelineConfig, plans: list[SourcePlan], stop: threading.Event | None) -> None:
-        from stream.metrics import StatsRegistry
+        from stream.edges.metrics import StatsRegistry
 
         self.cfg = cfg
         self.plans = plans
@@ -314,7 +314,7 @@ class _Coordinator:
                 self.context, zmq.PULL, self.endpoints["preview"], bind=True, hwm=4, linger_ms=0
             )
         try:
-            from stream.preview import PreviewServer, PreviewWindow
+            from stream.edges.preview import PreviewServer, PreviewWindow
         except ImportError as exc:
             if self.preview_in is not None:
                 raise PipelineError(f"preview is not available: {exc}") from exc
@@ -329,7 +329,7 @@ class _Coordinator:
             self.viewers.append(server)
         if self.cfg.metrics:
             from stream.config import parse_host_port
-            from stream.metrics import start_metrics_server
+            from stream.edges.metrics import start_metrics_server
 
             host, port = parse_host_port(self.cfg.metrics, "metrics")
             self.metrics_server = start_metrics_server(self.registry, host=host, port=port)

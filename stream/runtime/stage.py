@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 import msgpack
 import zmq
 
-from stream.color import single_threaded_opencv
 from stream.config import PipelineConfig
-from stream.sources import SourceInfo
-from stream.transport import make_socket
+from stream.edges.sources import SourceInfo
+from stream.media.color import single_threaded_opencv
+from stream.runtime.transport import make_socket
 
 EVENTS_HWM = 100_000  # events are tiny; the coordinator reads them continuously
 CONTROL_HWM = 1000
@@ -161,19 +161,19 @@ def retain_freed_memory() -> bool:
 
 def _stage_function(role: str):
     if role == "decode":
-        from stream.workers.decode import run_decoder
+        from stream.stages.decode import run_decoder
 
         return run_decoder
     if role == "infer":
-        from stream.workers.inference import run_inference
+        from stream.stages.inference import run_inference
 
         return run_inference
     if role == "track":
-        from stream.workers.track import run_tracker
+        from stream.stages.track import run_tracker
 
         return run_tracker
     if role == "render":
-        from stream.workers.render import run_renderer
+        from stream.stages.render import run_renderer
 
         return run_renderer
     raise ValueError(f"unknown worker role {role!r}")

@@ -29,7 +29,7 @@ from urllib.parse import unquote
 import cv2
 import numpy as np
 
-from stream.metrics import redact_url
+from stream.edges.metrics import redact_url
 
 log = logging.getLogger(__name__)
 

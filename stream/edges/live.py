@@ -16,7 +16,7 @@ A ``LiveSource`` is an iterator of ``DecodedFrame`` that never ends on its own w
   encoders downstream start afresh; ``frame.index`` keeps counting across segments;
 - ``close()`` works from any thread and in any state and unblocks the iterator at once.
 
-Every URL in a log line or an error message is redacted (``stream.metrics.redact_url``).
+Every URL in a log line or an error message is redacted (``stream.edges.metrics.redact_url``).
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ from urllib.parse import urlsplit
 
 import av
 
-from stream.color import RgbDecoder
-from stream.frames import DecodedFrame
-from stream.metrics import SourceStats, redact_text, redact_url
-from stream.sources import SourceError  # one error type for every source that fails for good
+from stream.edges.metrics import SourceStats, redact_text, redact_url
+from stream.edges.sources import SourceError  # one error type for every source that fails for good
+from stream.media.color import RgbDecoder
+from stream.media.frames import DecodedFrame
 
 log = logging.getLogger(__name__)
 

@@ -32,18 +32,18 @@ import torch
 import zmq
 
 from stream.config import PipelineConfig
-from stream.frames import FrameResult
-from stream.messages import EOS, FRAME, RESULTS, SKIP, Message, follow_up, result_arrays
-from stream.shm import INFER_READER, release, resolve
-from stream.transport import Stopped, close_sender, make_socket, recv_message, send_until
-from stream.workers.base import StageLink, WorkerSpec
-from stream.workers.device import (
+from stream.engine.device import (
     DeviceStreams,
     OverlapScheduler,
     StagedTensors,
     padded_size,
     static_batch_sizes,
 )
+from stream.media.frames import FrameResult
+from stream.runtime.messages import EOS, FRAME, RESULTS, SKIP, Message, follow_up, result_arrays
+from stream.runtime.ring import INFER_READER, release, resolve
+from stream.runtime.stage import StageLink, WorkerSpec
+from stream.runtime.transport import Stopped, close_sender, make_socket, recv_message, send_until
 
 if TYPE_CHECKING:
     from trackers import CropBoxSmoother, SegmentationSmoother

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from stream.messages import Message
+from stream.runtime.messages import Message
 
 
 class ReorderBuffer:

@@ -43,7 +43,7 @@ _LIMITED_RANGES = frozenset({int(ColorRange.UNSPECIFIED), int(ColorRange.MPEG)})
 
 def single_threaded_opencv() -> None:
     """Run OpenCV calls on the calling thread only, for a stage that has a process of its own
-    (``stream.workers.base.run_worker`` sets it in every worker process).
+    (``stream.runtime.stage.run_worker`` sets it in every worker process).
 
     The decode and render stages convert (and draw on) one frame at a time, and the inference stage warps
     crops and blurs heatmaps between the model's parallel regions, while the other stages' processes,

@@ -20,7 +20,7 @@ import av
 import numpy as np
 
 from stream.config import DEFAULT_DETECTOR, DEFAULT_POSE_MODEL, build_config
-from stream.synth import pan_zoom, write_clip
+from stream.media.synth import pan_zoom, write_clip
 
 CLIP_SIZE = (512, 384)  # (W, H)
 CLIP_FPS = 12
@@ -133,7 +133,7 @@ def run_demo(out: str | Path = "demo_out", frames: int = 24, device: str = "auto
     """Make the sample clip, run the pose pipeline on it and print where the outputs are."""
     import torch
 
-    from stream.pipeline import run_pipeline
+    from stream.pipeline.coordinator import run_pipeline
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

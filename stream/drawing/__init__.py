@@ -1,0 +1,1 @@
+"""Drawing results onto frames: skeletons, keypoints, segmentation overlays, track ids."""

@@ -1,0 +1,1 @@
+"""The inference engine: detector, crops, batched Sapiens2 forwards and their decoding, with no sockets."""

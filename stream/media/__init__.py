@@ -1,0 +1,1 @@
+"""Frames and pixels: the decoded-frame and result records, colour conversions, synthetic clips."""

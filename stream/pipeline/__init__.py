@@ -1,0 +1,1 @@
+"""Starting, wiring and supervising a run's workers; the run report."""
