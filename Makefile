@@ -36,6 +36,7 @@ demo: $(STAMP)
 
 test: $(STAMP) $(SYSTEM_STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

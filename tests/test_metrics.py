@@ -13,8 +13,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from stream.edges.metrics import (
     SourceStats,
     StatsRegistry,
-    StatsReporter,
-    parse_host_port,
     redact_text,
     redact_url,
     start_metrics_server,
@@ -113,21 +111,6 @@ def test_stats_line() -> None:
     assert empty == "cam2: in 0.0 fps, out 0.0 fps, drops 0, latency p50 - ms p95 - ms, reconnects 0"
 
 
-def test_reporter_emits_a_line_per_source_periodically() -> None:
-    registry = StatsRegistry()
-    registry.source("cam1").frame_in()
-    registry.source("cam2").frame_in()
-    lines: list[str] = []
-    reporter = StatsReporter(registry, interval=0.1, emit=lines.append)
-    time.sleep(0.35)
-    reporter.close()
-    assert sum(line.startswith("cam1:") for line in lines) >= 2
-    assert sum(line.startswith("cam2:") for line in lines) >= 2
-    count = len(lines)
-    time.sleep(0.2)
-    assert len(lines) == count, "no lines after close()"
-
-
 def test_prometheus_endpoint_over_http() -> None:
     registry = StatsRegistry()
     cam = registry.source("rtsp://user:secretpw@cam1/live")
@@ -180,18 +163,3 @@ def test_two_registries_do_not_collide_and_ports_are_checked() -> None:
     with start_metrics_server(first, port=0) as server:
         with pytest.raises(OSError, match=f"cannot serve metrics on 127.0.0.1:{server.port}"):
             start_metrics_server(second, port=server.port)
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [("127.0.0.1:9100", ("127.0.0.1", 9100)), (":9100", ("127.0.0.1", 9100)), ("9100", ("127.0.0.1", 9100)),
-     ("0.0.0.0:80", ("0.0.0.0", 80)), ("[::1]:8080", ("::1", 8080))],
-)
-def test_parse_host_port(value: str, expected: tuple[str, int]) -> None:
-    assert parse_host_port(value) == expected
-
-
-@pytest.mark.parametrize("value", ["localhost:http", "127.0.0.1:70000", "host:"])
-def test_parse_host_port_errors(value: str) -> None:
-    with pytest.raises(ValueError, match="HOST:PORT|out of range"):
-        parse_host_port(value)

@@ -28,6 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--out", help="output directory (default: out)")
     run.add_argument("--config", help="YAML file with any of these options")
+    run.add_argument(
+        "--print-topology",
+        action="store_true",
+        help="print the run's links, roles, endpoints and high-water marks, then exit",
+    )
     _add_run_options(run)
 
     demo = commands.add_parser("demo", help="run the pipeline on a short sample clip")
@@ -92,6 +97,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_demo(args.out, frames=args.frames, device=args.device)
         config = build_config(config_values(args))
+        if args.print_topology:
+            from stream.pipeline.coordinator import describe_run
+
+            print(describe_run(config))
+            return 0
         return run(config)
     except Exception as exc:
         return _fail(exc)
