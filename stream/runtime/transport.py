@@ -1,11 +1,10 @@
 """ZeroMQ plumbing shared by every stage: endpoints, sockets with explicit limits, send/receive.
 
-Conventions (one rule everywhere keeps the topology simple):
+Which sockets a run has, who binds them and their limits is the table in ``stream.runtime.topology``;
+this module makes them:
 
-- the *receiving* side of a data link binds (a PULL socket), the senders connect (PUSH), so a stage
-  with many producers (the GPU worker) has one socket that fair-queues all of them;
-- every socket gets explicit send and receive high-water marks (messages, not bytes) and a linger; a
-  PUSH blocks when its peer's queue is full, which is how offline backpressure reaches the decoder;
+- every socket gets explicit send and receive high-water marks (messages, not bytes) and a linger
+  (``make_socket`` refuses 0, which ZeroMQ reads as unbounded);
 - endpoints come from ``Endpoints``: ``inproc://`` (threads of one process, one shared context),
   ``ipc://`` (processes on one host; the default) or ``tcp://`` (loopback unless CURVE is set up).
 """
