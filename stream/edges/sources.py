@@ -18,6 +18,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from stream.edges.timeline import Timeline
 from stream.media.color import RgbDecoder, frame_to_rgb, opencv_decodes
 from stream.media.frames import I420, DecodedFrame
 
@@ -193,6 +194,8 @@ def _decode_video(
     stream.thread_type = "AUTO"  # frame + slice threads: decode keeps up with 1080p on few cores
     time_base = Fraction(stream.time_base) if stream.time_base else None
     to_rgb = RgbDecoder()
+    rate = stream.average_rate or stream.guessed_rate
+    timeline = Timeline(Path(container.name).name, float(1 / rate) if rate else None)
     size = None
     segment = 0
     for index, frame in enumerate(container.decode(stream)):
@@ -200,13 +203,15 @@ def _decode_video(
         if frame_buffer is not None:
             out = frame_buffer(frame.height, frame.width, opencv_decodes(frame))
         image, i420 = to_rgb.with_i420(frame, out)
-        if size is not None and image.shape[:2] != size:
-            segment += 1  # a resolution change starts a new segment, like a live reconnect
+        pts = float(frame.time) if frame.time is not None else None
+        jumped = timeline.jumped(pts)
+        if jumped or (size is not None and image.shape[:2] != size):
+            segment += 1  # a timestamp jump or a resolution change starts a new segment, like a reconnect
         size = image.shape[:2]
         yield DecodedFrame(
             image=image,
             index=index,
-            pts=float(frame.time) if frame.time is not None else None,
+            pts=pts,
             time_base=time_base,
             capture_time=time.time(),
             segment=segment,
