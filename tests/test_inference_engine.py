@@ -52,7 +52,7 @@ def frames(setup: dict, indices: range, segment: int = 0) -> list:
     ]
 
 
-def run(setup: dict, monkeypatch, decode_thread: bool, flip: bool) -> tuple[list, set[str]]:
+def run(setup: dict, monkeypatch, pose_decoding_thread: bool, flip: bool) -> tuple[list, set[str]]:
     """Results of one group holding every frame, and the names of the threads that decoded heatmaps."""
     cfg = config(setup, flip=flip)
     group = Group()
@@ -66,7 +66,8 @@ def run(setup: dict, monkeypatch, decode_thread: bool, flip: bool) -> tuple[list
         decoding_threads.add(threading.current_thread().name)
         return decode(*args, **kwargs)
 
-    with monkeypatch.context() as patch, InferenceEngine(cfg, pose_decoding_thread=decode_thread) as engine:
+    engine = InferenceEngine(cfg, pose_decoding_thread=pose_decoding_thread)
+    with monkeypatch.context() as patch, engine:
         patch.setattr(models.postprocess, "decode_pose_heatmaps", recording_decode)
         messages = engine.compute(engine.prepare(group))
     assert [m.kind for m in messages] == [RESULTS] * NUM_FRAMES
@@ -74,9 +75,9 @@ def run(setup: dict, monkeypatch, decode_thread: bool, flip: bool) -> tuple[list
 
 
 @pytest.mark.parametrize("flip", [False, True])
-def test_decode_thread_gives_the_inline_results(setup: dict, monkeypatch, flip: bool) -> None:
-    inline, inline_threads = run(setup, monkeypatch, decode_thread=False, flip=flip)
-    threaded, threaded_threads = run(setup, monkeypatch, decode_thread=True, flip=flip)
+def test_pose_decoding_thread_gives_the_inline_results(setup: dict, monkeypatch, flip: bool) -> None:
+    inline, inline_threads = run(setup, monkeypatch, pose_decoding_thread=False, flip=flip)
+    threaded, threaded_threads = run(setup, monkeypatch, pose_decoding_thread=True, flip=flip)
     assert inline_threads == {threading.current_thread().name}
     assert len(threaded_threads) == 1 and threaded_threads.pop().startswith("pose-decode")
     assert [m.arrays["keypoints"].shape[0] for m in threaded] == [3, 3, 0, 3, 3, 3]
@@ -86,7 +87,7 @@ def test_decode_thread_gives_the_inline_results(setup: dict, monkeypatch, flip: 
             np.testing.assert_array_equal(a.arrays[name], b.arrays[name])
 
 
-def test_engine_decodes_on_a_thread_on_cpu_by_default(setup: dict) -> None:
+def test_engine_decodes_poses_on_a_thread_on_cpu_by_default(setup: dict) -> None:
     engine = InferenceEngine(config(setup))
     assert engine.pose_decoding is not None
     assert engine.scheduler().finish is not None  # the worker finishes each group after the next
