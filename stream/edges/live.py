@@ -437,7 +437,7 @@ class LiveSource:
                 if not self.options.reconnect_on_eof:
                     self._fail_quietly_at_eof()
         except Exception as exc:  # FFmpeg/network errors of every kind end this connection only
-            connection.error = _one_line(redact_text(f"{type(exc).__name__}: {exc}"))
+            connection.error = _collapse_whitespace(redact_text(f"{type(exc).__name__}: {exc}"))
         finally:
             connection.finished.set()
             if not connection.abandoned:
@@ -529,5 +529,6 @@ def _frame_step(stream) -> int | None:
     return max(1, round(1 / (Fraction(rate) * Fraction(stream.time_base))))
 
 
-def _one_line(text: str) -> str:
+def _collapse_whitespace(text: str) -> str:
+    """The whole text on one line (unlike ``first_line``, no line of it is left out)."""
     return " ".join(str(text).split())

@@ -21,6 +21,7 @@ import numpy as np
 from stream.edges.timeline import Timeline
 from stream.media.color import RgbDecoder, frame_to_rgb, opencv_decodes
 from stream.media.frames import I420, DecodedFrame
+from stream.runtime.errors import first_line
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -107,7 +108,7 @@ def _probe_video(path: Path) -> SourceInfo:
                 frames_estimated=estimated and frames is not None,
             )
     except (av.FFmpegError, OSError) as exc:
-        raise SourceError(f"cannot read {path}: not a video PyAV can decode ({_first_line(exc)})") from exc
+        raise SourceError(f"cannot read {path}: not a video PyAV can decode ({first_line(exc)})") from exc
 
 
 def missing_frames(info: SourceInfo, decoded: int) -> int:
@@ -121,10 +122,6 @@ def missing_frames(info: SourceInfo, decoded: int) -> int:
     slack = max(2, info.num_frames // 50) if info.frames_estimated else 0
     shortfall = info.num_frames - decoded
     return shortfall if shortfall > slack else 0
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _live_name(spec: str) -> str:
@@ -156,7 +153,7 @@ def _read_image(path: Path) -> np.ndarray:
             for frame in container.decode(video=0):
                 return frame_to_rgb(frame)
     except (av.FFmpegError, OSError) as exc:
-        raise SourceError(f"cannot read image {path}: {_first_line(exc)}") from exc
+        raise SourceError(f"cannot read image {path}: {first_line(exc)}") from exc
     raise SourceError(f"cannot read image {path}: no picture in it")
 
 

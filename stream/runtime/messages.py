@@ -90,6 +90,12 @@ class Message:
         return self
 
     @property
+    def timestamp(self) -> float:
+        """Seconds on the source's clock, which smoothers and trackers run on: the presentation time,
+        else the capture time (sources without timestamps)."""
+        return float(self.pts) if self.pts is not None else float(self.capture)
+
+    @property
     def is_control(self) -> bool:
         return self.kind in (EOS, SHUTDOWN)
 

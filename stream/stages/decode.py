@@ -49,7 +49,7 @@ class FrameSender:
         self.meta = {"rate": [rate.numerator, rate.denominator] if rate else None, "live": plan.live}
         # Processes on one host share the pixels through a frame ring instead of copying them per hop.
         self.use_ring = spec.config.workers == "ipc"
-        self.ring_slots = 4 * spec.config.queue_frames + 2 * spec.config.max_batch + 8
+        self.ring_slots = 4 * spec.config.queue_frames + 2 * spec.config.group_frames + 8
         self.ring: FrameRing | None = None
         self.claim: tuple[int, np.ndarray] | None = None  # the slot the source is decoding into
 
