@@ -74,3 +74,15 @@ def test_a_clock_jump_in_one_source_leaves_the_other_untouched(tmp_path: Path) -
         video, pts, _, _ = read_video(out / f"{name}.mp4")
         assert len(video) == len(expected)
         assert all(b > a for a, b in zip(pts[:-1], pts[1:], strict=True)), "video pts must increase"
+
+
+def test_image_folders_are_timed_by_index_and_rate_not_the_wall_clock() -> None:
+    from stream.runtime.messages import Message
+
+    def timestamp(frame: int, capture: float, live: bool) -> float:
+        meta = {"rate": [10, 1], "live": live}
+        return Message("frame", "stills", frame, frame=frame, capture=capture, meta=meta).timestamp
+
+    assert timestamp(7, capture=1.7e9, live=False) == pytest.approx(0.7)
+    assert timestamp(7, capture=1.7e9 + 5, live=False) == pytest.approx(0.7)  # the same on any run
+    assert timestamp(7, capture=1.7e9, live=True) == 1.7e9  # a live source without pts: capture time
