@@ -67,6 +67,8 @@ def test_run_writes_every_export_next_to_the_jsonl(run_out: Path, tmp_path: Path
         assert (run_out / name).stat().st_size > 0
     # The export command writes the same results as run --export.
     _export(str(run_out / "walk.jsonl"), "--format", "coco17", "--out", str(tmp_path / "again.json"))
+    _export(str(run_out / "walk.jsonl"), "--format", "cvat-video", "--out", str(tmp_path))  # a directory
+    assert ET.parse(tmp_path / "walk.cvat.xml").getroot().findtext("version") == "1.1"
     assert json.loads((tmp_path / "again.json").read_text()) == json.loads(
         (run_out / "walk.coco17.json").read_text()
     )
@@ -290,6 +292,10 @@ def test_bad_export_input_is_one_error_line(run_out: Path, tmp_path: Path, capsy
     assert main(["export", str(seg_only), "--format", "cvat-video"]) == 2
     assert "without keypoints" in _error_line(capsys)
     assert not (tmp_path / "seg.cvat.xml").exists()
+    with pytest.raises(SystemExit) as exit_:
+        main(["export", str(run_out / "walk.jsonl")])  # no --format
+    assert exit_.value.code == 2
+    assert "required: --format" in _error_line(capsys)
 
 
 def test_run_export_is_checked_before_the_run(tmp_path: Path, capsys) -> None:

@@ -46,7 +46,10 @@ def export_results(
     out: str | Path | None = None,
     keypoint_threshold: float = 0.3,
 ) -> Path:
-    """Write the JSONL ``results`` (one file or several) as ``fmt``; returns the path written."""
+    """Write the JSONL ``results`` (one file or several) as ``fmt``; returns the path written.
+
+    ``out`` is a file, or a directory to write the default file name into (``clip.coco.json``).
+    """
     from stream.exports.coco import coco17_results, coco_keypoints
     from stream.exports.cvat import cvat_video
 
@@ -59,6 +62,8 @@ def export_results(
         raise ExportError(f"keypoint threshold must be in [0, 1], got {keypoint_threshold}")
     sources = read_results(paths)
     out = Path(out) if out is not None else default_output(paths[0], fmt)
+    if out.is_dir():
+        out = out / default_output(paths[0], fmt).name
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "cvat-video":
         cvat_video(sources, keypoint_threshold).write(out, encoding="utf-8", xml_declaration=True)

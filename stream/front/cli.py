@@ -18,10 +18,15 @@ from stream.config import FIELD_NAMES, ConfigError, build_config, load_yaml
 from stream.version import package_version
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as every other bad input: one ``sapiens-stream: error:`` line, exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"sapiens-stream: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sapiens-stream", description="Sapiens2 pose and segmentation on video."
-    )
+    parser = _Parser(prog="sapiens-stream", description="Sapiens2 pose and segmentation on video.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
