@@ -19,7 +19,7 @@ from stream.version import package_version
 
 
 class _Parser(argparse.ArgumentParser):
-    """Usage errors as every other bad input: one ``sapiens-stream: error:`` line, exit status 2."""
+    """argparse, but a bad command line is one ``sapiens-stream: error: ...`` line and status 2."""
 
     def error(self, message: str):
         self.exit(2, f"sapiens-stream: error: {message} (see {self.prog} --help)\n")
@@ -27,8 +27,8 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sapiens-stream", description="Sapiens2 pose and segmentation on video.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
 
     run = commands.add_parser("run", help="annotate videos, image folders or live streams")
     run.add_argument(
