@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from stream.config import FIELD_NAMES, ConfigError, build_config, load_yaml
+from stream.runtime.errors import first_line
 from stream.version import package_version
 
 
@@ -190,8 +191,7 @@ def _fail(exc: Exception) -> int:
         status = 2
     else:
         raise exc
-    text = str(exc).strip().splitlines()
-    print(f"sapiens-stream: error: {text[0] if text else type(exc).__name__}", file=sys.stderr)
+    print(f"sapiens-stream: error: {first_line(exc)}", file=sys.stderr)
     return status
 
 

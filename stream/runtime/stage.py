@@ -22,6 +22,7 @@ import zmq
 from stream.config import PipelineConfig
 from stream.edges.sources import SourceInfo
 from stream.media.color import single_threaded_opencv
+from stream.runtime.errors import first_line
 from stream.runtime.transport import make_socket
 
 EVENTS_HWM = 100_000  # events are tiny; the coordinator reads them continuously
@@ -110,11 +111,6 @@ class StageLink:
         self.events.close(linger=EVENTS_LINGER_MS)
 
 
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{text[0]}" if text else type(exc).__name__
-
-
 def run_worker(spec: WorkerSpec, context: zmq.Context | None = None) -> None:
     """Run the stage ``spec.role`` until its sources end; errors are reported as ``error`` events."""
     own_context = context is None
@@ -130,7 +126,7 @@ def run_worker(spec: WorkerSpec, context: zmq.Context | None = None) -> None:
         stage = _stage_function(spec.role)
         stage(context, spec, link)
     except Exception as exc:  # reported to the coordinator, which prints it and exits non-zero
-        link.emit("error", message=one_line(exc), detail=traceback.format_exc())
+        link.emit("error", message=first_line(exc), detail=traceback.format_exc())
     finally:
         if own_context:
             # The CPU this worker process used (its threads' and pools' included), for the run's report.
