@@ -292,6 +292,14 @@ def test_bad_export_input_is_one_error_line(run_out: Path, tmp_path: Path, capsy
     assert main(["export", str(seg_only), "--format", "cvat-video"]) == 2
     assert "without keypoints" in _error_line(capsys)
     assert not (tmp_path / "seg.cvat.xml").exists()
+    assert (
+        main(
+            ["export", str(run_out / "walk.jsonl"), "--format", "coco", "--out", str(run_out / "walk.jsonl")]
+        )
+        == 2
+    )
+    assert "would overwrite the results" in _error_line(capsys)
+    assert len(_lines(run_out)) == FRAMES
     with pytest.raises(SystemExit) as exit_:
         main(["export", str(run_out / "walk.jsonl")])  # no --format
     assert exit_.value.code == 2

@@ -64,6 +64,8 @@ def export_results(
     out = Path(out) if out is not None else default_output(paths[0], fmt)
     if out.is_dir():
         out = out / default_output(paths[0], fmt).name
+    if any(out.resolve() == Path(path).resolve() for path in paths):
+        raise ExportError(f"--out {out} would overwrite the results it is made from")
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "cvat-video":
         cvat_video(sources, keypoint_threshold).write(out, encoding="utf-8", xml_declaration=True)
