@@ -366,9 +366,9 @@ def engine_keypoints(
     from pipeline_fixtures import engine_config, run_engine, write_boxes
     from trained_pose import INPUT_SIZE, keypoint_indices
 
+    from stream.engine import InferenceEngine
     from stream.media.frames import DecodedFrame
     from stream.runtime.messages import frame_message
-    from stream.stages.inference import InferenceEngine
 
     with tempfile.TemporaryDirectory() as work:
         per_frame = {i: [[*b, 0.95]] for i, b in enumerate(boxes.tolist())}

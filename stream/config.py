@@ -43,7 +43,7 @@ class PipelineConfig:
     smooth: bool = True
     mode: str = "auto"  # auto = live for webcams/streams, offline for files and folders
     max_batch: int = 8  # persons (crops) per model forward
-    max_wait_ms: float = 10.0  # how long the GPU worker waits to fill a batch
+    max_wait_ms: float = 10.0  # how long the GPU worker waits to fill a group of frames
     detect_every: int = 1
     conf: float = 0.25
     iou: float = 0.45
@@ -104,6 +104,13 @@ class PipelineConfig:
             parse_webcam_size(self.webcam_size)
         if not isinstance(self.sources, list) or not all(isinstance(s, str) for s in self.sources):
             raise ConfigError("sources must be a list of paths or URLs")
+
+    @property
+    def group_frames(self) -> int:
+        """Frames the GPU worker collects into one group at most: as many as ``max_batch`` crops per
+        forward, so a group of one-person frames fills one forward. The engine cuts a group's crops into
+        forwards of at most ``max_batch``."""
+        return self.max_batch
 
     @property
     def pose(self) -> bool:

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from stream.config import PipelineConfig
+from stream.engine import Group, InferenceEngine
 from stream.media.synth import moving_squares, write_clip
 from stream.runtime.messages import EOS, Message
-from stream.stages.inference import Group, InferenceEngine
 
 INPUT_SIZE = (64, 48)  # the tiny checkpoints' input (H, W)
 

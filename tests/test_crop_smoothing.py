@@ -27,9 +27,9 @@ from trained_pose import (
     random_person,
 )
 
+from stream.engine import InferenceEngine
 from stream.media.frames import DecodedFrame
 from stream.runtime.messages import EOS, RESULTS, Message, control_message, frame_message
-from stream.stages.inference import InferenceEngine
 from trackers import CropBoxSmoother
 
 FPS = 30.0

@@ -17,9 +17,9 @@ from pipeline_fixtures import INPUT_SIZE, engine_config, run_groups, save_tiny_m
 
 import models.postprocess
 from stream.config import PipelineConfig
+from stream.engine import Group, InferenceEngine
 from stream.media.frames import DecodedFrame
 from stream.runtime.messages import EOS, RESULTS, control_message, frame_message
-from stream.stages.inference import Group, InferenceEngine
 
 NUM_FRAMES, SIZE = 6, (96, 128)  # frames (height, width)
 
@@ -52,7 +52,7 @@ def frames(setup: dict, indices: range, segment: int = 0) -> list:
     ]
 
 
-def run(setup: dict, monkeypatch, decode_thread: bool, flip: bool) -> tuple[list, set[str]]:
+def run(setup: dict, monkeypatch, pose_decoding_thread: bool, flip: bool) -> tuple[list, set[str]]:
     """Results of one group holding every frame, and the names of the threads that decoded heatmaps."""
     cfg = config(setup, flip=flip)
     group = Group()
@@ -66,7 +66,8 @@ def run(setup: dict, monkeypatch, decode_thread: bool, flip: bool) -> tuple[list
         decoding_threads.add(threading.current_thread().name)
         return decode(*args, **kwargs)
 
-    with monkeypatch.context() as patch, InferenceEngine(cfg, decode_thread=decode_thread) as engine:
+    engine = InferenceEngine(cfg, pose_decoding_thread=pose_decoding_thread)
+    with monkeypatch.context() as patch, engine:
         patch.setattr(models.postprocess, "decode_pose_heatmaps", recording_decode)
         messages = engine.compute(engine.prepare(group))
     assert [m.kind for m in messages] == [RESULTS] * NUM_FRAMES
@@ -74,9 +75,9 @@ def run(setup: dict, monkeypatch, decode_thread: bool, flip: bool) -> tuple[list
 
 
 @pytest.mark.parametrize("flip", [False, True])
-def test_decode_thread_gives_the_inline_results(setup: dict, monkeypatch, flip: bool) -> None:
-    inline, inline_threads = run(setup, monkeypatch, decode_thread=False, flip=flip)
-    threaded, threaded_threads = run(setup, monkeypatch, decode_thread=True, flip=flip)
+def test_pose_decoding_thread_gives_the_inline_results(setup: dict, monkeypatch, flip: bool) -> None:
+    inline, inline_threads = run(setup, monkeypatch, pose_decoding_thread=False, flip=flip)
+    threaded, threaded_threads = run(setup, monkeypatch, pose_decoding_thread=True, flip=flip)
     assert inline_threads == {threading.current_thread().name}
     assert len(threaded_threads) == 1 and threaded_threads.pop().startswith("pose-decode")
     assert [m.arrays["keypoints"].shape[0] for m in threaded] == [3, 3, 0, 3, 3, 3]
@@ -86,16 +87,16 @@ def test_decode_thread_gives_the_inline_results(setup: dict, monkeypatch, flip: 
             np.testing.assert_array_equal(a.arrays[name], b.arrays[name])
 
 
-def test_engine_decodes_on_a_thread_on_cpu_by_default(setup: dict) -> None:
+def test_engine_decodes_poses_on_a_thread_on_cpu_by_default(setup: dict) -> None:
     engine = InferenceEngine(config(setup))
-    assert engine.decoder is not None
+    assert engine.pose_decoding is not None
     assert engine.scheduler().finish is not None  # the worker finishes each group after the next
     engine.close()
     with InferenceEngine(config(setup, detect_every=2)) as carrying:
         # Boxes carried from keypoints are needed before the group after next: no late finishing.
         assert carrying.scheduler().finish is None
     with pytest.raises(RuntimeError):  # closed: no new work is taken
-        engine.decoder.submit(print)
+        engine.pose_decoding.submit(print)
 
 
 def test_a_new_segment_starts_afresh_when_groups_finish_late(setup: dict) -> None:
@@ -107,7 +108,7 @@ def test_a_new_segment_starts_afresh_when_groups_finish_late(setup: dict) -> Non
     groups.append(frames(setup, range(4, 6), segment=1))
     with InferenceEngine(config(setup)) as engine:
         both = [m for m in run_groups(engine, groups) if m.kind == RESULTS]
-        assert engine.crop_smoothers["clip"][0] == 1 and engine.last_boxes["clip"][0] == 1
+        assert engine.state.crop_smoothers["clip"][0] == 1 and engine.state.last_boxes["clip"][0] == 1
     with InferenceEngine(config(setup)) as engine:
         alone = [m for m in run_groups(engine, [frames(setup, range(3, 6), segment=1)]) if m.kind == RESULTS]
     assert [m.frame for m in both] == list(range(NUM_FRAMES))

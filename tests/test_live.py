@@ -11,7 +11,6 @@ import functools
 import http.server
 import logging
 import random
-import shutil
 import socket
 import ssl
 import subprocess
@@ -38,9 +37,10 @@ from stream.media.synth import moving_squares, write_clip
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rtsp_server import RtspServerProcess, free_port, server_unavailable_reason  # noqa: E402
+from system_deps import command_missing  # noqa: E402
 
 _RTSP_MISSING = server_unavailable_reason()
-needs_rtsp = pytest.mark.skipif(_RTSP_MISSING is not None, reason=f"RTSP test server: {_RTSP_MISSING}")
+needs_rtsp = pytest.mark.needs_system(what="RTSP test server", missing=_RTSP_MISSING)
 
 PASSWORD = "hunter2-not-in-logs"
 
@@ -373,7 +373,7 @@ def hls_playlist(tmp_path_factory) -> str:
         yield f"{base}/index.m3u8"
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl command not installed")
+@pytest.mark.needs_system(what="openssl", missing=command_missing("openssl"))
 def test_https_source_with_a_self_signed_certificate(tmp_path: Path) -> None:
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rtsp_server import RtspServerProcess, free_port, server_unavailable_reason  # noqa: E402
 
 _RTSP_MISSING = server_unavailable_reason()
-pytestmark = pytest.mark.skipif(_RTSP_MISSING is not None, reason=f"RTSP test server: {_RTSP_MISSING}")
+pytestmark = pytest.mark.needs_system(what="RTSP test server", missing=_RTSP_MISSING)
 
 PASSWORD = "pa55-never-logged"
 COMMAND = [sys.executable, "-m", "stream", "run"]

@@ -280,7 +280,7 @@ def test_skipped_frames_are_not_counted_as_output_with_a_latency(material, tmp_p
 
 
 def test_segmentation_smoothing_size_keeps_aspect_and_bounds_the_work() -> None:
-    from stream.stages.inference import SEG_SMOOTH_MAX_SIDE, smoothing_size
+    from stream.engine.state import SEG_SMOOTH_MAX_SIDE, smoothing_size
 
     assert smoothing_size((64, 96)) == (64, 96)  # small frames are smoothed as they are
     height, width = smoothing_size((1080, 1920))

@@ -4,10 +4,10 @@ client, and the OpenCV window drawn into a virtual X server (Xvfb) whose framebu
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -20,6 +20,9 @@ import numpy as np
 import pytest
 
 from stream.edges.preview import PreviewServer, PreviewWindow
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from system_deps import command_missing  # noqa: E402
 
 RED = (230, 30, 30)
 BLUE = (30, 40, 220)
@@ -149,7 +152,7 @@ def test_publish_never_waits_for_a_viewer_that_does_not_read() -> None:
     assert close_time < 3.0, "close() must not hang on a stuck viewer"
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian package chromium not installed")
+@pytest.mark.needs_system(what="Debian package chromium", missing=command_missing("chromium"))
 def test_page_in_headless_chromium_shows_every_source(tmp_path: Path) -> None:
     with PreviewServer(port=0) as preview:
         stats = {"fps_in": 30.0, "fps_out": 29.5, "drops": 2, "latency_p50": 0.04, "latency_p95": 0.09,
@@ -199,7 +202,7 @@ def _read_xwd(path: Path) -> np.ndarray:
     return pixels[..., [2, 1, 0]] if byte_order == 0 else pixels[..., [1, 2, 3]]
 
 
-@pytest.mark.skipif(shutil.which("Xvfb") is None, reason="Debian package xvfb not installed")
+@pytest.mark.needs_system(what="Debian package xvfb", missing=command_missing("Xvfb"))
 def test_window_draws_frames_on_a_virtual_display(tmp_path: Path, monkeypatch) -> None:
     display = next(f":{n}" for n in range(90, 190) if not Path(f"/tmp/.X11-unix/X{n}").exists())
     xvfb = subprocess.Popen(["Xvfb", display, "-screen", "0", "640x480x24", "-nolisten", "tcp",

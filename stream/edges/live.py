@@ -37,6 +37,7 @@ import av
 
 from stream.config import PipelineConfig, parse_webcam_size
 from stream.edges.metrics import SourceStats, redact_text, redact_url
+from stream.edges.timeline import Timeline
 from stream.media.color import RgbDecoder
 from stream.media.frames import DecodedFrame, SourceError  # one error type for every failed source
 
@@ -252,6 +253,7 @@ class LiveSource:
         self._failure: str | None = None
         self._index = 0
         self._segment = 0
+        self._timeline = Timeline(self.display_name)
         self._size: tuple[int, int] | None = None
         self._connection: _Connection | None = None
         self._abandoned: list[_Connection] = []
@@ -448,7 +450,7 @@ class LiveSource:
                 if not self.options.reconnect_on_eof:
                     self._fail_quietly_at_eof()
         except Exception as exc:  # FFmpeg/network errors of every kind end this connection only
-            connection.error = _one_line(redact_text(f"{type(exc).__name__}: {exc}"))
+            connection.error = _collapse_whitespace(redact_text(f"{type(exc).__name__}: {exc}"))
         finally:
             connection.finished.set()
             if not connection.abandoned:
@@ -469,7 +471,11 @@ class LiveSource:
         with self._cond:
             if connection.abandoned or self._stop.is_set():
                 return False
-            if connection.frames == 0 and self._index > 0:
+            reconnected = connection.frames == 0 and self._index > 0
+            if reconnected:
+                self._timeline.restart()  # a new connection starts a new segment anyway
+            jumped = self._timeline.jumped(pts)
+            if reconnected:
                 self._segment += 1  # a new connection: downstream must start afresh
                 self.reconnects += 1
                 if self.stats is not None:
@@ -479,6 +485,10 @@ class LiveSource:
                 self._segment += 1
                 log.info("%s: resolution %dx%d -> %dx%d (segment %d)", self.display_name,
                          *self._size, *size, self._segment)
+            elif jumped:
+                self._segment += 1  # the camera's clock jumped (logged by the timeline)
+                if self.stats is not None:
+                    self.stats.timestamp_jump()
             self._size = size
             frame = DecodedFrame(
                 image=image,
@@ -532,5 +542,6 @@ def _frame_step(stream) -> int | None:
     return max(1, round(1 / (Fraction(rate) * Fraction(stream.time_base))))
 
 
-def _one_line(text: str) -> str:
+def _collapse_whitespace(text: str) -> str:
+    """The whole text on one line (unlike ``first_line``, no line of it is left out)."""
     return " ".join(str(text).split())

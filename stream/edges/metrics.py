@@ -91,6 +91,7 @@ class SourceStats:
         self.frames_in = 0
         self.frames_out = 0
         self.reconnects = 0
+        self.timestamp_jumps = 0  # new segments because the source's clock jumped
         self.state: str | None = None  # set by sources that know it (LiveSource); None otherwise
         self.drops_by_cause: dict[str, int] = {}
         self._in_times: deque[float] = deque(maxlen=max_samples)
@@ -131,6 +132,10 @@ class SourceStats:
         with self._lock:
             self.reconnects += 1
 
+    def timestamp_jump(self) -> None:
+        with self._lock:
+            self.timestamp_jumps += 1
+
     def set_state(self, state: str | None) -> None:
         """The source's connection state (``connecting``, ``streaming``, ``reconnecting``, ...)."""
         with self._lock:
@@ -170,6 +175,7 @@ class SourceStats:
                 "latency_p95": p95,
                 "stage_p50": stages,
                 "reconnects": self.reconnects,
+                "timestamp_jumps": self.timestamp_jumps,
             }
 
     def latency_histogram(self) -> tuple[list[tuple[str, int]], float]:
@@ -258,6 +264,10 @@ class _StatsCollector(Collector):
         reconnects = CounterMetricFamily(
             "sapiens_stream_reconnects", "Reconnects of the source", labels=["source"]
         )
+        jumps = CounterMetricFamily(
+            "sapiens_stream_timestamp_jumps", "New segments started because the source's clock jumped",
+            labels=["source"],
+        )
         fps = GaugeMetricFamily(
             "sapiens_stream_fps", "Frame rate over the stats window", labels=["source", "direction"]
         )
@@ -286,6 +296,7 @@ class _StatsCollector(Collector):
             for cause, count in summary["drops_by_cause"].items():
                 drops.add_metric([name, cause], count)
             reconnects.add_metric([name], summary["reconnects"])
+            jumps.add_metric([name], summary["timestamp_jumps"])
             fps.add_metric([name, "in"], summary["fps_in"])
             fps.add_metric([name, "out"], summary["fps_out"])
             for label, key in (("0.5", "latency_p50"), ("0.95", "latency_p95")):
@@ -298,7 +309,7 @@ class _StatsCollector(Collector):
             up.add_metric([name], 1.0 if streaming else 0.0)
             buckets, total = stats.latency_histogram()
             latency.add_metric([name], buckets, total)
-        yield from (frames_in, frames_out, drops, reconnects, fps, quantiles, stage_times, up, latency)
+        yield from (frames_in, frames_out, drops, reconnects, jumps, fps, quantiles, stage_times, up, latency)
 
 
 class _LocalHTTPServer(ThreadingHTTPServer):

@@ -339,7 +339,7 @@ class PreviewWindow:
         self._socket.setsockopt(zmq.SNDHWM, 2)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.bind(endpoint)
-        code = (f"from stream.preview import _window_process; "
+        code = (f"from stream.edges.preview import _window_process; "
                 f"_window_process({endpoint!r}, {max_fps!r}, {title!r})")
         self._process = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
         self._watcher = threading.Thread(target=self._watch, name="preview-window", daemon=True)

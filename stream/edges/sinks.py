@@ -120,6 +120,8 @@ class VideoSink(_Sink):
         codec: str = "auto",
         crf: int = 20,
         preset: str = "veryfast",
+        fragmented: bool = False,
+        keyframe_s: float = 1.0,
     ):
         if width < 1 or height < 1:
             raise ValueError(f"video size must be positive, got {width}x{height}")
@@ -142,6 +144,7 @@ class VideoSink(_Sink):
         self._frame_step = max(1, round(1 / (frame_rate * self.time_base)))
         self._pts_offset = 0
         self._last_pts: int | None = None
+        self._resync = False
         self._closed = False
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -150,6 +153,9 @@ class VideoSink(_Sink):
             # mp4 otherwise rounds time bases below 1/10000 up and writes the start offset in ms.
             timescale = str(self.time_base.denominator)
             container_options = {"video_track_timescale": timescale, "movie_timescale": timescale}
+            if fragmented:
+                container_options["movflags"] = "frag_keyframe+empty_moov+default_base_moof"
+                container_options["flush_packets"] = "1"  # each fragment reaches the file at once
         self._container = av.open(str(self.path), mode="w", options=container_options)
         try:
             self._stream = self._container.add_stream(self.codec, rate=frame_rate)
@@ -158,6 +164,8 @@ class VideoSink(_Sink):
             self._stream.time_base = self.time_base
             self._stream.codec_context.time_base = self.time_base
             self._stream.options = _encoder_options(self.codec, crf, preset)
+            if fragmented:
+                self._stream.codec_context.gop_size = max(1, round(float(frame_rate) * keyframe_s))
         except Exception:
             self._container.close()
             raise
@@ -173,16 +181,26 @@ class VideoSink(_Sink):
             image = cv2.copyMakeBorder(image, 0, pad_bottom, 0, pad_right, cv2.BORDER_REPLICATE)
         return image
 
+    def start_segment(self) -> None:
+        """The next frame starts a new segment of the source: it follows the previous frame by one frame
+        interval, and later frames keep their spacing from it."""
+        self._resync = True
+
     def _output_pts(self, pts: int | None) -> int:
         if pts is None:
             out = 0 if self._last_pts is None else self._last_pts + self._frame_step
         else:
             out = int(pts) * self._pts_scale + self._pts_offset
-            if self._last_pts is not None and out <= self._last_pts:
+            if self._resync and self._last_pts is not None:
+                follow = self._last_pts + self._frame_step
+                self._pts_offset += follow - out
+                out = follow
+            elif self._last_pts is not None and out <= self._last_pts:
                 follow = self._last_pts + self._frame_step
                 self._pts_offset += follow - out
                 out = follow
         self._last_pts = out
+        self._resync = False
         return out
 
     def write(self, image: np.ndarray, pts: int | None = None) -> None:

@@ -18,8 +18,10 @@ import av
 import numpy as np
 
 from stream.edges.live import LiveOptions, LiveSource, is_live_spec
+from stream.edges.timeline import Timeline
 from stream.media.color import RgbDecoder, frame_to_rgb, opencv_decodes
 from stream.media.frames import I420, DecodedFrame, SourceError, SourceInfo
+from stream.runtime.errors import first_line
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -77,7 +79,7 @@ def _probe_video(path: Path) -> SourceInfo:
                 frames_estimated=estimated and frames is not None,
             )
     except (av.FFmpegError, OSError) as exc:
-        raise SourceError(f"cannot read {path}: not a video PyAV can decode ({_first_line(exc)})") from exc
+        raise SourceError(f"cannot read {path}: not a video PyAV can decode ({first_line(exc)})") from exc
 
 
 def missing_frames(info: SourceInfo, decoded: int) -> int:
@@ -91,10 +93,6 @@ def missing_frames(info: SourceInfo, decoded: int) -> int:
     slack = max(2, info.num_frames // 50) if info.frames_estimated else 0
     shortfall = info.num_frames - decoded
     return shortfall if shortfall > slack else 0
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _live_name(spec: str) -> str:
@@ -126,7 +124,7 @@ def _read_image(path: Path) -> np.ndarray:
             for frame in container.decode(video=0):
                 return frame_to_rgb(frame)
     except (av.FFmpegError, OSError) as exc:
-        raise SourceError(f"cannot read image {path}: {_first_line(exc)}") from exc
+        raise SourceError(f"cannot read image {path}: {first_line(exc)}") from exc
     raise SourceError(f"cannot read image {path}: no picture in it")
 
 
@@ -162,6 +160,8 @@ def _decode_video(
     stream.thread_type = "AUTO"  # frame + slice threads: decode keeps up with 1080p on few cores
     time_base = Fraction(stream.time_base) if stream.time_base else None
     to_rgb = RgbDecoder()
+    rate = stream.average_rate or stream.guessed_rate
+    timeline = Timeline(Path(container.name).name, float(1 / rate) if rate else None)
     size = None
     segment = 0
     for index, frame in enumerate(container.decode(stream)):
@@ -169,13 +169,15 @@ def _decode_video(
         if frame_buffer is not None:
             out = frame_buffer(frame.height, frame.width, opencv_decodes(frame))
         image, i420 = to_rgb.with_i420(frame, out)
-        if size is not None and image.shape[:2] != size:
-            segment += 1  # a resolution change starts a new segment, like a live reconnect
+        pts = float(frame.time) if frame.time is not None else None
+        jumped = timeline.jumped(pts)
+        if jumped or (size is not None and image.shape[:2] != size):
+            segment += 1  # a timestamp jump or a resolution change starts a new segment, like a reconnect
         size = image.shape[:2]
         yield DecodedFrame(
             image=image,
             index=index,
-            pts=float(frame.time) if frame.time is not None else None,
+            pts=pts,
             time_base=time_base,
             capture_time=time.time(),
             segment=segment,

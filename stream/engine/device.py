@@ -109,10 +109,10 @@ class OverlapScheduler(Generic[B, S, C, R]):
 
     ``submit(batch)`` prepares ``batch``, then computes the batch submitted before it, so the upload of k+1
     is in flight while k computes. Without ``finish`` that batch's result is returned. With ``finish``,
-    ``compute`` only starts work that completes elsewhere (the CPU worker's decode thread), and the batch
-    computed before is finished and returned after it: batch k-1's last heatmaps are decoded while batch
-    k is cropped and forwarded. ``flush()`` computes and finishes everything pending. Results come out in
-    submission order.
+    ``compute`` only starts work that completes elsewhere (the CPU engine's pose-decoding thread), and
+    the batch computed before is finished and returned after it: batch k-1's last heatmaps are decoded
+    while batch k is cropped and forwarded. ``flush()`` computes and finishes everything pending.
+    Results come out in submission order.
     """
 
     def __init__(

@@ -2,6 +2,7 @@
 
     sapiens-stream run a.mp4 b.mp4 frames/ --out out/ [--task pose,seg] [--config configs/pose.yaml]
     sapiens-stream demo [--out DIR]
+    sapiens-stream export out/a.jsonl --format coco|coco17|cvat-video [--out FILE]
 
 Options given on the command line override those of ``--config``. Bad input exits with status 2 and
 a one-line ``error:`` message; a failed stage exits with status 1.
@@ -14,13 +15,21 @@ import sys
 from collections.abc import Sequence
 
 from stream.config import FIELD_NAMES, ConfigError, build_config, load_yaml
+from stream.runtime.errors import first_line
+from stream.version import package_version
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one ``sapiens-stream: error: ...`` line and status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"sapiens-stream: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sapiens-stream", description="Sapiens2 pose and segmentation on video."
-    )
+    parser = _Parser(prog="sapiens-stream", description="Sapiens2 pose and segmentation on video.")
     commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
 
     run = commands.add_parser("run", help="annotate videos, image folders or live streams")
     run.add_argument(
@@ -28,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--out", help="output directory (default: out)")
     run.add_argument("--config", help="YAML file with any of these options")
+    run.add_argument(
+        "--export", metavar="FORMAT[,FORMAT]", help="also write the results as coco, coco17 or cvat-video"
+    )
     run.add_argument(
         "--print-topology",
         action="store_true",
@@ -39,6 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
     demo.add_argument("--frames", type=int, default=24, help="length of the sample clip in frames")
     demo.add_argument("--device", default="auto")
+
+    export = commands.add_parser("export", help="convert a run's JSONL results for annotation tools")
+    export.add_argument("results", nargs="+", metavar="RESULTS", help="JSONL results of a run")
+    export.add_argument("--format", required=True, help="coco, coco17 or cvat-video")
+    export.add_argument("--out", help="output file (default: next to RESULTS, e.g. clip.coco.json)")
+    export.add_argument(
+        "--keypoint-threshold", type=float, default=0.3, help="keypoints below this score are not visible"
+    )
     return parser
 
 
@@ -96,18 +116,39 @@ def main(argv: Sequence[str] | None = None) -> int:
             from stream.front.demo import run_demo
 
             return run_demo(args.out, frames=args.frames, device=args.device)
+        if args.command == "export":
+            return export(args)
         config = build_config(config_values(args))
         if args.print_topology:
             from stream.pipeline.coordinator import describe_run
 
             print(describe_run(config))
             return 0
-        return run(config)
+        return run(config, exports=_run_exports(args.export, config))
     except Exception as exc:
         return _fail(exc)
 
 
-def run(config) -> int:
+def export(args: argparse.Namespace) -> int:
+    from stream.exports import export_results
+
+    path = export_results(args.results, args.format, args.out, keypoint_threshold=args.keypoint_threshold)
+    print(f"{args.format} -> {path}")
+    return 0
+
+
+def _run_exports(value: str | None, config) -> list[str]:
+    """The formats of ``run --export``, checked before the run starts."""
+    from stream.exports import parse_formats
+
+    if value is None:
+        return []
+    if not config.pose:
+        raise ConfigError("--export needs keypoints: run with --task pose")
+    return parse_formats(value)
+
+
+def run(config, exports: Sequence[str] = ()) -> int:
     from stream.pipeline.coordinator import run_pipeline
 
     report = run_pipeline(config)
@@ -121,6 +162,7 @@ def run(config) -> int:
         # Where the time went: the stage whose CPU seconds approach the run's length is the bottleneck.
         used = [f"{name} {t['user_s'] + t['system_s']:.1f} s" for name, t in report.worker_cpu.items()]
         print(f"cpu: {', '.join(used)}")
+    _write_exports(report, exports, config.keypoint_threshold)
     damaged = [s for s in report.sources.values() if s.frames_missing and not report.interrupted]
     if damaged:
         # Every decoded frame is written and the outputs are complete; the input itself was not.
@@ -136,6 +178,17 @@ def run(config) -> int:
     return 0
 
 
+def _write_exports(report, formats: Sequence[str], keypoint_threshold: float) -> None:
+    """Each source's JSONL in every format, next to it (``out/<name>.coco.json``, ...)."""
+    from stream.exports import export_results
+
+    for source in report.sources.values():
+        if formats and "jsonl" in source.outputs:
+            paths = [export_results(source.outputs["jsonl"], f, keypoint_threshold=keypoint_threshold)
+                     for f in formats]  # fmt: skip
+            print(f"{source.name}: {', '.join(formats)} -> {', '.join(map(str, paths))}")
+
+
 def _fail(exc: Exception) -> int:
     from stream.edges.sources import SourceError
     from stream.pipeline.coordinator import PipelineError
@@ -148,8 +201,7 @@ def _fail(exc: Exception) -> int:
         status = 2
     else:
         raise exc
-    text = str(exc).strip().splitlines()
-    print(f"sapiens-stream: error: {text[0] if text else type(exc).__name__}", file=sys.stderr)
+    print(f"sapiens-stream: error: {first_line(exc)}", file=sys.stderr)
     return status
 
 

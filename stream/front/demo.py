@@ -21,6 +21,7 @@ import numpy as np
 
 from stream.config import DEFAULT_DETECTOR, DEFAULT_POSE_MODEL, build_config
 from stream.media.synth import pan_zoom, write_clip
+from stream.runtime.errors import first_line
 
 CLIP_SIZE = (512, 384)  # (W, H)
 CLIP_FPS = 12
@@ -119,7 +120,7 @@ def pose_weights_available() -> bool:
         _loud(
             [
                 f"Sapiens2 weights {DEFAULT_POSE_MODEL} could not be fetched:",
-                f"  {str(exc).splitlines()[0][:200]}",
+                f"  {first_line(exc)[:200]}",
                 "The demo runs with RANDOMLY INITIALISED weights: keypoints are meaningless and",
                 f'every output frame is stamped "{UNTRAINED}". Connect to the Hugging Face Hub',
                 "(or set HF_HOME to a cache holding the checkpoint) for real results.",

@@ -88,6 +88,18 @@ class Message:
         return self
 
     @property
+    def timestamp(self) -> float:
+        """Seconds on the source's clock, which smoothers and trackers run on: the presentation time;
+        for a recorded source without one (an image folder) the frame index at the source's rate, so
+        a run is repeatable; for a live one the capture time."""
+        if self.pts is not None:
+            return float(self.pts)
+        rate = self.meta.get("rate")
+        if rate and not self.meta.get("live") and self.frame is not None:
+            return self.frame * rate[1] / rate[0]
+        return float(self.capture)
+
+    @property
     def is_control(self) -> bool:
         return self.kind == EOS
 

@@ -36,6 +36,7 @@ from stream.config import PipelineConfig
 from stream.media.color import single_threaded_opencv
 from stream.media.frames import SourceInfo
 from stream.runtime import events, topology
+from stream.runtime.errors import first_line
 from stream.runtime.transport import Stopped, recv_message
 
 EVENTS_LINGER_MS = 30_000  # the coordinator reads events until every worker has exited
@@ -186,12 +187,6 @@ def run_stage(stage: Stage, link: StageLink) -> None:
 StageFactory = Callable[[zmq.Context, WorkerSpec, StageLink], Stage]
 
 
-def one_line(exc: BaseException) -> str:
-    """The first line of an exception's message (its type when it has none), for the user."""
-    text = str(exc).strip().splitlines()
-    return f"{text[0]}" if text else type(exc).__name__
-
-
 def run_worker(spec: WorkerSpec, make_stage: StageFactory, context: zmq.Context | None = None) -> None:
     """Build the stage with ``make_stage`` and run it; errors are reported as ``Error`` events."""
     own_context = context is None
@@ -206,7 +201,7 @@ def run_worker(spec: WorkerSpec, make_stage: StageFactory, context: zmq.Context 
     try:
         run_stage(make_stage(context, spec, link), link)
     except Exception as exc:  # reported to the coordinator, which prints it and exits non-zero
-        link.emit(events.Error(message=one_line(exc), detail=traceback.format_exc()))
+        link.emit(events.Error(message=first_line(exc), detail=traceback.format_exc()))
     finally:
         if own_context:
             # The CPU this worker process used (its threads' and pools' included), for the run's report.

@@ -15,6 +15,7 @@ import threading
 import time
 from collections import deque
 from contextlib import ExitStack
+from fractions import Fraction
 
 import numpy as np
 import zmq
@@ -48,10 +49,12 @@ class FrameSender:
         self.segment = 0
         info = plan.info
         rate = info.frame_rate
+        if rate is None and info.kind in ("folder", "image"):
+            rate = Fraction(spec.config.folder_fps).limit_denominator(1001)  # frames are timed by index
         self.meta = {"rate": [rate.numerator, rate.denominator] if rate else None, "live": plan.live}
         # Processes on one host share the pixels through a frame ring instead of copying them per hop.
         self.use_ring = spec.config.workers == "ipc"
-        self.ring_slots = 4 * spec.config.queue_frames + 2 * spec.config.max_batch + 8
+        self.ring_slots = 4 * spec.config.queue_frames + 2 * spec.config.group_frames + 8
         self.ring: FrameRing | None = None
         self.claim: tuple[int, np.ndarray] | None = None  # the slot the source is decoding into
 

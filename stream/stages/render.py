@@ -36,6 +36,9 @@ from stream.runtime.ring import RENDER_READER, release, resolve
 from stream.runtime.stage import SourcePlan, Stage, StageLink, WorkerSpec
 from stream.runtime.transport import send_message
 
+# Live recordings' time base: RTSP's 90 kHz video clock, fine enough for any camera's timestamps.
+LIVE_TIME_BASE = Fraction(1, 90_000)
+
 
 class SourceOutputs:
     """A source's sinks: annotated video, JSONL and (for segmentation) label maps."""
@@ -54,6 +57,8 @@ class SourceOutputs:
         self.jsonl = JsonlSink(self.out / f"{plan.name}.jsonl")
         self.video = None
         self.video_size: tuple[int, int] | None = None
+        self.video_start: float | None = None  # live: the first frame's time, the recording's zero
+        self.segment = 0
         self.labels = None
         self.frames_written = 0
         self.lines = 0
@@ -94,28 +99,13 @@ class SourceOutputs:
         return image
 
     def _write_video(self, image: np.ndarray, frame_msg: Message, i420: np.ndarray | None = None) -> None:
-        from stream.edges.sinks import VideoSink
-
         if self.video is None:
-            height, width = image.shape[:2]
-            rate = frame_msg.meta.get("rate")
-            frame_rate = (
-                Fraction(rate[0], rate[1]) if rate else Fraction(self.cfg.folder_fps).limit_denominator(1001)
-            )
-            # Live streams restart their clocks on reconnect: their video gets fresh, even timestamps.
-            time_base = None if self.plan.live else frame_msg.time_base
-            self.video = VideoSink(
-                self.out / f"{self.plan.name}.mp4",
-                width,
-                height,
-                frame_rate,
-                time_base=time_base,
-                codec=self.cfg.codec,
-                crf=self.cfg.crf,
-                preset=self.cfg.preset,
-            )
-            self.video_size = (width, height)
-        pts = frame_msg.pts_raw if not self.plan.live and frame_msg.time_base is not None else None
+            self.video = self._open_video(image, frame_msg)
+            self.video_size = (self.video.width, self.video.height)
+        elif frame_msg.segment != self.segment:
+            self.video.start_segment()  # a jump or reconnect leaves no gap and no backwards step
+        self.segment = frame_msg.segment
+        pts = self._video_pts(frame_msg)
         size = (image.shape[1], image.shape[0])
         if i420 is not None and size == self.video_size == self.video.encoded_size:
             self.video.write_i420(i420, pts)
@@ -125,6 +115,41 @@ class SourceOutputs:
                 image = cv2.resize(image, self.video_size, interpolation=cv2.INTER_AREA)
             self.video.write(image, pts)
         self.frames_written += 1
+
+    def _open_video(self, image: np.ndarray, frame_msg: Message):
+        from stream.edges.sinks import VideoSink
+
+        height, width = image.shape[:2]
+        rate = frame_msg.meta.get("rate")
+        if rate:
+            frame_rate = Fraction(rate[0], rate[1])
+        else:
+            frame_rate = Fraction(self.cfg.folder_fps).limit_denominator(1001)
+        # Offline: the source's own time base and pts, kept exactly. Live: the camera's timing, so the
+        # recording plays at real speed (variable frame rate where the camera's is), written as fragments
+        # so that a killed process leaves a playable file.
+        time_base = LIVE_TIME_BASE if self.plan.live else frame_msg.time_base
+        return VideoSink(
+            self.out / f"{self.plan.name}.mp4",
+            width,
+            height,
+            frame_rate,
+            time_base=time_base,
+            codec=self.cfg.codec,
+            crf=self.cfg.crf,
+            preset=self.cfg.preset,
+            fragmented=self.plan.live,
+        )
+
+    def _video_pts(self, frame_msg: Message) -> int | None:
+        """The frame's pts in the video's time base (None: one frame after the previous one)."""
+        if not self.plan.live:
+            return frame_msg.pts_raw if frame_msg.time_base is not None else None
+        # The camera's clock; the capture clock only for a camera that sends no timestamps.
+        seconds = frame_msg.pts if frame_msg.pts is not None else frame_msg.capture
+        if self.video_start is None:
+            self.video_start = seconds
+        return round((seconds - self.video_start) / LIVE_TIME_BASE)
 
     def _label_sink(self):
         if self.labels is None:

@@ -39,7 +39,7 @@ class SourceTracking:
 
     def __call__(self, message: Message) -> Message:
         result = to_frame_result(message)
-        timestamp = float(message.pts) if message.pts is not None else float(message.capture)
+        timestamp = message.timestamp
         ids = self.tracker.update(
             result.boxes,
             result.scores,

@@ -1,0 +1,9 @@
+"""How an error is told in one line: events, ``sapiens-stream: error: ...`` and wrapped exceptions."""
+
+from __future__ import annotations
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message, or its type's name when the message is empty."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

@@ -1,0 +1,99 @@
+"""Live recordings from a real RTSP camera, through the real command with its default process workers:
+they play at the camera's speed (its timestamps, not a nominal rate), and a run killed with SIGKILL
+(an OOM kill, a power loss) still leaves a playable file up to its last fragment."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import pytest
+import torch
+from rtsp_server import RtspServerProcess, server_unavailable_reason
+
+from models import Sapiens2Config, build_sapiens2, save_sapiens2
+
+pytestmark = pytest.mark.needs_system(what="RTSP test server", missing=server_unavailable_reason())
+
+CAMERA_FPS = 30  # not the 25 fps a recording falls back to without the camera's timing
+
+
+@pytest.fixture(scope="module")
+def tiny_pose(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp("tiny_pose")
+    config = Sapiens2Config.from_arch("tiny", task="pose", image_size=(64, 48))
+    save_sapiens2(build_sapiens2(config), directory)
+    return directory
+
+
+def _start(tmp_path: Path, camera: RtspServerProcess, tiny_pose: Path) -> tuple[subprocess.Popen, Path]:
+    boxes = tmp_path / "boxes.jsonl"
+    boxes.write_text("".join(json.dumps({"frame": i, "boxes": [[40, 30, 120, 200, 0.9]]}) + "\n"
+                             for i in range(3000)))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "stream", "run", camera.url,
+               "--out", str(out), "--mode", "live", "--pose-model", str(tiny_pose), "--detector",
+               f"boxes:{boxes}", "--input-size", "64x48", "--device", "cpu", "--no-progress"]
+    log = (tmp_path / "stderr.txt").open("w")
+    run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
+                           env=dict(os.environ, OMP_NUM_THREADS="1"))
+    return run, out
+
+
+def _written_lines(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+def _wait_for_lines(run: subprocess.Popen, path: Path, count: int, timeout: float = 120) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert run.poll() is None, "the pipeline exited early"
+        lines = [line for line in _written_lines(path) if not line.get("skipped")]
+        if len(lines) >= count:
+            return lines
+        time.sleep(0.1)
+    raise AssertionError(f"fewer than {count} results in {timeout} s")
+
+
+def _video_times(path: Path) -> list[float]:
+    with av.open(str(path)) as container:
+        return [frame.time for frame in container.decode(video=0)]
+
+
+def test_recording_plays_at_the_cameras_speed(tmp_path: Path, tiny_pose: Path) -> None:
+    with RtspServerProcess(mount="/cam", fps=CAMERA_FPS, width=160, height=120) as camera:
+        run, out = _start(tmp_path, camera, tiny_pose)
+        try:
+            _wait_for_lines(run, out / "cam.jsonl", 90)
+        finally:
+            run.send_signal(signal.SIGINT)
+            assert run.wait(timeout=60) == 0, (tmp_path / "stderr.txt").read_text()[-2000:]
+    written = [line for line in _written_lines(out / "cam.jsonl") if not line.get("skipped")]
+    video = _video_times(out / "cam.mp4")
+    assert len(video) == len(written)
+    # Frame for frame, the video's clock advances as the camera's did.
+    camera_span = written[-1]["pts"] - written[0]["pts"]
+    assert video[-1] - video[0] == pytest.approx(camera_span, abs=1.5 / CAMERA_FPS)
+
+
+def test_sigkill_leaves_a_playable_recording(tmp_path: Path, tiny_pose: Path) -> None:
+    with RtspServerProcess(mount="/cam", fps=CAMERA_FPS, width=160, height=120) as camera:
+        run, out = _start(tmp_path, camera, tiny_pose)
+        try:
+            _wait_for_lines(run, out / "cam.jsonl", 100)
+        finally:
+            os.killpg(run.pid, signal.SIGKILL)  # the whole process group, no chance to clean up
+            run.wait(timeout=30)
+    frames = _video_times(out / "cam.mp4")
+    # At most the last fragment (one keyframe interval, 1 s) is lost.
+    assert len(frames) >= 100 - 2 * CAMERA_FPS
+    assert all(b > a for a, b in zip(frames[:-1], frames[1:], strict=True))
