@@ -163,3 +163,28 @@ def test_two_registries_do_not_collide_and_ports_are_checked() -> None:
     with start_metrics_server(first, port=0) as server:
         with pytest.raises(OSError, match=f"cannot serve metrics on 127.0.0.1:{server.port}"):
             start_metrics_server(second, port=server.port)
+
+
+def test_live_runs_print_a_stats_line_per_source_at_the_interval(capsys) -> None:
+    from stream.config import build_config
+    from stream.media.frames import SourceInfo
+    from stream.pipeline.report import ProgressDisplay
+    from stream.runtime.stage import SourcePlan
+
+    config = build_config({"sources": ["rtsp://cam1/live", "rtsp://cam2/live"], "progress": True})
+    plans = [SourcePlan(name, SourceInfo(f"rtsp://{name}/live", name, "live", None, None, None), True)
+             for name in ("cam1", "cam2")]  # fmt: skip
+    registry = StatsRegistry()
+    registry.source("cam1").frame_in()
+    registry.source("cam2").frame_in()
+    ProgressDisplay(config, plans, registry, interval=3600.0).advance()
+    assert capsys.readouterr().err == ""  # not yet due
+    every_time = ProgressDisplay(config, plans, registry, interval=0.0)
+    every_time.advance()
+    every_time.advance()
+    lines = capsys.readouterr().err.splitlines()
+    assert sum(line.startswith("cam1:") for line in lines) == 2
+    assert sum(line.startswith("cam2:") for line in lines) == 2
+    quiet = ProgressDisplay(config.replace(progress=False), plans, registry, interval=0.0)
+    quiet.advance()
+    assert capsys.readouterr().err == ""  # --no-progress

@@ -55,8 +55,11 @@ class RunReport:
 class ProgressDisplay:
     """Offline: a tqdm bar (frames, fps, ETA). Live: a stats line per source every few seconds."""
 
-    def __init__(self, cfg: PipelineConfig, plans: list[SourcePlan], registry) -> None:
+    def __init__(
+        self, cfg: PipelineConfig, plans: list[SourcePlan], registry, interval: float = STATS_LINE_S
+    ) -> None:
         self.registry = registry
+        self.interval = interval
         self.live = any(p.live for p in plans)
         self.bar = None
         self.last_line = time.monotonic()
@@ -72,7 +75,7 @@ class ProgressDisplay:
     def advance(self) -> None:
         if self.bar is not None:
             self.bar.update(1)
-        elif self.live and self.enabled and time.monotonic() - self.last_line > STATS_LINE_S:
+        elif self.live and self.enabled and time.monotonic() - self.last_line >= self.interval:
             self.last_line = time.monotonic()
             for name in self.names:
                 print(self.registry.stats_line(name), file=sys.stderr, flush=True)

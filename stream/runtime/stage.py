@@ -27,7 +27,7 @@ import faulthandler
 import os
 import signal
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import zmq
@@ -127,7 +127,7 @@ class StageLink:
 class Stage:
     """The handlers of one stage (see the module's docstring); the defaults do nothing."""
 
-    inputs: list[zmq.Socket] = []
+    inputs: Sequence[zmq.Socket] = ()  # a stage without inputs (a source) reads in ``step``
     finished: bool = False
 
     def start(self) -> events.Ready:
