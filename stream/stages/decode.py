@@ -167,16 +167,15 @@ class DecodeStage(Stage):
         self.sender = FrameSender(context, spec, plan, link)
         self.sources = ExitStack()  # the open source, closed in every state
         self.decoded = 0
-        if plan.live:
-            self.live = _LiveReader(spec, plan, self.sender, link)
-        else:
-            source = open_source(plan.info, frame_buffer=self.sender.frame_buffer)
-            self.frames = self.sources.enter_context(source)
-            self.live = None
+        self.live = _LiveReader(spec, plan, self.sender, link) if plan.live else None
 
     def start(self) -> Ready:
+        # Opened here, inside the runtime's care: a source that fails to open is closed with the rest.
         if self.live is not None:
             self.live.start(self.sources)
+        else:
+            source = open_source(self.plan.info, frame_buffer=self.sender.frame_buffer)
+            self.frames = self.sources.enter_context(source)
         return Ready()
 
     def poll_ms(self) -> int:

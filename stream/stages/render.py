@@ -204,6 +204,9 @@ class RenderStage(Stage):
         (plan,) = spec.sources
         self.link = link
         self.source = plan.name
+        self.outputs = SourceOutputs(spec, plan)
+        self.joiner = Joiner()
+        self.closed = False
         # The frame queue holds what the GPU path has in flight; it never blocks the decoder for long
         # because the runtime drains both inputs.
         self.frames_in = topology.open(context, spec, "render_frames", source=plan.name)
@@ -211,9 +214,6 @@ class RenderStage(Stage):
         self.inputs = [self.frames_in, self.results_in]
         cfg = spec.config
         self.preview = topology.open(context, spec, "preview") if cfg.show or cfg.serve else None
-        self.outputs = SourceOutputs(spec, plan)
-        self.joiner = Joiner()
-        self.closed = False
 
     def receive(self, sock: zmq.Socket, message: Message) -> None:
         if sock is self.frames_in:

@@ -73,12 +73,12 @@ class TrackStage(Stage):
         cfg = spec.config
         self.link = link
         self.source = plan.name
-        self.inbox = topology.open(context, spec, "results", source=plan.name)
-        self.outbox = topology.open(context, spec, "tracked", source=plan.name)
-        self.inputs = [self.inbox]
         rate = float(plan.info.frame_rate) if plan.info.frame_rate else float(cfg.folder_fps) or 30.0
         self.tracking = SourceTracking(rate, cfg.smooth, cfg.keypoint_threshold)
         self.order = ReorderBuffer()
+        self.inbox = topology.open(context, spec, "results", source=plan.name)
+        self.outbox = topology.open(context, spec, "tracked", source=plan.name)
+        self.inputs = [self.inbox]
 
     def receive(self, sock: zmq.Socket, message: Message) -> None:
         for ready in self.order.push(message):
