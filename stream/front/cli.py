@@ -91,6 +91,10 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     add("--webcam-format", help="pixel format to request from a webcam, e.g. mjpeg or yuyv422")
     add("--workers", help="inproc (threads), ipc (processes; default) or tcp")
     add("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
+    add("--segment-time", type=float, metavar="SECONDS",
+        help="live: start new output files every SECONDS, named <name>_<UTC start>.mp4/.jsonl")
+    add("--label-maps", action=argparse.BooleanOptionalAction, default=None,
+        help="write segmentation label maps (default: offline yes, live no)")
 
 
 def config_values(args: argparse.Namespace) -> dict:
