@@ -70,6 +70,7 @@ class PipelineConfig:
     progress: bool = True
     segment_time: float | None = None  # live: start new output files every this many seconds
     label_maps: bool | None = None  # write segmentation label maps; None = offline yes, live no
+    publish: str | None = None  # stream each source's video to this URL or playlist ({name}: the source)
     banner: str | None = None  # text stamped on every output frame (the demo's untrained warning)
     random_weights: bool = False  # build models with random weights (demo fallback only)
 

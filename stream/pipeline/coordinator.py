@@ -31,6 +31,7 @@ import zmq
 
 from models.boxes import load_boxes_file
 from stream.config import PipelineConfig
+from stream.edges.publish import check_publish_target
 from stream.edges.sources import SourceInfo, missing_frames, probe_source, unique_names
 from stream.runtime.messages import to_decoded_frame
 from stream.runtime.stage import CONTROL_HWM, EVENTS_HWM, SourcePlan, WorkerSpec, run_worker
@@ -105,6 +106,8 @@ def check_inputs(cfg: PipelineConfig) -> None:
             raise FileNotFoundError(f"{task} model not found: {spec}")
     if cfg.detector.startswith("boxes:"):
         load_boxes_file(cfg.detector[len("boxes:") :])  # a malformed file is bad input, refused here
+    if cfg.publish is not None:
+        check_publish_target(cfg.publish, len(cfg.sources))
     elif _looks_like_path(cfg.detector) and not Path(cfg.detector).exists():
         raise FileNotFoundError(f"detector weights not found: {cfg.detector}")
 

@@ -60,6 +60,7 @@ class SourceOutputs:
         self.video_start: float | None = None  # live: the first frame's time, the recording's zero
         self.segment = 0
         self.labels = None
+        self.publisher = self._publisher() if cfg.publish else None
         self.frames_written = 0
         self.lines = 0
         self.skipped = 0
@@ -105,6 +106,8 @@ class SourceOutputs:
             self.video_size = (self.video.width, self.video.height)
         elif frame_msg.segment != self.segment:
             self.video.start_segment()  # a jump or reconnect leaves no gap and no backwards step
+            if self.publisher is not None:
+                self.publisher.new_segment()
         self.segment = frame_msg.segment
         pts = self._video_pts(frame_msg)
         size = (image.shape[1], image.shape[0])
@@ -115,6 +118,8 @@ class SourceOutputs:
                 # A resolution change mid-source: one playable file at the first size.
                 image = cv2.resize(image, self.video_size, interpolation=cv2.INTER_AREA)
             self.video.write(image, pts)
+        if self.publisher is not None:
+            self.publisher.write(image, frame_msg.timestamp)
         self.frames_written += 1
 
     def _open_video(self, image: np.ndarray, frame_msg: Message):
@@ -141,6 +146,13 @@ class SourceOutputs:
             preset=self.cfg.preset,
             fragmented=self.plan.live,
         )
+
+    def _publisher(self):
+        from stream.edges.metrics import redact_url
+        from stream.edges.publish import Publisher
+
+        rate = self.plan.info.frame_rate or Fraction(self.cfg.folder_fps).limit_denominator(1001)
+        return Publisher(self.cfg.publish, self.plan.name, rate, redact_url(self.cfg.publish))
 
     def _video_pts(self, frame_msg: Message) -> int | None:
         """The frame's pts in the video's time base (None: one frame after the previous one)."""
@@ -169,7 +181,7 @@ class SourceOutputs:
         if self.jsonl is not None and not due:
             return
         if self.jsonl is not None:
-            self.close()
+            self._close_files()
             self.video = self.labels = None
             self.video_start = None
         self.part_start = capture
@@ -177,10 +189,15 @@ class SourceOutputs:
         self.stem = f"{self.plan.name}_{stamp}"
         self.jsonl = JsonlSink(self.out / f"{self.stem}.jsonl")
 
-    def close(self) -> None:
+    def _close_files(self) -> None:
         for sink in (self.video, self.jsonl, self.labels):
             if sink is not None:
                 sink.close()
+
+    def close(self) -> None:
+        self._close_files()
+        if self.publisher is not None:
+            self.publisher.close()
 
     def outputs(self) -> dict[str, str]:
         """The current (last) part's files."""
