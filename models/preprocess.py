@@ -39,9 +39,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-DEFAULT_INPUT_SIZE = (1024, 768)
+from models.processor_config import DEFAULT_INPUT_SIZE, IMAGENET_MEAN, IMAGENET_STD
+
 DEFAULT_PADDING = 1.25
 MAX_SUPERSAMPLE = 8
 # Upper bound on bilinear taps evaluated at once (x 3 channels floats); bounds peak memory of a warp.

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.config import HEAD_TASKS, Sapiens2Config
+from models.processor_config import release_preprocessing
 
 _ACTIVATIONS = {
     "silu": nn.SiLU,
@@ -567,7 +568,8 @@ def build_sapiens2(
     dtype: torch.dtype | None = None,
     init: bool = True,
 ) -> nn.Module:
-    """A randomly initialised model for ``config.task``, in eval mode, with ``.config`` and ``.task``.
+    """A randomly initialised model for ``config.task``, in eval mode, with ``.config``, ``.task`` and
+    ``.preprocessing`` (the release's input preparation for the task).
 
     ``init=False`` skips the random initialisation, for a model whose weights are loaded next.
     """
@@ -580,4 +582,5 @@ def build_sapiens2(
     if init:
         init_weights(model)
     model.to(device=device, dtype=dtype)
+    model.preprocessing = release_preprocessing(config.task)
     return model.eval().requires_grad_(False)
