@@ -31,6 +31,7 @@ warp does). ``backend="auto"`` picks ``opencv`` for CPU frames.
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -39,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.processor_config import DEFAULT_INPUT_SIZE, IMAGENET_MEAN, IMAGENET_STD
+from models.processor_config import DEFAULT_INPUT_SIZE, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 DEFAULT_PADDING = 1.25
 MAX_SUPERSAMPLE = 8
@@ -322,29 +323,73 @@ def _warp_opencv(
 def prepare_full_frame(
     frames: Sequence[torch.Tensor], input_size: Sequence[int] = DEFAULT_INPUT_SIZE, keep_aspect: bool = False
 ) -> torch.Tensor:
-    """Whole frames -> (F, 3, H, W) normalised model inputs, as the official full-frame demo feeds them.
+    """``prepare_frames`` with the release's resampling and normalisation at ``input_size``.
 
-    ``keep_aspect=False`` stretches each frame to the input size (segmentation). ``keep_aspect=True`` fits
-    it inside the input size and pads the rest with black, centred, as the reference processor's
-    ``do_pad`` does for normals, pointmaps and matting. Resizing is bilinear and antialiased, as the
-    reference's, and the result is rounded to 8 bits as the reference's uint8 resize does.
+    ``keep_aspect=False`` stretches each frame to the input size (segmentation); ``keep_aspect=True`` is
+    the processor's ``do_pad`` (normals and pointmaps).
     """
-    out_h, out_w = _check_input_size(input_size)
+    return prepare_frames(frames, Preprocessing(input_size=_check_input_size(input_size), do_pad=keep_aspect))
+
+
+# Interpolation of each resampling filter, as torchvision resizes tensors for the processor.
+_INTERPOLATION = {"nearest": "nearest-exact", "bilinear": "bilinear", "bicubic": "bicubic"}
+
+
+def prepare_frames(frames: Sequence[torch.Tensor], preprocessing: Preprocessing) -> torch.Tensor:
+    """Whole frames -> (F, 3, H, W) model inputs, as the checkpoint's processor prepares them.
+
+    Without ``do_pad`` each frame is stretched to the input size. With it the frame is fitted inside the
+    input size, aspect kept, and the rest padded with black, centred; ``padding_window`` locates it again
+    for the post-processing. Bilinear and bicubic resizing are antialiased, as torchvision's, and the
+    result is rounded to 8 bits as the processor's uint8 resize does; then rescaled and normalised.
+    """
+    mode = _INTERPOLATION.get(preprocessing.resample)
+    if mode is None:
+        raise ValueError(
+            f"resample {preprocessing.resample!r} is not supported for tensors; "
+            f"expected one of {sorted(_INTERPOLATION)}"
+        )
+    out_h, out_w = _check_input_size(preprocessing.input_size)
     if len(frames) == 0:
         raise ValueError("frames is empty")
     _check_frames(frames)
     out = torch.zeros(len(frames), 3, out_h, out_w, dtype=torch.float32, device=frames[0].device)
     for i, frame in enumerate(frames):
-        image = frame.permute(2, 0, 1).unsqueeze(0).float()
         top, left, new_h, new_w = 0, 0, out_h, out_w
-        if keep_aspect:
+        if preprocessing.do_pad:
             new_h, new_w = fit_inside(tuple(frame.shape[:2]), (out_h, out_w))
             top, left = (out_h - new_h) // 2, (out_w - new_w) // 2
-        resized = F.interpolate(
-            image, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True
-        )
-        out[i, :, top : top + new_h, left : left + new_w] = resized[0].round_().clamp_(0.0, 255.0)
-    return _normalise(out)
+        out[i, :, top : top + new_h, left : left + new_w] = _resize_frame(frame, (new_h, new_w), mode)
+    return preprocessing.normalise(out)
+
+
+def _native_uint8_resize(mode: str, device: torch.device) -> bool:
+    """Whether torchvision resizes a uint8 image with ``mode`` on ``device`` without going to float."""
+    if mode == "nearest-exact":
+        return True
+    if device.type != "cpu":
+        return False
+    vector_bilinear = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+    return mode == "bicubic" or vector_bilinear or platform.machine() in ("aarch64", "arm64")
+
+
+def _resize_frame(frame: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, h, w) float holding 8-bit values, as torchvision's ``resize`` computes it.
+
+    Where torchvision resizes uint8 images natively (CPU: nearest, bicubic, and bilinear on AVX2/AVX512
+    or ARM) the same kernel runs here, fixed-point rounding and all; elsewhere it resizes in float and
+    rounds. (torchvision itself is not imported: its transforms pull in torch's compiler stack, seconds
+    of every worker's start-up.)
+    """
+    image = frame.permute(2, 0, 1).unsqueeze(0)
+    if tuple(image.shape[-2:]) == size:
+        return image[0].float()
+    native = _native_uint8_resize(mode, frame.device)
+    if not native:
+        image = image.float()
+    smoothing = {} if mode == "nearest-exact" else {"align_corners": False, "antialias": True}
+    resized = F.interpolate(image, size=size, mode=mode, **smoothing)[0]
+    return resized.float() if native else resized.clamp_(0.0, 255.0).round_()
 
 
 def fit_inside(frame_hw: Sequence[int], input_size: Sequence[int]) -> tuple[int, int]:
