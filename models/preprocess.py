@@ -8,7 +8,7 @@ and crop pixel ``(W - 1, H - 1)`` on its bottom-right corner, so with ``a = wind
     frame_x = a_x * crop_x + (centre_x - window_w / 2)      (the same for y)
 
 which is ``CropBatch.crop_to_frame``. Everything outside the frame reads as black (zero border), then the
-crop is ImageNet-normalised.
+crop is normalised (ImageNet, or the checkpoint's own ``Preprocessing``).
 
 How the sampling differs from transformers' ``crop_and_resize`` (same geometry, same zero border):
 
@@ -40,20 +40,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.processor_config import DEFAULT_INPUT_SIZE, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from models.processor_config import DEFAULT_INPUT_SIZE, Preprocessing
+from models.processor_config import IMAGENET_MEAN as IMAGENET_MEAN  # re-exported for callers
+from models.processor_config import IMAGENET_STD as IMAGENET_STD
 
 DEFAULT_PADDING = 1.25
 MAX_SUPERSAMPLE = 8
 # Upper bound on bilinear taps evaluated at once (x 3 channels floats); bounds peak memory of a warp.
 _MAX_TAPS_PER_CHUNK = 24_000_000
 BACKENDS = ("auto", "torch", "opencv")  # of the crop warp and of the DARK full blur
+_RELEASE_NORMALISATION = Preprocessing()
 
 
 @dataclass
 class CropBatch:
     """Person crops ready for the model and the affines that map their pixels back to the frames."""
 
-    pixel_values: torch.Tensor  # (N, 3, H, W) float32, ImageNet-normalised
+    pixel_values: torch.Tensor  # (N, 3, H, W) float32, normalised (ImageNet unless told otherwise)
     crop_to_frame: torch.Tensor  # (N, 2, 3) float32: crop pixel (x, y, 1) -> frame pixel
     frame_index: torch.Tensor  # (N,) int64: frame of each crop
 
@@ -73,13 +76,6 @@ def _check_frames(frames: Sequence[torch.Tensor]) -> None:
             raise ValueError(f"frame {i} must be a uint8 tensor, got {getattr(frame, 'dtype', type(frame))}")
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.shape[0] < 2 or frame.shape[1] < 2:
             raise ValueError(f"frame {i} must have shape (H, W, 3) with H, W >= 2, got {tuple(frame.shape)}")
-
-
-def _normalise(pixels: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) float in 0..255 -> ImageNet-normalised, in place."""
-    mean = torch.tensor(IMAGENET_MEAN, device=pixels.device, dtype=pixels.dtype).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(IMAGENET_STD, device=pixels.device, dtype=pixels.dtype).view(1, 3, 1, 1) * 255.0
-    return pixels.sub_(mean).div_(std)
 
 
 def box_to_crop_window(
@@ -203,6 +199,7 @@ def crop_and_warp(
     padding: float = DEFAULT_PADDING,
     antialias: bool = True,
     backend: str = "auto",
+    normalisation: Preprocessing | None = None,
 ) -> CropBatch:
     """Warp every person box of ``frames`` to a normalised model input, on the frames' device.
 
@@ -215,6 +212,8 @@ def crop_and_warp(
         padding: crop window size relative to the box.
         antialias: area-average when shrinking (default); False samples one bilinear tap per pixel.
         backend: ``"torch"``, ``"opencv"`` (CPU frames only) or ``"auto"`` (opencv on CPU, else torch).
+        normalisation: the checkpoint's ``Preprocessing``, whose rescaling and mean/std apply to the crops
+            (as the processor normalises its box crops); None is the release's ImageNet normalisation.
     """
     out_hw = _check_input_size(input_size)
     if len(frames) == 0:
@@ -245,7 +244,8 @@ def crop_and_warp(
         pixels = _warp_opencv(frames, affine, frame_index, out_hw, taps, enlarging)
     else:
         pixels = _warp_torch(frames, affine, frame_index, out_hw, taps, enlarging)
-    return CropBatch(pixel_values=_normalise(pixels), crop_to_frame=affine, frame_index=frame_index)
+    pixel_values = (normalisation or _RELEASE_NORMALISATION).normalise(pixels)
+    return CropBatch(pixel_values=pixel_values, crop_to_frame=affine, frame_index=frame_index)
 
 
 def pick_backend(backend: str, device: torch.device, what: str) -> str:

@@ -307,3 +307,28 @@ def test_prepare_frames_equals_the_processor_as_its_file_configures_it(tmp_path,
 def test_prepare_frames_refuses_resampling_it_cannot_follow():
     with pytest.raises(ValueError, match="resample 'lanczos' is not supported"):
         prepare_frames([_noise_frame(20, 20)], Preprocessing(input_size=(16, 16), resample="lanczos"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_crops_take_the_checkpoints_normalisation_as_the_processor_does(tmp_path, backend):
+    """The processor's box crops with its own mean, std and rescaling; single-tap crops of a smooth frame."""
+    normalisation = dict(image_mean=[0.3, 0.5, 0.7], image_std=[0.1, 0.2, 0.4], rescale_factor=1 / 200)
+    processor = Sapiens2ImageProcessor(size={"height": 64, "width": 48}, **normalisation)
+    processor.save_pretrained(tmp_path)
+    preprocessing = read_preprocessing(tmp_path, task=None)
+    frame = _smooth_frame(240, 320, seed=9)
+    boxes = BOXES[:2] * 0.5
+    batch = crop_and_warp(
+        [frame], boxes, torch.zeros(2, dtype=torch.long), (64, 48), antialias=False, backend=backend,
+        normalisation=preprocessing,
+    )
+    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1)
+    reference = processor(frame.permute(2, 0, 1), boxes=[xywh.tolist()], return_tensors="pt")["pixel_values"]
+    scale, shift = (torch.tensor(v).view(1, 3, 1, 1) for v in preprocessing.scale_shift())
+    # In grey levels; the reference keeps bicubic overshoot beyond 0..255 where ours saturates.
+    ours, theirs = (batch.pixel_values - shift) / scale, ((reference - shift) / scale).clamp(0, 255)
+    difference = (ours - theirs).abs()
+    assert difference.max() < TOLERANCE[backend] and difference.mean() < 0.3
+    default = crop_and_warp([frame], boxes, torch.zeros(2, dtype=torch.long), (64, 48), antialias=False,
+                            backend=backend)
+    assert (default.pixel_values - batch.pixel_values).abs().max() > 1.0  # the normalisation did change
