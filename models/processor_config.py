@@ -24,7 +24,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_INPUT_SIZE = (1024, 768)
 RELEASE_DEFAULTS = "release defaults"
-# The released normal and pointmap models see whole frames resized into the input and padded.
+# The released normal and pointmap models see whole frames resized into the input and padded (the
+# processor's note on ``do_pad``); the others are stretched: transformers' matting post-processing, like
+# segmentation's, removes no padding.
 PADDED_TASKS = ("normal", "pointmap")
 # PIL's resampling filter numbers, as transformers stores ``resample``.
 RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
