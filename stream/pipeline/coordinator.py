@@ -14,6 +14,7 @@ complete and playable; a second one aborts (outputs are still closed and playabl
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -32,7 +33,8 @@ from stream.pipeline.launch import Launcher, start_worker_server, waits_for_mode
 from stream.pipeline.report import ProgressDisplay, RunReport, SourceReport, stage_times
 from stream.runtime import events, topology
 from stream.runtime.messages import to_decoded_frame
-from stream.runtime.stage import SourcePlan, WorkerSpec
+from stream.runtime.ring import remove_rings, remove_stale_rings
+from stream.runtime.stage import STOP_SIGNALS, SourcePlan, WorkerSpec
 from stream.runtime.topology import COORDINATOR, RunTopology
 from stream.runtime.transport import Endpoints, recv_message
 
@@ -99,7 +101,8 @@ def describe_run(cfg: PipelineConfig) -> str:
 
 
 class _Signals:
-    """First SIGINT/SIGTERM: stop and drain; second: abort. Handlers are installed in the main thread only."""
+    """First stop signal (SIGINT, SIGTERM, SIGHUP), to the coordinator or passed on by a worker: stop
+    and drain; second: abort. Handlers are installed in the main thread only."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -107,12 +110,17 @@ class _Signals:
 
     def __enter__(self) -> _Signals:
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in STOP_SIGNALS:
                 self.previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame) -> None:
         self.count += 1
+
+    def passed_on(self, count: int) -> None:
+        """A worker got its ``count``-th stop signal (a signal to the group reaches every process, and
+        counts once)."""
+        self.count = max(self.count, count)
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self.previous.items():
@@ -148,6 +156,8 @@ class _Coordinator:
         self.aborting = False
         self.last_command: dict[type, float] = {}
         self.sinks_open = {p.name for p in plans}
+        self.reached = {p.name: 0 for p in plans}  # frames of each source written so far
+        self.signals = _Signals()  # replaced by the run's own in run()
         self.viewers: list = []
         self.metrics_server = None
 
@@ -175,6 +185,7 @@ class _Coordinator:
     # --- event loop -----------------------------------------------------------------------------------
 
     def run(self, signals: _Signals) -> RunReport:
+        self.signals = signals
         start = time.monotonic()
         launcher = Launcher(self.context, in_process=self.cfg.workers == "inproc")
         progress = ProgressDisplay(self.cfg, self.plans, self.registry)
@@ -200,7 +211,7 @@ class _Coordinator:
                     self._command(events.Finish())
                 crashed = launcher.crashed()
                 if crashed and self.error is None:
-                    self.error = f"worker {crashed[0]} exited unexpectedly"
+                    self.error = self._crash_message(*crashed[0])
                 if self.error is not None or signals.count >= 2:
                     self.aborting = True
                 if self.aborting:
@@ -225,6 +236,15 @@ class _Coordinator:
         last = None if self.last_output is None else self.last_output - start
         elapsed = time.monotonic() - start
         return RunReport(self.reports, elapsed, interrupted, self.device, first, last, self.worker_cpu)
+
+    def _crash_message(self, label: str, exitcode: int) -> str:
+        """One line for a worker process that died without reporting: which stage, how, and how far
+        each of its sources had got."""
+        how = f"killed by {signal.Signals(-exitcode).name}" if exitcode < 0 else f"exit status {exitcode}"
+        names = label[label.index("[") + 1 : -1].split(",") if "[" in label else []
+        names = list(self.reached) if names == ["all"] else names
+        where = ", ".join(f"{name} frame {self.reached.get(name, 0)}" for name in names)
+        return f"stage {label} died ({how}); written so far: {where or 'nothing'}"
 
     def _check_stop(self, signals: _Signals) -> None:
         requested = signals.count > 0 or (self.external_stop is not None and self.external_stop.is_set())
@@ -262,12 +282,15 @@ class _Coordinator:
             self.device = f"{event.device} {event.dtype or ''}".strip()
         elif isinstance(event, events.Error) and self.error is None:
             self.error = event.message or "a worker failed"
+        elif isinstance(event, events.StopRequested):
+            self.signals.passed_on(event.count)
         elif report is not None:
             self._handle_source(event, report, progress)
 
     def _handle_source(self, event: events.Event, report: SourceReport, progress: ProgressDisplay) -> None:
         stats = self.registry.source(report.name)
         if isinstance(event, events.Progress):
+            self.reached[report.name] = (event.frame or 0) + 1
             self.last_output = time.monotonic()
             if self.first_output is None:
                 self.first_output = self.last_output
@@ -315,6 +338,7 @@ class _Coordinator:
             self.preview_in.close(linger=0)
         self.context.term()
         self.space.cleanup()
+        remove_rings(os.getpid())  # whatever its workers left, however they ended
 
 
 def run_pipeline(config: PipelineConfig, stop: threading.Event | None = None) -> RunReport:
@@ -329,6 +353,7 @@ def run_pipeline(config: PipelineConfig, stop: threading.Event | None = None) ->
     plans = plan_sources(config)
     check_inputs(config)
     Path(config.out).mkdir(parents=True, exist_ok=True)
+    remove_stale_rings()  # left by runs that were killed before they could clean up
     coordinator = _Coordinator(config, plans, stop)
     with _Signals() as signals:
         return coordinator.run(signals)

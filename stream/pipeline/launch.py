@@ -44,6 +44,7 @@ def run_worker(spec: WorkerSpec, context: zmq.Context | None = None) -> None:
 # beyond the BLAS pool, which re-initialises after fork; OpenCV (imported by models.preprocess for the CPU
 # crops) starts its pool on first use, in the worker.
 WORKER_PRELOAD = [
+    "stream.pipeline.worker_server",  # first: the fork server ignores stop signals sent to the group
     "__main__",
     "stream.pipeline.launch",
     "stream.stages.decode",
@@ -109,11 +110,12 @@ class Launcher:
     def running(self) -> list[str]:
         return [label for label, w in self.workers.items() if w.is_alive()]
 
-    def crashed(self) -> list[str]:
-        """Processes that ended with a non-zero exit code (a crash that could not report itself)."""
+    def crashed(self) -> list[tuple[str, int]]:
+        """Processes that ended with a non-zero exit code (a crash that could not report itself), with
+        that code (negative: the signal that killed it)."""
         if self.in_process:
             return []
-        return [label for label, w in self.workers.items() if w.exitcode not in (None, 0)]
+        return [(label, w.exitcode) for label, w in self.workers.items() if w.exitcode not in (None, 0)]
 
     def join(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -122,5 +124,5 @@ class Launcher:
         if not self.in_process:
             for worker in self.workers.values():
                 if worker.is_alive():
-                    worker.terminate()
+                    worker.kill()  # SIGTERM asks a worker to drain; one that hangs this long is ended
                     worker.join(5.0)

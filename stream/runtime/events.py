@@ -108,6 +108,14 @@ class Error(Event):
 
 
 @dataclass
+class StopRequested(Event):
+    """The worker's process got a stop signal (SIGINT, SIGTERM, SIGHUP): the ``count``-th. The run stops
+    as if the coordinator had got it: drain on the first, abort on the second."""
+
+    count: int = 1
+
+
+@dataclass
 class Usage(Event):
     """The CPU seconds a worker process used (sent last, by process workers only)."""
 
@@ -146,6 +154,7 @@ _TYPES: dict[str, type] = {
     "done": Done,
     "sink_closed": SinkClosed,
     "error": Error,
+    "stop_requested": StopRequested,
     "usage": Usage,
     "stop": Stop,
     "finish": Finish,

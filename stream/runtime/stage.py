@@ -26,6 +26,7 @@ import ctypes
 import faulthandler
 import os
 import signal
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,12 @@ from stream.runtime.transport import Stopped, recv_message
 
 EVENTS_LINGER_MS = 30_000  # the coordinator reads events until every worker has exited
 POLL_MS = 100  # how long a turn waits for input; control is looked at between turns
+COORDINATOR_CHECK_S = 1.0  # how often a worker process looks whether its coordinator still runs
+# The signals that ask a run to stop: Ctrl+C, `docker stop` / systemd / Kubernetes, a closed terminal.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_PR_SET_NAME = 15  # prctl option: the process name `ps`, `top` and psutil show
+
+_stop_signals = 0  # stop signals this worker process has received (set by the handler)
 
 # glibc's mallopt parameters (malloc.h) and the values a worker process runs with.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
@@ -66,6 +73,7 @@ class WorkerSpec:
     endpoints: dict[str, str]
     sources: list[SourcePlan] = field(default_factory=list)
     session: str = ""
+    coordinator_pid: int = field(default_factory=os.getpid)  # specs are made by the coordinator
 
     @property
     def label(self) -> str:
@@ -83,9 +91,17 @@ class StageLink:
         self.stop_requested = False
         self.aborted = False
         self.finished = False
+        self.signals_told = 0
+        self.orphaned = False
+        self.in_process = False  # set by run_worker for a worker process of its own
+        self.next_coordinator_check = 0.0
 
     def poll_control(self) -> None:
-        """Apply any pending commands (non-blocking)."""
+        """Apply any pending commands (non-blocking); pass on stop signals this process got; leave when
+        the coordinator is gone (nobody would ever tell this worker to stop)."""
+        if self.in_process:
+            self._pass_on_signals()
+            self._check_coordinator()
         while True:
             try:
                 command = events.unpack(self.control.recv(zmq.NOBLOCK))
@@ -98,6 +114,24 @@ class StageLink:
             elif isinstance(command, events.Abort):
                 self.stop_requested = True
                 self.aborted = True
+
+    def _pass_on_signals(self) -> None:
+        # The coordinator decides for the whole run (a signal to one worker stops every source), so a
+        # worker only tells it; it gets Stop or Abort back like every other stage.
+        if _stop_signals > self.signals_told:
+            self.signals_told = _stop_signals
+            self.emit(events.StopRequested(count=_stop_signals))
+
+    def _check_coordinator(self) -> None:
+        now = time.monotonic()
+        if now < self.next_coordinator_check:
+            return
+        self.next_coordinator_check = now + COORDINATOR_CHECK_S
+        try:
+            os.kill(self.spec.coordinator_pid, 0)
+        except ProcessLookupError:
+            # Orphaned (the coordinator was killed): close the outputs and free the device.
+            self.orphaned = self.stop_requested = self.aborted = True
 
     def wait_for_finish(self) -> None:
         """Keep this stage's connections open until every sink has its final EOS (or the run aborts).
@@ -120,8 +154,9 @@ class StageLink:
 
     def close(self) -> None:
         self.control.close(linger=0)
-        # The coordinator reads events until every worker has exited: wait for the final ones to land.
-        self.events.close(linger=EVENTS_LINGER_MS)
+        # The coordinator reads events until every worker has exited: wait for the final ones to land
+        # (unless there is no coordinator left to read them).
+        self.events.close(linger=0 if self.orphaned else EVENTS_LINGER_MS)
 
 
 class Stage:
@@ -194,10 +229,12 @@ def run_worker(spec: WorkerSpec, make_stage: StageFactory, context: zmq.Context 
         # A process of its own: set it up for a pipeline stage. Threads of the coordinator (inproc)
         # leave the process's settings alone.
         _worker_signals()
+        _name_process(f"sapiens-{spec.role}")
         retain_freed_memory()
         single_threaded_opencv()
         context = zmq.Context()
     link = StageLink(context, spec)
+    link.in_process = own_context
     try:
         run_stage(make_stage(context, spec, link), link)
     except Exception as exc:  # reported to the coordinator, which prints it and exits non-zero
@@ -231,8 +268,22 @@ def retain_freed_memory() -> bool:
 
 
 def _worker_signals() -> None:
-    # Ctrl+C reaches the whole process group; only the coordinator reacts, and drains the pipeline.
-    # SIGTERM keeps its default so the coordinator can still terminate a worker that hangs.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A stop signal to a worker (alone, or with its whole process group, as `docker stop` and Ctrl+C
+    # send it) is counted and passed on to the coordinator, which stops or aborts the whole run; the
+    # worker itself never dies of it with its outputs open. (A hung worker is ended with SIGKILL.)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _count_stop_signal)
     # `kill -USR1 <pid>` prints where a worker is (diagnosing a stalled pipeline).
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+
+
+def _count_stop_signal(signum, frame) -> None:
+    global _stop_signals
+    _stop_signals += 1
+
+
+def _name_process(name: str) -> None:
+    """Give this process a name that `ps` and `top` show (``sapiens-decode``, ``sapiens-infer``...)."""
+    libc = ctypes.CDLL(None)
+    if hasattr(libc, "prctl"):
+        libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)

@@ -45,6 +45,7 @@ class FrameSender:
         self.plan = plan
         self.link = link
         self.session = spec.session
+        self.run_pid = spec.coordinator_pid  # rings are named for the run, so it can remove them
         self.seq = 0
         self.segment = 0
         info = plan.info
@@ -104,7 +105,7 @@ class FrameSender:
             return False
         if self.ring is None:
             try:
-                self.ring = FrameRing.create(slot_bytes, self.ring_slots, READERS)
+                self.ring = FrameRing.create(slot_bytes, self.ring_slots, READERS, self.run_pid)
             except RingError:
                 self.use_ring = False  # no shared memory to spare: inline pixels still work
                 return False
