@@ -9,8 +9,13 @@
     skeleton, the keypoints as a JSON line and a libx264 write (the outputs the pipeline writes); same
     tiny weights, same boxes, same clip. Ratio = pipeline fps / loop fps, both over the whole run
     (model loading included) and the pipeline's steady state.
+(c) against the model alone on the same clip: (b)'s pipeline fps over the fps of the bare forwards of the
+    same number of crops (frames x persons, in batches of the pipeline's ``max_batch``, random pixels
+    already on the device, flip-TTA as one 2B forward when on). Target >= 0.9: the pipeline keeps the
+    model busy. ``--flip`` also runs (b)'s pipeline and (c) with flip-TTA on (the loop has no flip).
 
     .venv/bin/python benchmarks/pipeline.py [--frames 300] [--size 1920x1080] [--max-batch N] [--out FILE]
+    python benchmarks/pipeline.py --device cuda --arch 0.4b --input-size 1024x768 --flip   # GPU
 """
 
 from __future__ import annotations
@@ -65,14 +70,52 @@ def ratios(pipeline: dict, baseline: dict) -> dict:
     }
 
 
-def tiny_checkpoint(directory: Path) -> Path:
+def pose_checkpoint(directory: Path, arch: str = "tiny", input_size: tuple[int, int] = TINY_INPUT) -> Path:
+    """A pose checkpoint with random weights (seed 0): the tiny test architecture or an official size."""
     from models import Sapiens2Config, build_sapiens2, save_sapiens2
 
     torch.manual_seed(0)
-    save_sapiens2(
-        build_sapiens2(Sapiens2Config.from_arch("tiny", task="pose", image_size=TINY_INPUT)), directory
-    )
+    config = Sapiens2Config.from_arch(arch, task="pose", image_size=input_size)
+    save_sapiens2(build_sapiens2(config), directory)
     return directory
+
+
+def model_only(
+    model_dir: Path, device: str, input_size: tuple[int, int], frames: int, persons: int, max_batch: int,
+    flip: bool,
+) -> dict:
+    """Frames per second of the model alone over ``frames * persons`` crops, in the pipeline's batches and
+    precision (bf16 on CUDA, fp32 on CPU), after one untimed forward of each batch size."""
+    from models import flip_tta, load_sapiens2
+
+    torch_device = torch.device(device)
+    cuda = torch_device.type == "cuda"
+    model = load_sapiens2(model_dir, device=torch_device, dtype=torch.bfloat16 if cuda else torch.float32)
+    dtype = next(model.parameters()).dtype
+    crops = frames * persons
+    sizes = [max_batch] * (crops // max_batch) + ([crops % max_batch] if crops % max_batch else [])
+    pixels = torch.randn(max_batch, 3, *input_size, device=torch_device, dtype=dtype)
+
+    def forward(batch: int) -> None:
+        with torch.inference_mode():
+            flip_tta(model, pixels[:batch]) if flip else model(pixels[:batch])
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(torch_device)
+
+    for batch in sorted(set(sizes)):
+        forward(batch)
+    sync()
+    start = time.perf_counter()
+    for batch in sizes:
+        forward(batch)
+    sync()
+    seconds = time.perf_counter() - start
+    return {
+        "crops": crops, "seconds": round(seconds, 3), "fps": round(frames / seconds, 3),
+        "crops_per_s": round(crops / seconds, 3), "flip": flip, "max_batch": max_batch,
+    }
 
 
 def person_boxes(num_frames: int, size: tuple[int, int], persons: int) -> dict[int, list[list[float]]]:
@@ -136,7 +179,8 @@ def pipeline_run(
 
 
 def naive_loop(
-    clip: Path, out: Path, boxes: dict[int, list[list[float]]], model_dir: Path, device: str
+    clip: Path, out: Path, boxes: dict[int, list[list[float]]], model_dir: Path, device: str,
+    input_size: tuple[int, int] = TINY_INPUT,
 ) -> dict:
     """The per-frame loop from the transformers Sapiens2 page, with the outputs the pipeline writes: the
     skeleton in the official colours drawn with cv2, the keypoints as JSON lines, the video through PyAV."""
@@ -147,7 +191,7 @@ def naive_loop(
 
     start = time.perf_counter()
     meta = pose_meta()
-    processor = Sapiens2ImageProcessor(size={"height": TINY_INPUT[0], "width": TINY_INPUT[1]})
+    processor = Sapiens2ImageProcessor(size={"height": input_size[0], "width": input_size[1]})
     model = Sapiens2ForPoseEstimation.from_pretrained(str(model_dir)).eval().to(device)
     frames = 0
     with (
@@ -199,7 +243,7 @@ def draw_person(canvas, meta, box, points, scores, threshold: float = 0.3) -> No
             cv2.circle(canvas, (int(x), int(y)), 2, (255, 0, 0), -1)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=300, help="frames of the overhead clip")
     parser.add_argument("--size", default="1920x1080", help="overhead clip WxH")
@@ -207,16 +251,23 @@ def main() -> None:
     parser.add_argument("--persons", type=int, default=3, help="persons per frame in (b)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-batch", type=int, help="the pipeline's --max-batch (default: its own default)")
+    parser.add_argument("--arch", default="tiny", help="pose model size, random weights (default tiny)")
+    parser.add_argument(
+        "--input-size", default="x".join(map(str, TINY_INPUT)), help="model input HxW (default 256x192)"
+    )
+    parser.add_argument("--flip", action="store_true", help="also run (b)'s pipeline and (c) with flip-TTA")
     parser.add_argument(
         "--out", default=None, help="JSON result path (default benchmarks/results/pipeline_<dev>.json)"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     width, height = (int(v) for v in args.size.lower().split("x"))
+    input_size = tuple(int(v) for v in args.input_size.lower().split("x"))
     torch.set_num_threads(min(2, torch.get_num_threads()))
+    model_name = f"{args.arch} Sapiens2 pose, random weights, input {input_size[0]}x{input_size[1]}"
 
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         tmp = Path(tmp)
-        model = tiny_checkpoint(tmp / "pose_tiny")
+        model = pose_checkpoint(tmp / f"pose_{args.arch}", args.arch, input_size)
 
         # (a) overhead on a clip with no persons.
         clip = tmp / "empty.mp4"
@@ -224,7 +275,7 @@ def main() -> None:
         no_boxes = write_boxes(tmp / "none.jsonl", {i: [] for i in range(args.frames)})
         bare_s = bare_transcode(clip, tmp / "bare.mp4")
         bare = {"frames": args.frames, "seconds": round(bare_s, 3), "fps": round(args.frames / bare_s, 3)}
-        piped = pipeline_run(clip, tmp / "a", no_boxes, model, args.device, TINY_INPUT, False, args.max_batch)
+        piped = pipeline_run(clip, tmp / "a", no_boxes, model, args.device, input_size, False, args.max_batch)
         overhead = {
             "clip": f"{width}x{height}, {args.frames} frames, no persons",
             "bare_pyav_transcode": bare,
@@ -240,13 +291,14 @@ def main() -> None:
         write_clip(clip_b, moving_squares(args.loop_frames, size, seed=1), fps=30)
         boxes = person_boxes(args.loop_frames, size, args.persons)
         boxes_file = write_boxes(tmp / "people.jsonl", boxes)
-        loop = naive_loop(clip_b, tmp / "loop.mp4", boxes, model, args.device)
+        loop = naive_loop(clip_b, tmp / "loop.mp4", boxes, model, args.device, input_size)
         ours = pipeline_run(
-            clip_b, tmp / "b", boxes_file, model, args.device, TINY_INPUT, False, args.max_batch
+            clip_b, tmp / "b", boxes_file, model, args.device, input_size, False, args.max_batch
         )
+        clip_name = f"{size[0]}x{size[1]}, {args.loop_frames} frames, {args.persons} persons per frame"
         versus = {
-            "clip": f"{size[0]}x{size[1]}, {args.loop_frames} frames, {args.persons} persons per frame",
-            "model": f"tiny Sapiens2 pose, input {TINY_INPUT[0]}x{TINY_INPUT[1]}, no flip (both)",
+            "clip": clip_name,
+            "model": f"{model_name}, no flip (both)",
             "transformers_loop": loop,
             "pipeline": ours,
             **ratios(ours, loop),
@@ -254,8 +306,23 @@ def main() -> None:
             "note": "the pipeline's workers fork from the fork server (a) started, as in any later run",
         }
 
+        # (c) against the model alone on the same clip, flip-TTA off (and on).
+        versus_model = {}
+        for flip in (False, True) if args.flip else (False,):
+            run = ours if not flip else pipeline_run(
+                clip_b, tmp / "c", boxes_file, model, args.device, input_size, True, args.max_batch
+            )
+            alone = model_only(
+                model, args.device, input_size, args.loop_frames, args.persons, run["max_batch"], flip
+            )
+            versus_model["flip" if flip else "no_flip"] = {
+                "clip": clip_name, "model": model_name, "model_only": alone, "pipeline": run,
+                **ratios(run, alone), "target": ">= 0.9",
+            }
+
     name = "pipeline_cpu" if args.device == "cpu" else "pipeline_gpu"
-    write_results(name, {"overhead": overhead, "versus_transformers_loop": versus}, args.out)
+    payload = {"overhead": overhead, "versus_transformers_loop": versus, "versus_model_only": versus_model}
+    write_results(name, payload, args.out)
 
 
 if __name__ == "__main__":
