@@ -127,15 +127,18 @@ def test_copy_stream_overlaps_previous_compute(device, record_property):
 
 
 def person_frames(device: torch.device) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-    """Two smooth 1080p and 720p frames and boxes that shrink (antialiased), enlarge and cross edges."""
+    """Two smooth frames (1080p and 720p on CUDA, a quarter of that on the CPU) and boxes that shrink
+    (antialiased), enlarge and cross the edges."""
     import cv2
 
+    scale = 1.0 if device.type == "cuda" else 0.25
     rng = np.random.default_rng(0)
     frames = []
     for height, width in ((1080, 1920), (720, 1280)):
+        height, width = int(height * scale), int(width * scale)
         noise = rng.integers(0, 255, (height // 8, width // 8, 3), np.uint8)
         frames.append(torch.from_numpy(cv2.resize(noise, (width, height), interpolation=cv2.INTER_CUBIC)))
-    boxes = torch.tensor(
+    boxes = scale * torch.tensor(
         [[100, 50, 700, 1000], [1500, 600, 1950, 1100], [10, 10, 60, 90], [300, 200, 500, 650],
          [-40, 100, 200, 700]], dtype=torch.float32,
     )
