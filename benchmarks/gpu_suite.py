@@ -911,60 +911,23 @@ def _fmt(value: object, digits: int = 1) -> str:
     return str(value)
 
 
+SUMMARY_WIDTH = 120  # columns of the summary's lines (one screen: at most about 40 lines)
+
+
 def summary(report: dict) -> str:
     """One screen: parts, test figures, throughput, attention, pipeline targets, live latency."""
     m, parts = report["machine"], report["parts"]
     where = m["gpu"] or "CPU (dry run: tiny models)"
     peak = f", bf16 peak {m['bf16_peak_tflops']} TFLOP/s" if m["bf16_peak_tflops"] else ""
     lines = [
-        f"GPU suite on {where}{peak}; torch {m['torch']}, transformers {m['transformers']}; "
-        f"{report['seconds']} s of {report['budget_s']} s"
+        f"GPU suite on {where}{peak}",
+        f"torch {m['torch']}, transformers {m['transformers']}; "
+        f"{report['seconds']} s of {report['budget_s']} s",
+        "part      status   seconds  note",
     ]
-    lines.append("part      status   seconds  note")
     for name, part in parts.items():
-        lines.append(f"{name:<9} {part['status']:<8} {part['seconds']:>7}  {(part['error'] or '')[:90]}")
-    tests = parts["tests"]["results"]
-    if tests["tests"]:
-        lines.append(f"tests: {tests['passed']} passed, {tests['failed']} failed, {tests['skipped']} skipped")
-        figures = {f["name"]: f["value"] for t in tests["tests"] for f in t["figures"]}
-        worst_bf16 = max((v for k, v in figures.items() if k.endswith("relative_l2")), default=None)
-        lines.append(
-            f"  bf16 vs fp32 worst rel. L2 {_fmt(worst_bf16, 4)}; upload/compute overlap "
-            f"{_fmt(figures.get('overlap_fraction_median'), 2)}; crops vs CPU "
-            f"{_fmt(figures.get('grey_levels_max_vs_cpu_opencv'), 2)} grey levels; keypoints "
-            f"{_fmt(figures.get('keypoint_max_difference_px'), 4)} px; {figures.get('video_codec_line', '')}"
-        )
-    model = parts["model"]["results"]
-    if model["throughput"]:
-        c = model["config"]
-        lines.append(
-            f"model: pose-{c['arch']} {c['input_hw']} {c['dtype']}, {c['gflop_per_image']} GFLOP/crop "
-            f"(compiled: {c['compile']})"
-        )
-        lines.append("  mode      batch  ours crops/s  transformers  ratio  ours MFU  ours MiB  compile s")
-        rows = {(r["impl"], r["mode"], r["batch"]): r for r in model["throughput"]}
-        versus = {(v["mode"], v["batch"]): v for v in model["versus"]}
-        for (impl, mode, batch), row in rows.items():
-            if impl != "ours":
-                continue
-            theirs = rows.get(("transformers", mode, batch), {})
-            ratio = versus.get((mode, batch), {}).get("ratio")
-            lines.append(
-                f"  {mode:<9} {batch:>5}  {_fmt(row.get('images_per_s')):>12}  "
-                f"{_fmt(theirs.get('images_per_s')):>12}  {_fmt(ratio, 2):>5}"
-                f"  {_fmt(row.get('mfu'), 3):>8}  {_fmt(row.get('peak_memory_mib'), 0):>8}  "
-                f"{_fmt(row.get('compile_s')):>9}"
-            )
-        attention = ", ".join(
-            f"{r['impl'][:4]}/{r['backend']} {_fmt(r['ms_per_batch'])}"
-            if r["ms_per_batch"] is not None
-            else f"{r['impl'][:4]}/{r['backend']} n/a"
-            for r in model["attention"]
-        )
-        lines.append(
-            f"  attention, ms per batch of {model['attention'][0]['batch'] if model['attention'] else '-'}: "
-            f"{attention}"
-        )
+        lines.append(f"{name:<9} {part['status']:<8} {_fmt(part['seconds']):>7}  {part['error'] or ''}")
+    lines += test_lines(parts["tests"]["results"]) + model_lines(parts["model"]["results"])
     for row in report["targets"]:
         verdict = {True: "met", False: "MISSED", None: "not measured"}[row["met"]]
         lines.append(f"target: {row['what']:<42} {_fmt(row['value'], 3):>7} (>= {row['target']}) {verdict}")
@@ -974,7 +937,49 @@ def summary(report: dict) -> str:
             f"drops {_fmt(run['drop_rate'], 4)}, {_fmt(run['output_fps_per_camera'])} fps/camera"
             + (f" ({run['error']})" if run["error"] else "")
         )
-    return "\n".join(lines)
+    return "\n".join(line[:SUMMARY_WIDTH] for line in lines)
+
+
+def test_lines(tests: dict) -> list[str]:
+    if not tests["tests"]:
+        return []
+    figures = {f["name"]: f["value"] for t in tests["tests"] for f in t["figures"]}
+    worst_bf16 = max((v for k, v in figures.items() if k.endswith("relative_l2")), default=None)
+    return [
+        f"tests: {tests['passed']} passed, {tests['failed']} failed, {tests['skipped']} skipped; "
+        f"bf16 vs fp32 worst rel. L2 {_fmt(worst_bf16, 4)}; upload/compute overlap "
+        f"{_fmt(figures.get('overlap_fraction_median'), 2)}",
+        f"  crops vs CPU {_fmt(figures.get('grey_levels_max_vs_cpu_opencv'), 2)} grey levels; keypoints "
+        f"{_fmt(figures.get('keypoint_max_difference_px'), 4)} px; {figures.get('video_codec_line', '')}",
+    ]
+
+
+def model_lines(model: dict) -> list[str]:
+    if not model["throughput"]:
+        return []
+    c = model["config"]
+    lines = [
+        f"model: pose-{c['arch']} {c['input_hw']} {c['dtype']}, {c['gflop_per_image']} GFLOP/crop, "
+        f"compiled: {c['compile']}",
+        "  mode      batch  ours crops/s  transformers  ratio  ours MFU  ours MiB  compile s",
+    ]
+    rows = {(r["impl"], r["mode"], r["batch"]): r for r in model["throughput"]}
+    versus = {(v["mode"], v["batch"]): v["ratio"] for v in model["versus"]}
+    for (impl, mode, batch), row in rows.items():
+        if impl != "ours":
+            continue
+        theirs = rows.get(("transformers", mode, batch), {})
+        lines.append(
+            f"  {mode:<9} {batch:>5}  {_fmt(row['images_per_s']):>12}  {_fmt(theirs.get('images_per_s')):>12}"
+            f"  {_fmt(versus.get((mode, batch)), 2):>5}  {_fmt(row['mfu'], 3):>8}"
+            f"  {_fmt(row['peak_memory_mib'], 0):>8}  {_fmt(row['compile_s']):>9}"
+            + (f"  {row['error']}" if row["error"] else "")
+        )
+    if model["attention"]:
+        lines.append(f"  attention, ms per batch of {model['attention'][0]['batch']}:")
+        cells = [f"{r['impl']}/{r['backend']} {_fmt(r['ms_per_batch'])}" for r in model["attention"]]
+        lines += ["    " + ", ".join(cells[i : i + 4]) for i in range(0, len(cells), 4)]
+    return lines
 
 
 # ------------------------------------------------------------------------------------------------- main
