@@ -90,3 +90,17 @@ def test_conform_fills_missing_keys_and_refuses_unknown_ones():
         conform({"not_a_key": 1}, SCHEMA)
     extra = {**report, "surprise": 1}
     assert "surprise" in key_paths(extra, SCHEMA) - key_paths(SCHEMA, SCHEMA)
+
+
+def test_a_part_past_its_budget_is_stopped_and_says_so(tmp_path):
+    """The part runs in its own process session: at its budget it is killed with whatever it started, and
+    its entry says so; the suite would go on with the next part."""
+    from benchmarks.gpu_suite import DRY, run_part
+
+    with open(tmp_path / "log", "w") as log:
+        part = run_part("live", DRY, budget=2.0, log=log, scratch=tmp_path)
+    assert part["status"] == "timeout"
+    assert part["error"].startswith("stopped at its budget of 2 s")
+    assert part["seconds"] < 30
+    conformed = conform(part, SCHEMA["parts"]["live"])
+    assert conformed["results"]["runs"] == [] or conformed["results"]["runs"][0]["cameras"] == 2
