@@ -854,23 +854,21 @@ def _version(package: str) -> str | None:
 
 
 def targets(parts: dict) -> list[dict]:
-    """The figures with targets, each with its verdict."""
+    """The figures with targets, each with its verdict; the same four rows whatever was measured."""
     pipeline = parts["pipeline"]["results"]
-    rows = []
-    for entry in pipeline["versus_model_only"]:
-        label = "flip on" if entry["flip"] else "flip off"
-        rows.append(
-            (
-                "pipeline / model alone, steady, " + label,
-                entry["ratio_steady"],
-                TARGETS["pipeline_vs_model_only"],
-            )
+    by_flip = {entry["flip"]: entry["ratio_steady"] for entry in pipeline["versus_model_only"]}
+    rows = [
+        (
+            f"pipeline / model alone, steady, flip {'on' if flip else 'off'}",
+            by_flip.get(flip),
+            TARGETS["pipeline_vs_model_only"],
         )
-    loop = pipeline["versus_transformers_loop"]
+        for flip in (False, True)
+    ]
     rows.append(
         (
             "pipeline / transformers loop, whole run",
-            loop["ratio_total"],
+            pipeline["versus_transformers_loop"]["ratio_total"],
             TARGETS["pipeline_vs_transformers_loop"],
         )
     )
@@ -950,7 +948,7 @@ def summary(report: dict) -> str:
         "part      status   seconds  note",
     ]
     for name, part in parts.items():
-        lines.append(f"{name:<9} {part['status']:<8} {_fmt(part['seconds']):>7}  {part['error'] or ''}")
+        lines.append(f"{name:<9} {_fmt(part['status']):<8} {_fmt(part['seconds']):>7}  {part['error'] or ''}")
     lines += test_lines(parts["tests"]["results"]) + model_lines(parts["model"]["results"])
     for row in report["targets"]:
         verdict = {True: "met", False: "MISSED", None: "not measured"}[row["met"]]

@@ -104,3 +104,16 @@ def test_a_part_past_its_budget_is_stopped_and_says_so(tmp_path):
     assert part["seconds"] < 30
     conformed = conform(part, SCHEMA["parts"]["live"])
     assert conformed["results"]["runs"] == [] or conformed["results"]["runs"][0]["cameras"] == 2
+
+
+def test_summary_of_a_run_where_every_part_failed():
+    from benchmarks.gpu_suite import summary, targets
+
+    failed = {"status": "crashed", "seconds": 1.0, "budget_s": 60, "error": "exit status -9, no result"}
+    report = conform({"parts": dict.fromkeys(PARTS, failed), "machine": {}}, SCHEMA)
+    report["targets"] = [conform(row, SCHEMA["targets"][0]) for row in targets(report["parts"])]
+    assert key_paths(report, SCHEMA) <= key_paths(SCHEMA, SCHEMA)
+    lines = summary(report).splitlines()
+    assert [line.split()[1] for line in lines if line.split()[0] in PARTS] == ["crashed"] * len(PARTS)
+    verdicts = [line for line in lines if line.startswith("target: ")]
+    assert len(verdicts) == 4 and all(line.endswith("not measured") for line in verdicts)
