@@ -162,7 +162,7 @@ class Sampler:
                 if role in (None, "worker"):  # a decoder between connections looks like any worker
                     role = self.roles[process.pid] = process_role(
                         process, self.root.pid, self.camera_ports, self.out)
-                rss[f"{role}[{process.pid}]"] = process.memory_info().rss
+                rss[process.pid] = process.memory_info().rss
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
         self.rings |= rings_mapped(processes)
@@ -247,7 +247,7 @@ def soak(args: argparse.Namespace) -> dict:
                 server.stop()
     if status != 0:
         raise RuntimeError(f"the run exited with {status}: {stderr_tail}")
-    return report(args, sampler.samples, outages, left, output_summary, status)
+    return report(args, sampler.samples, sampler.roles, outages, left, output_summary, status)
 
 
 def drive(args: argparse.Namespace, run: subprocess.Popen, sampler: Sampler,
@@ -309,8 +309,8 @@ def stop_run(run: subprocess.Popen, timeout: float = 120.0) -> int:
 # -- the report -----------------------------------------------------------------------------------
 
 
-def report(args: argparse.Namespace, samples: list[dict], outages: list[dict], shm_left: int,
-           outputs: dict, status: int) -> dict:
+def report(args: argparse.Namespace, samples: list[dict], roles: dict[int, str], outages: list[dict],
+           shm_left: int, outputs: dict, status: int) -> dict:
     measured = [s for s in samples if s["t"] >= args.warmup]
     first, last = measured[0], measured[-1]
     for outage in outages:
@@ -327,7 +327,7 @@ def report(args: argparse.Namespace, samples: list[dict], outages: list[dict], s
         },
         "exit_status": status,
         "measured_s": round(last["t"] - first["t"], 1),
-        "rss": rss_report(samples, first, last),
+        "rss": rss_report(samples, roles, first, last),
         "frame_age_ms": frame_age(first["metrics"], last["metrics"]),
         "frames": {name: _frames(first["metrics"], last["metrics"], name) for name in SOURCES},
         "drops_by_cause": {name: _drops(last["metrics"].get(name, {})) for name in SOURCES},
@@ -339,24 +339,22 @@ def report(args: argparse.Namespace, samples: list[dict], outages: list[dict], s
     }
 
 
-def rss_report(samples: list[dict], first: dict, last: dict) -> dict:
-    """Per process: RSS when it was first sampled after warm-up and at the end; total over the tree."""
+def rss_report(samples: list[dict], roles: dict[int, str], first: dict, last: dict) -> dict:
+    """Per process (``role[pid]``): RSS when first sampled after warm-up and at the end; total of the tree."""
     processes = {}
-    for label in last["rss"]:
-        series = [(s["t"], s["rss"][label]) for s in samples if s["t"] >= first["t"] and label in s["rss"]]
+    for pid in last["rss"]:
+        series = [(s["t"], s["rss"][pid]) for s in samples if s["t"] >= first["t"] and pid in s["rss"]]
         start_t, start = series[0]
         end = series[-1][1]
-        processes[label] = {
+        processes[f"{roles[pid]}[{pid}]"] = {
             "start_mb": round(start / MB, 1), "end_mb": round(end / MB, 1),
             "max_mb": round(max(v for _, v in series) / MB, 1),
             "growth_pct": round(100.0 * (end - start) / start, 2),
             "since_s": start_t,  # later than warm-up: the process started after it
         }
-    gone = sorted(set(first["rss"]) - set(last["rss"]))
+    gone = sorted(f"{roles[pid]}[{pid}]" for pid in set(first["rss"]) - set(last["rss"]))
     total_start, total_end = sum(first["rss"].values()), sum(last["rss"].values())
-    totals = [(s["t"], sum(s["rss"].values())) for s in samples if s["t"] >= first["t"]]
-    hours = np.array([t for t, _ in totals]) / 3600.0
-    slope = float(np.polyfit(hours, np.array([v for _, v in totals]) / MB, 1)[0]) if len(totals) > 2 else None
+    totals = [(s["t"], sum(s["rss"].values()) / MB) for s in samples if s["t"] >= first["t"]]
     growth = 100.0 * (total_end - total_start) / total_start
     return {
         "processes": processes,
@@ -364,13 +362,24 @@ def rss_report(samples: list[dict], first: dict, last: dict) -> dict:
         "total": {
             "start_mb": round(total_start / MB, 1), "end_mb": round(total_end / MB, 1),
             "growth_pct": round(growth, 2),
-            "trend_mb_per_hour": None if slope is None else round(slope, 1),
+            # Memory that settles (pools, stats windows filling) shows as a first-half rise only; a leak
+            # keeps rising: the trend over the second half of the measured span tells them apart.
+            "trend_mb_per_hour": _trend(totals),
+            "trend_mb_per_hour_second_half": _trend(totals[len(totals) // 2:]),
         },
         "target_pct": RSS_TARGET_PCT,
         "within_target": growth < RSS_TARGET_PCT and all(
             p["growth_pct"] < RSS_TARGET_PCT for p in processes.values()),
         "series_mb": [[s["t"], round(sum(s["rss"].values()) / MB, 1)] for s in samples],
     }
+
+
+def _trend(series: list[tuple[float, float]]) -> float | None:
+    """Least-squares slope of (seconds, MB) samples, in MB per hour."""
+    if len(series) < 3:
+        return None
+    seconds, mb = np.array(series).T
+    return round(float(np.polyfit(seconds / 3600.0, mb, 1)[0]), 1)
 
 
 def frame_age(before: dict, after: dict) -> dict:
@@ -431,6 +440,8 @@ def print_table(result: dict) -> None:
     total = rss["total"]
     print(f"{'total':<28}{total['start_mb']:>10.1f}{total['end_mb']:>10.1f}{total['growth_pct']:>10.2f}"
           f"   (target < {rss['target_pct']:g} %: {'yes' if rss['within_target'] else 'NO'})")
+    print(f"total RSS trend {total['trend_mb_per_hour']} MB/h, "
+          f"{total['trend_mb_per_hour_second_half']} MB/h over the second half")
     for name in (*SOURCES, "all"):
         age = result["frame_age_ms"][name]
         print(f"frame age {name:<7} p50 {age['p50']} ms  p99 {age['p99']} ms")
