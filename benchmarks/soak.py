@@ -274,17 +274,18 @@ def drive(args: argparse.Namespace, run: subprocess.Popen, sampler: Sampler,
             waiting_for_reconnect, down = down, None
         if waiting_for_reconnect is not None:
             reconnects = counter(scrape(sampler.metrics_url), "flaky", "sapiens_stream_reconnects_total")
-            if reconnects > waiting_for_reconnect["restored_flaky_reconnects"]:
+            # Counted from the camera's going down: no reconnect can happen while it is, and a reconnect
+            # quicker than the scrape right after the restart still counts.
+            if reconnects > waiting_for_reconnect["before_flaky_reconnects"]:
                 t = time.monotonic() - start
-                waiting_for_reconnect["reconnected_after_s"] = round(t - waiting_for_reconnect["up_at_s"], 2)
+                waiting_for_reconnect["reconnected_after_s"] = round(
+                    max(0.0, t - waiting_for_reconnect["up_at_s"]), 2)
                 waiting_for_reconnect = None
         if t >= next_sample:
             sampler.sample(t)
             next_sample += args.sample_every
         time.sleep(0.2)
     sampler.sample(time.monotonic() - start)
-    if down is not None:  # the run ended while the camera was down: bring it back for the record
-        flaky.start()
     return outages
 
 
