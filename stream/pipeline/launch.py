@@ -40,24 +40,18 @@ def run_worker(spec: WorkerSpec, context: zmq.Context | None = None) -> None:
 
 
 # Imported once by the fork server, so workers start from a warm interpreter instead of each paying for
-# Python, numpy, PyAV, ZeroMQ and torch (seconds per worker on a small CPU). Nothing here starts threads
-# beyond the BLAS pool, which re-initialises after fork; OpenCV (imported by models.preprocess for the CPU
-# crops) starts its pool on first use, in the worker.
+# Python, numpy, PyAV, OpenCV, ZeroMQ and the tracker's solver. Not torch: only the inference worker needs
+# it, and it imports it itself (seconds on a small CPU) while the decoders already read the first frames;
+# the fork server, and so every other worker, starts without it. Nothing here starts threads beyond the
+# BLAS pool, which re-initialises after fork.
 WORKER_PRELOAD = [
     "stream.pipeline.worker_server",  # first: the fork server ignores stop signals sent to the group
     "__main__",
     "stream.pipeline.launch",
     "stream.stages.decode",
     "stream.stages.track",
+    "stream.stages.render",
     "scipy.optimize",  # the tracker's assignment solver
-    "torch",
-    "stream.stages.inference",
-    "models.sapiens2",
-    "models.loading",
-    "models.detector",
-    "models.preprocess",
-    "models.postprocess",
-    "models.tta",
 ]
 
 
@@ -73,9 +67,9 @@ def process_context():
 
 
 def start_worker_server() -> None:
-    """Start the fork server now, if workers come from one: it imports torch (seconds on a small CPU)
-    while the sources are probed (a camera may take as long to answer) and the coordinator sets up,
-    instead of after. Later runs of this process reuse it."""
+    """Start the fork server now, if workers come from one: it imports the workers' modules while the
+    sources are probed (a camera may take as long to answer) and the coordinator sets up, instead of
+    after. Later runs of this process reuse it."""
     context = process_context()
     if context.get_start_method() == "forkserver":
         from multiprocessing import forkserver
