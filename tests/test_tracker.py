@@ -271,3 +271,16 @@ def test_keypoints_join_an_isolated_person_whose_box_jumped():
         jumped = person_box(centre[0] + 30, centre[1] + 55, w=70, h=110)
         ids = tracker.update(jumped[None], np.array([0.9]), 10 / FPS, (skeleton + centre)[None], visible)
         assert bool(ids[0] == first[0]) is same
+
+
+def test_thresholds_come_from_one_config_and_bad_settings_are_refused():
+    from trackers import TrackerConfig
+
+    config = TrackerConfig(new_track_thresh=0.6)
+    assert PersonTracker(frame_rate=FPS, config=config, track_buffer=60).config == TrackerConfig(
+        new_track_thresh=0.6, track_buffer=60
+    )
+    with pytest.raises(TypeError, match="unknown tracker setting"):
+        PersonTracker(frame_rate=FPS, new_track_threshold=0.6)
+    with pytest.raises(ValueError, match="track_low_thresh"):
+        TrackerConfig(track_low_thresh=0.5, track_high_thresh=0.3)
