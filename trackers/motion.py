@@ -6,6 +6,11 @@ large pans. ``CameraMotion`` estimates the frame-to-frame motion as a partial af
 uniform scale, translation): corners are picked on a downscaled grey frame, away from the persons'
 boxes (they move on their own), followed to the next frame with pyramidal Lucas-Kanade flow, and the
 transform is fitted robustly (RANSAC). The tracker warps its tracks by it before associating.
+
+Two guards against a still camera being seen as moving: corners are picked with a low quality level (a
+few strong corners, say of a sign, would otherwise crowd out the weak ones of the ground and walls), and
+a point is kept only if flowing it back lands where it started (forward-backward check); the fit must
+explain half of the kept points, else the motion is taken as none.
 """
 
 from __future__ import annotations
@@ -19,10 +24,13 @@ IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 class CameraMotion:
     """One per source: ``estimate(frame, boxes) -> (2,3)`` maps the previous frame's pixels to this one's."""
 
-    def __init__(self, max_width: int = 480, max_corners: int = 400, min_inliers: int = 12) -> None:
+    def __init__(
+        self, max_width: int = 480, max_corners: int = 400, min_inliers: int = 12, box_margin: float = 0.15
+    ) -> None:
         self.max_width = max_width
         self.max_corners = max_corners
         self.min_inliers = min_inliers
+        self.box_margin = box_margin  # persons' boxes are widened by this much: detectors clip limbs
         self.reset()
 
     def reset(self) -> None:
@@ -53,21 +61,25 @@ class CameraMotion:
     def _pick_corners(self, grey: np.ndarray, boxes: np.ndarray | None, scale: float) -> np.ndarray | None:
         mask = np.full(grey.shape, 255, np.uint8)
         if boxes is not None and len(boxes):
-            for x1, y1, x2, y2 in np.nan_to_num(np.asarray(boxes, np.float64) * scale):
+            boxes = np.nan_to_num(np.asarray(boxes, np.float64).reshape(-1, 4)) * scale
+            pad = (boxes[:, 2:] - boxes[:, :2]) * self.box_margin
+            for x1, y1, x2, y2 in np.concatenate([boxes[:, :2] - pad, boxes[:, 2:] + pad], axis=1):
                 mask[max(int(y1), 0) : max(int(y2) + 1, 0), max(int(x1), 0) : max(int(x2) + 1, 0)] = 0
         return cv2.goodFeaturesToTrack(
-            grey, maxCorners=self.max_corners, qualityLevel=0.01, minDistance=3, blockSize=3, mask=mask
+            grey, maxCorners=self.max_corners, qualityLevel=0.001, minDistance=8, blockSize=3, mask=mask
         )
 
     def _fit(self, grey: np.ndarray, scale: float) -> np.ndarray:
         moved, status, _ = cv2.calcOpticalFlowPyrLK(self._previous, grey, self._corners, None)
-        found = status.reshape(-1) == 1
+        back, status_back, _ = cv2.calcOpticalFlowPyrLK(grey, self._previous, moved, None)
+        round_trip = np.linalg.norm((back - self._corners).reshape(-1, 2), axis=1)
+        found = (status.reshape(-1) == 1) & (status_back.reshape(-1) == 1) & (round_trip < 0.5)
         if found.sum() < self.min_inliers:
             return IDENTITY.copy()
         matrix, inliers = cv2.estimateAffinePartial2D(
             self._corners[found], moved[found], method=cv2.RANSAC, ransacReprojThreshold=1.0
         )
-        if matrix is None or inliers is None or inliers.sum() < self.min_inliers:
+        if matrix is None or inliers is None or inliers.sum() < max(self.min_inliers, found.sum() / 2):
             return IDENTITY.copy()
         matrix = matrix.astype(np.float64)
         matrix[:, 2] /= scale  # the linear part is the same at every scale; the shift is not

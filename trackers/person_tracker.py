@@ -37,7 +37,7 @@ __all__ = ["PersonTracker", "TrackerConfig", "box_iou", "keypoint_boxes", "keypo
 
 class PersonTracker:
     """``update(boxes (N,4) xyxy, scores (N,), timestamp seconds, keypoints (N,K,2)=None,
-    keypoint_scores (N,K)=None, frame=None) -> ids (N,) int64`` (-1: not tracked yet).
+    keypoint_scores (N,K)=None, frame=None, motion=None) -> ids (N,) int64`` (-1: not tracked yet).
 
     ``PersonTracker(frame_rate, config=TrackerConfig(...))``, or any ``TrackerConfig`` field as a
     keyword (``PersonTracker(frame_rate=25, track_buffer=60)``).
@@ -81,13 +81,19 @@ class PersonTracker:
         keypoints: np.ndarray | None = None,
         keypoint_scores: np.ndarray | None = None,
         frame: np.ndarray | None = None,
+        motion: np.ndarray | None = None,
     ) -> np.ndarray:
+        """Ids (N,) of this frame's detections. ``frame`` (H,W,3 RGB): the tracker estimates the camera's
+        motion since the previous frame from it; or ``motion``, that (2,3) matrix estimated elsewhere
+        (``CameraMotion.estimate`` where the frames are)."""
         cfg = self.config
         boxes, scores, keypoints, visible = self._check_inputs(boxes, scores, keypoints, keypoint_scores)
         timestamp = self._check_time(timestamp)
         first_frame = self._time is None and not self._tracks
-        if frame is not None and cfg.camera_motion:
-            warp(self._tracks, self.camera.estimate(frame, boxes))
+        if motion is None and frame is not None and cfg.camera_motion:
+            motion = self.camera.estimate(frame, boxes)
+        if motion is not None and cfg.camera_motion:
+            warp(self._tracks, np.asarray(motion, np.float64).reshape(2, 3))
         advance(self._tracks, timestamp, self.frame_rate)
         self._time = timestamp
 
