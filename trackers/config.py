@@ -5,7 +5,9 @@ Scores follow the distribution of ultralytics YOLO person detections: a clearly 
 person-like objects). Match thresholds are distances (1 - similarity), as in ByteTrack's configuration
 files, so the same numbers can be handed to ultralytics' trackers. Durations are in frames at 30 fps
 (ByteTrack's convention) or in seconds, and are compared against timestamps, so they mean the same at any
-frame rate. ``benchmarks/tracking.py`` chose the defaults on its tuning sequences only.
+frame rate. ``benchmarks/tracking.py --tune`` chose ``track_high_thresh``, ``new_track_thresh``,
+``recovery_max_gap`` and ``pose_weight`` on its tuning sequences only (the grid and every trial are in
+``benchmarks/results/tracking_tuning.json``); the held-out sequences were never used to choose anything.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass, fields
 @dataclass(frozen=True)
 class TrackerConfig:
     # --- detection scores (ByteTrack's two stages and track birth)
-    track_high_thresh: float = 0.3
+    track_high_thresh: float = 0.25
     """First stage: detections at or above it can be claimed by every confirmed track, lost ones too."""
     track_low_thresh: float = 0.1
     """Second stage: weaker detections (down to this) only extend tracks tracked until this frame."""
