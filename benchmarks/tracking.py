@@ -31,7 +31,11 @@ is about association and track management, not box refinement):
   our thresholds (``track_high_thresh``, ``track_low_thresh``, ``new_track_thresh``, ``match_thresh``,
   ``track_buffer``).
 
-Run: ``.venv/bin/python benchmarks/tracking.py [--seeds 3] [--out FILE] [--checkpoint DIR] [--tune]``.
+With ``--cli``, ours also runs through ``sapiens-stream run`` on each held-out clip (seed 0, the
+detections as ``boxes:FILE``, ``--no-smooth``), its ids read back from the JSONL: the whole pipeline, whose
+track stage does not see the frames (no camera motion).
+
+Run: ``.venv/bin/python benchmarks/tracking.py [--seeds 3] [--out FILE] [--checkpoint DIR] [--tune] [--cli]``.
 """
 
 from __future__ import annotations
@@ -245,6 +249,11 @@ def simulate_detections(seq: Sequence, rng: np.random.Generator) -> list[FrameDe
     return out
 
 
+def detection_rows(dets: list[FrameDetections]) -> dict[int, list[list[float]]]:
+    """``{frame: [[x1, y1, x2, y2, score], ...]}`` for a ``boxes:FILE``."""
+    return {i: np.concatenate([d.boxes, d.scores[:, None]], axis=1).tolist() for i, d in enumerate(dets)}
+
+
 def add_keypoints(
     checkpoint: Path, frames: list[np.ndarray], dets: list[FrameDetections], workdir: Path
 ) -> None:
@@ -256,8 +265,7 @@ def add_keypoints(
     from stream.runtime.messages import frame_message
     from stream.stages.inference import InferenceEngine
 
-    per_frame = {i: np.concatenate([d.boxes, d.scores[:, None]], axis=1).tolist() for i, d in enumerate(dets)}
-    boxes_file = write_boxes(workdir / "boxes.jsonl", per_frame)
+    boxes_file = write_boxes(workdir / "boxes.jsonl", detection_rows(dets))
     messages = [
         frame_message("clip", i, DecodedFrame(f, i, i / FRAME_RATE, Fraction(1, int(FRAME_RATE)), 0.0))
         for i, f in enumerate(frames)
@@ -418,6 +426,41 @@ def evaluate_split(material: dict[str, Material], makers: dict) -> dict:
     return table
 
 
+def through_cli(material: dict[str, Material], checkpoint: Path, workdir: Path, makers: dict) -> dict:
+    """Ours as ``sapiens-stream run`` runs it (seed 0): the rendered clip, its detections as ``boxes:FILE``,
+    the tiny pose model, ``--no-smooth`` so boxes stay as detected; ids read back from the JSONL. Beside
+    it, every tracker of ``makers`` on the same seed."""
+    from pipeline_fixtures import read_jsonl, write_boxes
+    from trained_pose import INPUT_SIZE
+
+    from stream.front.cli import main as cli
+
+    table = {}
+    for name, m in material.items():
+        dets = m.detections[0]
+        boxes_file = write_boxes(workdir / f"{name}.boxes.jsonl", detection_rows(dets))
+        out = workdir / f"{name}.out"
+        argv = [
+            "run", str(workdir / f"{name}.mp4"), "--out", str(out), "--task", "pose",
+            "--pose-model", str(checkpoint), "--detector", f"boxes:{boxes_file}", "--device", "cpu",
+            "--no-flip", "--no-smooth", "--input-size", "x".join(map(str, INPUT_SIZE)), "--workers", "inproc",
+            "--no-progress",
+        ]
+        if cli(argv) != 0:
+            raise RuntimeError(f"sapiens-stream run failed on {name}")
+        outputs = []
+        for line in read_jsonl(out / f"{name}.jsonl"):
+            tracked = [p for p in line["persons"] if p["id"] is not None]
+            outputs.append((np.array([p["id"] for p in tracked], np.int64),
+                            np.array([p["bbox"] for p in tracked], np.float64).reshape(-1, 4)))
+        table[name] = {"ours through sapiens-stream run": evaluate(m.seq, outputs)}
+        for label, make in makers.items():
+            table[name][label] = run_one(make, m.seq, m.frames, dets)
+    labels = table[next(iter(material))]
+    table["mean"] = {label: mean_of([table[n][label] for n in material]) for label in labels}
+    return table
+
+
 def tune(material: dict[str, Material], sigmas: np.ndarray) -> tuple[TrackerConfig, list[dict]]:
     """Grid search on the tuning split only: the config with the best mean of HOTA and IDF1."""
     trials = []
@@ -467,8 +510,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--out", default=None)
-    parser.add_argument("--checkpoint", type=Path, default=None, help="tiny pose checkpoint (else trained)")
-    parser.add_argument("--tune", action="store_true", help="grid-search our thresholds on the tuning split")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="tiny pose model (else trained)")
+    parser.add_argument("--tune", action="store_true", help="grid-search our thresholds on the tuning data")
+    parser.add_argument("--cli", action="store_true", help="ours through sapiens-stream run too (seed 0)")
     args = parser.parse_args()
 
     import torch
@@ -493,12 +537,15 @@ def main() -> None:
         results = {"tuning": evaluate_split(tuning, makers)}
         held_out = prepare(SPLITS["held-out"], args.seeds, checkpoint, workdir)
         results["held-out"] = evaluate_split(held_out, makers)
+        cli_rows = through_cli(held_out, checkpoint, workdir, makers) if args.cli else None
     print_table(results)
+    if cli_rows:
+        print_table({"CLI seed 0": cli_rows})
     verdict = bar_met(results["held-out"])
     write_results(
         "tracking",
         {
-            "command": f"benchmarks/tracking.py --seeds {args.seeds}",
+            "command": f"benchmarks/tracking.py --seeds {args.seeds}" + (" --cli" if args.cli else ""),
             "splits": SPLITS,
             "seeds": args.seeds,
             "our_config": asdict(TrackerConfig()),
@@ -507,6 +554,7 @@ def main() -> None:
             "bar": "held-out, per sequence and on average: IDF1 and HOTA >= both ultralytics trackers (best "
             "of shipped / our thresholds), MOTA within 0.01 of the better one",
             "bar_met": verdict,
+            "held_out_through_cli_seed_0": cli_rows,
             "seconds": round(time.perf_counter() - start, 1),
         },
         args.out,
