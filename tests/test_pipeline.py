@@ -100,7 +100,7 @@ def test_pose_on_two_clips_and_an_image_folder_in_one_run(material, tmp_path) ->
                 keypoints = np.asarray(person["keypoints"])
                 assert keypoints.shape == (308, 3) and np.isfinite(keypoints).all()
         ids = {p["id"] for line in lines for p in line["persons"]}
-        assert len(ids - {-1}) >= 2  # both persons tracked at some point
+        assert len(ids - {None}) >= 2  # both persons tracked at some point
     stills = read_jsonl(out / "stills.jsonl")
     assert [line["frame"] for line in stills] == list(range(5))
     assert all(line["pts"] is None and (line["width"], line["height"]) == (72, 56) for line in stills)

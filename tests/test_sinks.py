@@ -175,7 +175,7 @@ def test_jsonl_record_follows_the_design_schema():
     assert (record["width"], record["height"]) == (64, 48)
     first, second = record["persons"]
     assert list(first) == ["id", "bbox", "score", "keypoints"]
-    assert first["id"] == 4 and second["id"] == -1
+    assert first["id"] == 4 and second["id"] is None
     assert first["bbox"] == [1.11, 2.22, 30.33, 40.44] and first["score"] == 0.9877
     assert len(first["keypoints"]) == 308 and first["keypoints"][2] == [2.12, 0.0, 0.8765]
     assert second["keypoints"][3] == [0.0, 7.0, None]  # NaN score becomes null, not invalid JSON

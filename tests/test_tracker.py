@@ -226,3 +226,61 @@ def test_keypoint_boxes_cover_confident_keypoints_and_feed_the_tracker():
     for f in range(3):
         ids = tracker.update(boxes, box_scores, f / FPS)
     assert ids[0] >= 1 and ids[1] == -1
+
+
+def test_occluded_persons_keypoints_on_the_front_person_do_not_swap_ids():
+    # A walks right in front, B walks left behind. While their boxes overlap, the pose model puts B's
+    # keypoints on A (a top-down model finds the most salient person in B's crop), and A's detection is
+    # missed on every third frame. The boxes alone tell the two apart; the keypoints must not undo that.
+    rng = np.random.default_rng(0)
+    skeleton = rng.uniform(-25, 25, (17, 2)) * np.array([1.0, 2.5])
+    tracker = PersonTracker(frame_rate=FPS, keypoint_sigmas=np.full(17, 0.08))
+    ids_a, ids_b = [], []
+    for f in range(60):
+        centre_a, centre_b = np.array([150 + 4.0 * f, 240.0]), np.array([390 - 4.0 * f, 236.0])
+        a, b = person_box(*centre_a), person_box(*centre_b)
+        overlapping = box_iou(a[None], b[None])[0, 0] > 0
+        boxes, scores = [b], [0.6 if overlapping else 0.85]
+        keypoints = [skeleton + (centre_a if overlapping else centre_b)]
+        a_seen = not (overlapping and f % 3 == 0)
+        if a_seen:
+            boxes.append(a)
+            scores.append(0.9)
+            keypoints.append(skeleton + centre_a)
+        ids = tracker.update(np.array(boxes), np.array(scores), f / FPS, np.array(keypoints),
+                             np.ones((len(boxes), 17)))
+        ids_b.append(int(ids[0]))
+        if a_seen:
+            ids_a.append(int(ids[1]))
+    assert len(set(ids_a)) == 1 and ids_a[0] >= 1
+    assert set(ids_b) == {ids_b[0]} and ids_b[0] >= 1 and ids_b[0] != ids_a[0]
+
+
+def test_keypoints_join_an_isolated_person_whose_box_jumped():
+    # One person, alone; the box jumps (a detector glitch: IoU with the prediction under the gate) while
+    # the keypoints stay put. Confident keypoints on isolated boxes raise the similarity: same id.
+    rng = np.random.default_rng(2)
+    skeleton = rng.uniform(-25, 25, (17, 2)) * np.array([1.0, 2.5])
+    visible = np.ones((1, 17))
+    for pose_weight, same in ((0.5, True), (0.0, False)):
+        tracker = PersonTracker(frame_rate=FPS, keypoint_sigmas=np.full(17, 0.08), pose_weight=pose_weight)
+        centre = np.array([200.0, 240.0])
+        for f in range(10):
+            first = tracker.update(person_box(*centre)[None], np.array([0.9]), f / FPS,
+                                   (skeleton + centre)[None], visible)
+        jumped = person_box(centre[0] + 30, centre[1] + 55, w=70, h=110)
+        ids = tracker.update(jumped[None], np.array([0.9]), 10 / FPS, (skeleton + centre)[None], visible)
+        assert bool(ids[0] == first[0]) is same
+
+
+def test_thresholds_come_from_one_config_and_bad_settings_are_refused():
+    from trackers import TrackerConfig
+
+    config = TrackerConfig(new_track_thresh=0.6)
+    assert PersonTracker(frame_rate=FPS, config=config, track_buffer=60).config == TrackerConfig(
+        new_track_thresh=0.6, track_buffer=60
+    )
+    with pytest.raises(TypeError, match="unknown tracker setting"):
+        PersonTracker(frame_rate=FPS, new_track_threshold=0.6)
+    with pytest.raises(ValueError, match="track_low_thresh"):
+        TrackerConfig(track_low_thresh=0.5, track_high_thresh=0.3)

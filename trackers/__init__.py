@@ -7,7 +7,9 @@ the capture time for live sources); call ``reset()`` on all of them at EOS / a n
     boxes_sm, points_sm, seg_sm = BoxSmoother(), KeypointSmoother(), SegmentationSmoother()
 
     # a frame with detector output, after pose (tracking comes after the model in the pipeline)
-    ids = tracker.update(boxes, scores, t, keypoints, keypoint_scores)   # keypoints optional (OKS)
+    ids = tracker.update(boxes, scores, t, keypoints, keypoint_scores, frame=frame_rgb)
+    # keypoints optional (they only help, see trackers/association.py); the frame, optional, lets the
+    # tracker follow camera motion (trackers/motion.py); thresholds: trackers/config.py
     boxes = boxes_sm(ids, boxes, t)                           # steadier boxes for the output
     keypoints = points_sm(ids, keypoints, keypoint_scores, t) # ids < 0 pass through unchanged
     probs = seg_sm(probs, t, key=0, image=frame_rgb)          # full frame (flow=True to follow motion)
@@ -28,17 +30,22 @@ One-Euro filters them, so detector jitter does not become crop jitter::
     crop_boxes = crops(boxes, t)                              # crop from these; report ``boxes``
 """
 
+from trackers.association import keypoint_boxes
+from trackers.config import TrackerConfig
 from trackers.crop_boxes import CropBoxSmoother
+from trackers.motion import CameraMotion
 from trackers.one_euro import BoxSmoother, KeypointSmoother
-from trackers.person_tracker import PersonTracker, keypoint_boxes
+from trackers.person_tracker import PersonTracker
 from trackers.seg_smoothing import SegmentationSmoother, crop_shift
 
 __all__ = [
     "BoxSmoother",
+    "CameraMotion",
     "CropBoxSmoother",
     "KeypointSmoother",
     "PersonTracker",
     "SegmentationSmoother",
+    "TrackerConfig",
     "crop_shift",
     "keypoint_boxes",
 ]

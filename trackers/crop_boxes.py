@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from trackers.association import assign, box_iou
 from trackers.one_euro import BoxSmoother
-from trackers.person_tracker import _assign, box_iou
 
 
 @dataclass
@@ -112,7 +112,7 @@ class CropBoxSmoother:
         known = list(self._tracks)
         if known and len(rows):
             predicted = np.stack([self._predict(self._tracks[i], timestamp) for i in known])
-            matched_tracks, matched_rows = _assign(box_iou(predicted, boxes[rows]), self.min_iou)
+            matched_tracks, matched_rows = assign(box_iou(predicted, boxes[rows]), self.min_iou)
             ids[rows[matched_rows]] = np.asarray(known, np.int64)[matched_tracks]
         for row in rows:
             if ids[row] < 0:

@@ -314,7 +314,8 @@ def jsonl_record(source: str, frame: DecodedFrame, result: FrameResult | None, s
     ``{"source", "frame", "pts", "width", "height", "persons": [{"id", "bbox", "score", "keypoints"}]}``;
     a frame dropped in live mode gives ``{..., "skipped": true}`` without persons. Pixels are rounded to
     2 decimals, scores to 4, pts (seconds) to 6; non-finite numbers become null. Persons carry
-    ``keypoints`` only when pose ran (seg-only runs have none); ``id`` is -1 for an untracked person.
+    ``keypoints`` only when pose ran (seg-only runs have none); ``id`` is null until the person's track
+    is confirmed (the tracker's -1).
     """
     record: dict = {
         "source": source,
@@ -331,7 +332,7 @@ def jsonl_record(source: str, frame: DecodedFrame, result: FrameResult | None, s
         _check_result(result)
         boxes = _rounded(result.boxes, 2)
         scores = _rounded(result.scores, 4)
-        ids = result.track_ids.astype(np.int64).tolist()
+        ids = [None if i < 0 else i for i in result.track_ids.astype(np.int64).tolist()]
         keypoints = None
         if result.keypoints is not None:
             xys = np.asarray(result.keypoints, dtype=np.float64)
