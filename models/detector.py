@@ -2,9 +2,9 @@
 
 ``make_detector(spec)`` picks the kind from ``spec``:
 
-- ``"boxes:FILE"``: DESIGN.md section 5's JSONL, one ``{"frame": int, "boxes": [[x1, y1, x2, y2, score],
-  ...]}`` line per frame; frames absent from the file have no persons. Boxes come back exactly as given
-  (no confidence, NMS or count filtering): the file is the truth.
+- ``"boxes:FILE"``: given boxes (``models.boxes``; the format is in docs/architecture.md, "Inputs"):
+  one ``{"frame": int, "boxes": [[x1, y1, x2, y2, score], ...]}`` line per frame; frames absent from
+  the file have no persons. Boxes come back exactly as given: the file is the truth.
 - a local path to YOLO weights (``.pt``, or any format ultralytics loads). A ``.pt`` file is a pickle,
   as every YOLO checkpoint is: load only weights from a source you trust.
 - a YOLO weights name (``"yolo11n.pt"``): looked up in ultralytics' weights directory, downloaded there

@@ -309,7 +309,7 @@ def _check_result(result: FrameResult) -> None:
 
 
 def jsonl_record(source: str, frame: DecodedFrame, result: FrameResult | None, skipped: bool = False) -> dict:
-    """One JSONL line of DESIGN.md section 5, in source-frame pixels.
+    """One JSONL line (docs/architecture.md, "Outputs"), in source-frame pixels.
 
     ``{"source", "frame", "pts", "width", "height", "persons": [{"id", "bbox", "score", "keypoints"}]}``;
     a frame dropped in live mode gives ``{..., "skipped": true}`` without persons. Pixels are rounded to
