@@ -327,8 +327,10 @@ def prepare_full_frame(
 
     ``keep_aspect=False`` stretches each frame to the input size (segmentation). ``keep_aspect=True`` fits
     it inside the input size and pads the rest with black, centred, as the reference processor's
-    ``do_pad`` does for normals, pointmaps and matting. Resizing is bilinear and antialiased, as the
-    reference's, and the result is rounded to 8 bits as the reference's uint8 resize does.
+    ``do_pad`` does for normals and pointmaps. Resizing is bilinear and antialiased, as the
+    reference's. On the CPU the uint8 frame is resized as it is, through the same fixed-point kernel as
+    the reference's uint8 resize, so the inputs are identical; elsewhere the float resize is rounded to
+    8 bits (within one grey level of it).
     """
     out_h, out_w = _check_input_size(input_size)
     if len(frames) == 0:
@@ -336,7 +338,9 @@ def prepare_full_frame(
     _check_frames(frames)
     out = torch.zeros(len(frames), 3, out_h, out_w, dtype=torch.float32, device=frames[0].device)
     for i, frame in enumerate(frames):
-        image = frame.permute(2, 0, 1).unsqueeze(0).float()
+        image = frame.permute(2, 0, 1).unsqueeze(0)
+        if frame.device.type != "cpu":  # the uint8 kernel is the CPU's
+            image = image.float()
         top, left, new_h, new_w = 0, 0, out_h, out_w
         if keep_aspect:
             new_h, new_w = fit_inside(tuple(frame.shape[:2]), (out_h, out_w))
@@ -344,7 +348,7 @@ def prepare_full_frame(
         resized = F.interpolate(
             image, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True
         )
-        out[i, :, top : top + new_h, left : left + new_w] = resized[0].round_().clamp_(0.0, 255.0)
+        out[i, :, top : top + new_h, left : left + new_w] = resized[0].float().round_().clamp_(0.0, 255.0)
     return _normalise(out)
 
 

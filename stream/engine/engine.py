@@ -4,7 +4,8 @@ A group of frames (``batches.Group``) goes through three steps. ``prepare`` drop
 detects persons in the whole group at once (every k-th frame with ``--detect-every``; boxes are carried
 in between, see ``state``) and starts uploading the frames to the device. ``launch`` warps every person
 box to the model input and runs the model in chunks padded to a few static batch sizes (flip-TTA doubles
-each chunk inside the same forward), and segments the full frames. ``finish`` waits for the pose
+each chunk inside the same forward), and segments the full frames (or person crops) and runs the
+full-frame dense tasks (normals, pointmaps, matting; ``stream.engine.tasks``). ``finish`` waits for the pose
 decoding and builds one outgoing message per frame. Keypoints and label maps are computed on the device;
 only those small results leave it. On CPU each chunk's heatmaps are decoded on the pose-decoding thread
 while the next chunk, or the next group, is cropped and forwarded. Control messages (``eos``, ``skip``)
@@ -32,6 +33,7 @@ from stream.engine.batches import Group, LaunchedGroup, PendingPose, PreparedGro
 from stream.engine.device import DeviceStreams, OverlapScheduler, padded_size, static_batch_sizes
 from stream.engine.runtime import load_task_model, resolve_device, resolve_dtype
 from stream.engine.state import SourceStates, smoothing_size
+from stream.engine.tasks import run_dense, run_person_seg
 from stream.media.frames import FrameResult
 from stream.runtime.messages import FRAME, RESULTS, SKIP, Message, follow_up, result_arrays
 from stream.runtime.ring import INFER_READER, release
@@ -76,6 +78,10 @@ class InferenceEngine:
         self.seg_model = (
             load_task_model(cfg.seg_model, "seg", cfg, self.device, self.dtype) if cfg.seg else None
         )
+        self.dense_models = {
+            task: load_task_model(cfg.task_model(task), task, cfg, self.device, self.dtype)
+            for task in cfg.dense_tasks
+        }
         self.state = SourceStates()
         self.dropped_boxes = 0
 
@@ -109,7 +115,7 @@ class InferenceEngine:
         if self.device.type != "cuda":
             return
         h, w = self.cfg.input_size
-        for model in (self.pose_model, self.seg_model):
+        for model in (self.pose_model, self.seg_model, *self.dense_models.values()):
             if model is None:
                 continue
             for size in self.sizes:
@@ -187,9 +193,14 @@ class InferenceEngine:
                 )
             if self.pose_model is not None and frames:
                 launched.pose = self._launch_pose(frames, crop_boxes)
+            messages = [group.frames[i] for i in active]
+            results = [launched.results[i] for i in active]
             if self.seg_model is not None and frames:
-                results = [launched.results[i] for i in active]
-                self._run_seg(frames, [group.frames[i] for i in active], results)
+                self._run_seg(frames, messages, results, boxes)
+            for task, model in self.dense_models.items():
+                if frames:
+                    forward = self._forward_fields
+                    run_dense(task, model, forward, frames, messages, results, self.cfg, self.state)
         for message in group.frames:
             # Nothing computed from here on reads the pixels: the decoder may reuse their ring slots.
             release(message, INFER_READER)
@@ -316,10 +327,14 @@ class InferenceEngine:
 
     # --- segmentation -------------------------------------------------------------------------------
 
-    def _run_seg(self, frames, messages: list[Message], results: list[FrameResult]) -> None:
+    def _run_seg(self, frames, messages: list[Message], results: list[FrameResult], boxes) -> None:
         from models.postprocess import segment_full_frame
         from models.preprocess import prepare_full_frame
 
+        if self.cfg.seg_mode == "person":
+            run_person_seg(self.seg_model, self._forward_fields, frames, messages, boxes, results, self.cfg,
+                           self.state)  # fmt: skip
+            return
         pixel_values = prepare_full_frame(frames, self.cfg.input_size)
         logits = self._forward(self.seg_model, pixel_values)
         for frame, message, result, frame_logits in zip(frames, messages, results, logits, strict=True):
@@ -346,8 +361,24 @@ class InferenceEngine:
         return torch.cat([value for _, value in self._forward_chunks(model, pixel_values)])
 
     def _forward_chunks(self, model, pixel_values: torch.Tensor):
+        """Yield ``(first row, output)`` per chunk of the model's main output (heatmaps or logits)."""
+        for start, out in self._output_chunks(model, pixel_values):
+            yield start, out.heatmaps if getattr(out, "heatmaps", None) is not None else out.logits
+
+    def _forward_fields(self, model, pixel_values: torch.Tensor, names: tuple[str, ...]) -> dict:
+        """The named output fields for every row (those the model has), joined over the chunks."""
+        parts: dict[str, list[torch.Tensor]] = {}
+        for _, out in self._output_chunks(model, pixel_values):
+            for name in names:
+                if getattr(out, name, None) is not None:
+                    parts.setdefault(name, []).append(getattr(out, name))
+        return {name: torch.cat(values) for name, values in parts.items()}
+
+    def _output_chunks(self, model, pixel_values: torch.Tensor):
         """Yield ``(first row, output)`` per chunk of at most the largest static batch size, each chunk
-        padded to a static size for the forward and cut back to its rows."""
+        padded to a static size for the forward and every output field cut back to its rows."""
+        import dataclasses
+
         from models import flip_tta
 
         largest = self.sizes[-1]
@@ -360,8 +391,10 @@ class InferenceEngine:
                 chunk = torch.cat([chunk, pad])
             chunk = chunk.to(self.dtype)
             out = flip_tta(model, chunk) if self.flip else model(chunk)
-            value = out.heatmaps if getattr(out, "heatmaps", None) is not None else out.logits
-            yield start, value[:count]
+            fields = {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}
+            yield start, dataclasses.replace(
+                out, **{name: value[:count] for name, value in fields.items() if value is not None}
+            )
 
     # --- outgoing messages --------------------------------------------------------------------------
 
