@@ -119,7 +119,8 @@ class InferenceEngine:
             if model is None:
                 continue
             for size in self.sizes:
-                self._forward(model, torch.zeros(size, 3, h, w, device=self.device))
+                for _ in self._output_chunks(model, torch.zeros(size, 3, h, w, device=self.device)):
+                    pass
         torch.cuda.synchronize(self.device)
 
     # --- per group ----------------------------------------------------------------------------------
