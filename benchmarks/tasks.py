@@ -8,7 +8,7 @@ frames it computed. Dense tasks are timed with and without temporal smoothing (`
 
 CPU (the committed result)::
 
-    python benchmarks/tasks.py        # 0.1b, 512x384 input, 640x480 frames, 2 frames per group
+    python benchmarks/tasks.py        # 0.1b, 256x192 input, 640x480 frames, 2 frames per step, 2 repeats
 
 GPU::
 
@@ -48,10 +48,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="0.1b", help="official size: 0.1b, 0.4b, 0.8b, 1b, 5b")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--size", default="512x384", help="model input HxW")
+    parser.add_argument("--size", default="256x192", help="model input HxW")
     parser.add_argument("--frame", default="640x480", help="frame WxH")
     parser.add_argument("--frames", type=int, default=2, help="frames per group (one person each)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
     parser.add_argument("--cases", help="comma-separated subset of " + ",".join(c[0] for c in CASES))
     parser.add_argument("--out", help="JSON path (default benchmarks/results/tasks_<device>.json)")

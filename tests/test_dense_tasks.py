@@ -235,11 +235,13 @@ def test_smoothing_steadies_the_maps_and_no_smooth_keeps_them(material, tmp_path
     for task in HF_CLASSES:
         first_smooth, first_raw = _saved(smooth, "clip", task, 0), _saved(raw, "clip", task, 0)
         _assert_within_one_step(first_smooth, first_raw)
-        changed = [
-            np.abs(_saved(smooth, "clip", task, i).astype(float) - _saved(raw, "clip", task, i)).mean()
-            for i in range(1, 8)
-        ]
-        assert max(changed) > 0  # later frames blend in their history
+        smoothed = [_saved(smooth, "clip", task, i).astype(float) for i in range(8)]
+        given = [_saved(raw, "clip", task, i).astype(float) for i in range(8)]
+        assert max(np.abs(a - b).mean() for a, b in zip(smoothed[1:], given[1:], strict=True)) > 0
+        # Blending in the history makes consecutive maps closer to each other than the model's own.
+        steps_smoothed = np.mean([np.abs(b - a).mean() for a, b in zip(smoothed, smoothed[1:], strict=False)])
+        steps_given = np.mean([np.abs(b - a).mean() for a, b in zip(given, given[1:], strict=False)])
+        assert steps_smoothed < steps_given
 
 
 def test_live_mode_runs_a_dense_task_on_a_file(material, tmp_path) -> None:
