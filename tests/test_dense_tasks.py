@@ -270,6 +270,15 @@ def test_person_seg_mode_pastes_crops_back(material, tmp_path) -> None:
     assert empty.shape == (64, 96) and not empty.any()
     labels = read_label_map(out / "people_seg" / "000000.png")
     assert labels.any()
+    from models.preprocess import crop_to_frame_affine
+
+    affines = crop_to_frame_affine(torch.tensor([b[:4] for b in two_people(6)[0]]), INPUT_SIZE).numpy()
+    covered = np.zeros(labels.shape, bool)
+    for (a_x, _, t_x), (_, a_y, t_y) in affines:
+        x0, x1 = max(0, int(np.floor(t_x))), int(np.ceil(t_x + a_x * (INPUT_SIZE[1] - 1))) + 1
+        y0, y1 = max(0, int(np.floor(t_y))), int(np.ceil(t_y + a_y * (INPUT_SIZE[0] - 1))) + 1
+        covered[y0:y1, x0:x1] = True
+    assert (~covered).any() and not labels[~covered].any()  # nothing outside the persons' crops
     assert not np.array_equal(labels, read_label_map(frame_mode / "people_seg" / "000000.png"))
 
 
