@@ -32,8 +32,8 @@ from stream.config import PipelineConfig
 from stream.engine.batches import Group, LaunchedGroup, PendingPose, PreparedGroup
 from stream.engine.device import DeviceStreams, OverlapScheduler, padded_size, static_batch_sizes
 from stream.engine.runtime import load_task_model, resolve_device, resolve_dtype
-from stream.engine.state import SourceStates, smoothing_size
-from stream.engine.tasks import run_dense, run_person_seg
+from stream.engine.state import SourceStates
+from stream.engine.tasks import run_dense, run_frame_seg, run_person_seg
 from stream.media.frames import FrameResult
 from stream.runtime.messages import FRAME, RESULTS, SKIP, Message, follow_up, result_arrays
 from stream.runtime.ring import INFER_READER, release
@@ -329,37 +329,14 @@ class InferenceEngine:
     # --- segmentation -------------------------------------------------------------------------------
 
     def _run_seg(self, frames, messages: list[Message], results: list[FrameResult], boxes) -> None:
-        from models.postprocess import segment_full_frame
-        from models.preprocess import prepare_full_frame
-
-        if self.cfg.seg_mode == "person":
-            run_person_seg(self.seg_model, self._forward_fields, frames, messages, boxes, results, self.cfg,
-                           self.state)  # fmt: skip
-            return
-        pixel_values = prepare_full_frame(frames, self.cfg.input_size)
-        logits = self._forward(self.seg_model, pixel_values)
-        for frame, message, result, frame_logits in zip(frames, messages, results, logits, strict=True):
-            frame_hw = tuple(frame.shape[:2])
-            if self.cfg.smooth:
-                # Smoothing (optical flow and blending on the host) runs at a reduced size: at 1080p it
-                # took seconds per frame on a CPU. The smoothed probabilities are then upsampled to the
-                # frame like the raw logits would be.
-                small_hw = smoothing_size(frame_hw)
-                _, probs = segment_full_frame(frame_logits.float(), small_hw, return_probs=True)
-                smoother = self.state.seg_smoother(message)
-                probs = torch.from_numpy(smoother(_numpy(probs), message.timestamp))
-                labels, _ = segment_full_frame(probs, frame_hw, return_probs=False)
-                result.seg_labels = _numpy(labels).astype(np.uint8)
-            else:
-                labels = segment_full_frame(frame_logits.float(), frame_hw, return_probs=False)
-                labels = labels[0] if isinstance(labels, tuple) else labels
-                result.seg_labels = _numpy(labels).astype(np.uint8)
+        """Segmentation of the whole frames, or of the person crops pasted back (``--seg-mode person``)."""
+        forward, cfg, states = self._forward_fields, self.cfg, self.state
+        if cfg.seg_mode == "person":
+            run_person_seg(self.seg_model, forward, frames, messages, boxes, results, cfg, states)
+        else:
+            run_frame_seg(self.seg_model, forward, frames, messages, results, cfg, states)
 
     # --- forwards -----------------------------------------------------------------------------------
-
-    def _forward(self, model, pixel_values: torch.Tensor) -> torch.Tensor:
-        """The model's main output for every row, in chunks padded to the static batch sizes."""
-        return torch.cat([value for _, value in self._forward_chunks(model, pixel_values)])
 
     def _forward_chunks(self, model, pixel_values: torch.Tensor):
         """Yield ``(first row, output)`` per chunk of the model's main output (heatmaps or logits)."""

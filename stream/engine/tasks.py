@@ -1,4 +1,4 @@
-"""The full-frame tasks: normals, pointmaps (depth) and matting, and segmentation on person crops.
+"""The tasks beyond pose: normals, pointmaps (depth), matting and segmentation (frame or person crops).
 
 Each dense task takes the whole frame, prepared as the release's image processor prepares it for that
 task (``preprocessing``): normals and pointmaps are resized keeping the aspect ratio and padded to the
@@ -126,6 +126,37 @@ def smooth_map(smoother, current: torch.Tensor, frame: torch.Tensor, timestamp: 
     smoothed = torch.from_numpy(smoother(small.cpu().numpy(), timestamp, image=guide)).to(current.device)
     correction = F.interpolate((smoothed - small)[None], size=(height, width), mode="bilinear")[0]
     return current.float() + correction
+
+
+def run_frame_seg(
+    model: torch.nn.Module,
+    forward: Forward,
+    frames: list[torch.Tensor],
+    messages: list[Message],
+    results: list[FrameResult],
+    cfg: PipelineConfig,
+    states: SourceStates,
+) -> None:
+    """Segmentation of the whole frames, stretched to the input as the official demo does; logits
+    upsampled to the frame, then argmax (``models.postprocess.segment_full_frame``)."""
+    from models.postprocess import segment_full_frame
+    from models.preprocess import prepare_full_frame
+
+    prep = preprocessing("seg", cfg)
+    pixel_values = prepare_full_frame(frames, prep.input_size, keep_aspect=prep.do_pad)
+    logits = forward(model, pixel_values, ("logits",))["logits"]
+    for frame, message, result, frame_logits in zip(frames, messages, results, logits, strict=True):
+        frame_hw = tuple(frame.shape[:2])
+        if cfg.smooth:
+            # Smoothing (optical flow and blending on the host) runs at a reduced size: at 1080p it took
+            # seconds per frame on a CPU. The smoothed probabilities are then upsampled to the frame like
+            # the raw logits would be.
+            _, probs = segment_full_frame(frame_logits.float(), smoothing_size(frame_hw), return_probs=True)
+            smoothed = states.seg_smoother(message)(probs.cpu().numpy(), message.timestamp)
+            labels, _ = segment_full_frame(torch.from_numpy(smoothed), frame_hw, return_probs=False)
+        else:
+            labels, _ = segment_full_frame(frame_logits.float(), frame_hw, return_probs=False)
+        result.seg_labels = labels.cpu().numpy().astype(np.uint8)
 
 
 def run_person_seg(
