@@ -158,6 +158,23 @@ def test_dense_task_files_equal_transformers(material, tmp_path, task) -> None:
     assert len(frames_out) == NUM_FRAMES and frames_out[0].shape[:2] == (64, 32)
 
 
+def test_frame_segmentation_equals_transformers(material, tmp_path) -> None:
+    """Full-frame segmentation stretches the frame (no ``do_pad``), as the release's processor does."""
+    from transformers import Sapiens2ForSemanticSegmentation
+
+    out = tmp_path / "out"
+    _run(material, out, material["folder"], "--task", "seg", "--no-smooth", "--no-flip")
+    processor = Sapiens2ImageProcessor(size={"height": INPUT_SIZE[0], "width": INPUT_SIZE[1]})
+    model = Sapiens2ForSemanticSegmentation.from_pretrained(material["seg"]).eval()
+    for index, frame in enumerate(_frames(material["folder"])):
+        inputs = processor(torch.from_numpy(frame).permute(2, 0, 1), return_tensors="pt")
+        with torch.no_grad():
+            outputs = model(inputs["pixel_values"])
+        reference = processor.post_process_semantic_segmentation(outputs, target_sizes=[frame.shape[:2]])[0]
+        saved = read_label_map(out / "stills_seg" / f"{index:06d}.png")
+        np.testing.assert_array_equal(saved, reference.numpy())
+
+
 def test_files_read_back_with_the_documented_formulas(material, tmp_path) -> None:
     out = tmp_path / "out"
     _run(material, out, material["folder"], "--task", "normal,pointmap,matting", "--no-smooth", "--no-flip")
