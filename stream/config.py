@@ -12,13 +12,18 @@ from pathlib import Path
 
 import yaml
 
-TASKS = ("pose", "seg")
+TASKS = ("pose", "seg", "normal", "pointmap", "matting")
+DENSE_TASKS = ("normal", "pointmap", "matting")  # full-frame maps, one per frame
+SEG_MODES = ("frame", "person")
 MODES = ("auto", "offline", "live")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 WORKER_MODES = ("inproc", "ipc", "tcp")
 
 DEFAULT_POSE_MODEL = "facebook/sapiens2-pose-0.4b"
 DEFAULT_SEG_MODEL = "facebook/sapiens2-seg-0.4b"
+DEFAULT_NORMAL_MODEL = "facebook/sapiens2-normal-0.4b"
+DEFAULT_POINTMAP_MODEL = "facebook/sapiens2-pointmap-0.4b"
+DEFAULT_MATTING_MODEL = "facebook/sapiens2-matting-1b"
 DEFAULT_DETECTOR = "yolo11n.pt"
 
 
@@ -35,6 +40,13 @@ class PipelineConfig:
     task: tuple[str, ...] = ("pose",)
     pose_model: str = DEFAULT_POSE_MODEL
     seg_model: str = DEFAULT_SEG_MODEL
+    normal_model: str = DEFAULT_NORMAL_MODEL
+    pointmap_model: str = DEFAULT_POINTMAP_MODEL
+    matting_model: str = DEFAULT_MATTING_MODEL
+    seg_mode: str = "frame"  # frame: the whole frame stretched to the input; person: crops pasted back
+    render: tuple[str, ...] | None = None  # what the video shows; None = every task that runs
+    background: str = "blur"  # matting's video: blur, a colour, an image or a video file
+    save_pointmap: bool = False  # also write each frame's pointmap as float16 .npy
     detector: str = DEFAULT_DETECTOR
     device: str = "auto"  # "auto" = cuda when available, else cpu
     precision: str = "auto"  # auto = bf16 on GPU, fp32 on CPU
@@ -80,6 +92,13 @@ class PipelineConfig:
     def validate(self) -> None:
         self.task = _parse_task(self.task)
         self.input_size = parse_size(self.input_size)
+        _choice("seg_mode", self.seg_mode, SEG_MODES)
+        if self.render is not None:
+            self.render = _parse_render(self.render, self.task)
+        if not isinstance(self.background, str) or not self.background.strip():
+            raise ConfigError(
+                f"background must be blur, a colour, an image or a video, got {self.background!r}"
+            )
         _choice("mode", self.mode, MODES)
         _choice("precision", self.precision, PRECISIONS)
         _choice("workers", self.workers, WORKER_MODES)
@@ -126,6 +145,20 @@ class PipelineConfig:
     def seg(self) -> bool:
         return "seg" in self.task
 
+    @property
+    def dense_tasks(self) -> tuple[str, ...]:
+        """The full-frame map tasks that run (normal, pointmap, matting), in that order."""
+        return tuple(t for t in DENSE_TASKS if t in self.task)
+
+    @property
+    def rendered(self) -> tuple[str, ...]:
+        """The tasks the video shows (``render``, by default every task that runs)."""
+        return self.task if self.render is None else self.render
+
+    def task_model(self, task: str) -> str:
+        """The Hub id or directory of ``task``'s checkpoint."""
+        return getattr(self, f"{task}_model")
+
     def replace(self, **changes) -> PipelineConfig:
         return dataclasses.replace(self, **changes)
 
@@ -153,8 +186,21 @@ def _parse_task(value) -> tuple[str, ...]:
     parts = value.split(",") if isinstance(value, str) else list(value)
     tasks = tuple(dict.fromkeys(p.strip() for p in parts if str(p).strip()))
     if not tasks or any(t not in TASKS for t in tasks):
-        raise ConfigError(f"task must be pose, seg or pose,seg, got {value!r}")
+        raise ConfigError(f"task must be any of {', '.join(TASKS)}, comma separated, got {value!r}")
     return tuple(t for t in TASKS if t in tasks)
+
+
+def _parse_render(value, tasks: tuple[str, ...]) -> tuple[str, ...]:
+    """What the video shows: tasks among those that run (``pose,seg``, ``matting``, ...)."""
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    render = tuple(dict.fromkeys(str(p).strip() for p in parts if str(p).strip()))
+    unknown = [r for r in render if r not in TASKS]
+    if not render or unknown:
+        raise ConfigError(f"render must be any of {', '.join(TASKS)}, comma separated, got {value!r}")
+    missing = [r for r in render if r not in tasks]
+    if missing:
+        raise ConfigError(f"render {missing[0]!r} needs --task to include {missing[0]}")
+    return tuple(t for t in TASKS if t in render)
 
 
 def parse_size(value) -> tuple[int, int]:

@@ -65,7 +65,7 @@ def test_malformed_config(tmp_path: Path, capsys) -> None:
         (["--pose-model", "./no/such/checkpoint"], "pose model not found: ./no/such/checkpoint"),
         (["--detector", "boxes:/no/boxes.jsonl"], "boxes file not found: /no/boxes.jsonl"),
         (["--input-size", "100x100"], "multiples of 16"),
-        (["--task", "depth"], "task must be pose, seg or pose,seg"),
+        (["--task", "depth"], "task must be any of pose, seg, normal, pointmap, matting"),
     ],
 )
 def test_bad_options(tmp_path: Path, capsys, extra: list[str], message: str) -> None:

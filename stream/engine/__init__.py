@@ -4,6 +4,7 @@
 - ``device``: CUDA copy/compute streams, pinned host buffers, the overlap scheduler, static batch sizes
 - ``batches``: the records a group of frames passes through (collected, prepared, launched)
 - ``state``: per-source state carried between frames (boxes between detector runs, smoothers)
+- ``tasks``: the full-frame dense tasks (normals, pointmaps, matting) and segmentation on person crops
 - ``engine``: ``InferenceEngine`` (prepare / launch / finish)
 """
 

@@ -4,7 +4,8 @@ A group of frames (``batches.Group``) goes through three steps. ``prepare`` drop
 detects persons in the whole group at once (every k-th frame with ``--detect-every``; boxes are carried
 in between, see ``state``) and starts uploading the frames to the device. ``launch`` warps every person
 box to the model input and runs the model in chunks padded to a few static batch sizes (flip-TTA doubles
-each chunk inside the same forward), and segments the full frames. ``finish`` waits for the pose
+each chunk inside the same forward), and segments the full frames (or person crops) and runs the
+full-frame dense tasks (normals, pointmaps, matting; ``stream.engine.tasks``). ``finish`` waits for the pose
 decoding and builds one outgoing message per frame. Keypoints and label maps are computed on the device;
 only those small results leave it. On CPU each chunk's heatmaps are decoded on the pose-decoding thread
 while the next chunk, or the next group, is cropped and forwarded. Control messages (``eos``, ``skip``)
@@ -31,7 +32,8 @@ from stream.config import PipelineConfig
 from stream.engine.batches import Group, LaunchedGroup, PendingPose, PreparedGroup
 from stream.engine.device import DeviceStreams, OverlapScheduler, padded_size, static_batch_sizes
 from stream.engine.runtime import load_task_model, resolve_device, resolve_dtype
-from stream.engine.state import SourceStates, smoothing_size
+from stream.engine.state import SourceStates
+from stream.engine.tasks import run_dense, run_frame_seg, run_person_seg
 from stream.media.frames import FrameResult
 from stream.runtime.messages import FRAME, RESULTS, SKIP, Message, follow_up, result_arrays
 from stream.runtime.ring import INFER_READER, release
@@ -76,6 +78,10 @@ class InferenceEngine:
         self.seg_model = (
             load_task_model(cfg.seg_model, "seg", cfg, self.device, self.dtype) if cfg.seg else None
         )
+        self.dense_models = {
+            task: load_task_model(cfg.task_model(task), task, cfg, self.device, self.dtype)
+            for task in cfg.dense_tasks
+        }
         self.state = SourceStates()
         self.dropped_boxes = 0
 
@@ -109,11 +115,12 @@ class InferenceEngine:
         if self.device.type != "cuda":
             return
         h, w = self.cfg.input_size
-        for model in (self.pose_model, self.seg_model):
+        for model in (self.pose_model, self.seg_model, *self.dense_models.values()):
             if model is None:
                 continue
             for size in self.sizes:
-                self._forward(model, torch.zeros(size, 3, h, w, device=self.device))
+                for _ in self._output_chunks(model, torch.zeros(size, 3, h, w, device=self.device)):
+                    pass
         torch.cuda.synchronize(self.device)
 
     # --- per group ----------------------------------------------------------------------------------
@@ -187,9 +194,14 @@ class InferenceEngine:
                 )
             if self.pose_model is not None and frames:
                 launched.pose = self._launch_pose(frames, crop_boxes)
+            messages = [group.frames[i] for i in active]
+            results = [launched.results[i] for i in active]
             if self.seg_model is not None and frames:
-                results = [launched.results[i] for i in active]
-                self._run_seg(frames, [group.frames[i] for i in active], results)
+                self._run_seg(frames, messages, results, boxes)
+            for task, model in self.dense_models.items():
+                if frames:
+                    forward = self._forward_fields
+                    run_dense(task, model, forward, frames, messages, results, self.cfg, self.state)
         for message in group.frames:
             # Nothing computed from here on reads the pixels: the decoder may reuse their ring slots.
             release(message, INFER_READER)
@@ -316,38 +328,35 @@ class InferenceEngine:
 
     # --- segmentation -------------------------------------------------------------------------------
 
-    def _run_seg(self, frames, messages: list[Message], results: list[FrameResult]) -> None:
-        from models.postprocess import segment_full_frame
-        from models.preprocess import prepare_full_frame
-
-        pixel_values = prepare_full_frame(frames, self.cfg.input_size)
-        logits = self._forward(self.seg_model, pixel_values)
-        for frame, message, result, frame_logits in zip(frames, messages, results, logits, strict=True):
-            frame_hw = tuple(frame.shape[:2])
-            if self.cfg.smooth:
-                # Smoothing (optical flow and blending on the host) runs at a reduced size: at 1080p it
-                # took seconds per frame on a CPU. The smoothed probabilities are then upsampled to the
-                # frame like the raw logits would be.
-                small_hw = smoothing_size(frame_hw)
-                _, probs = segment_full_frame(frame_logits.float(), small_hw, return_probs=True)
-                smoother = self.state.seg_smoother(message)
-                probs = torch.from_numpy(smoother(_numpy(probs), message.timestamp))
-                labels, _ = segment_full_frame(probs, frame_hw, return_probs=False)
-                result.seg_labels = _numpy(labels).astype(np.uint8)
-            else:
-                labels = segment_full_frame(frame_logits.float(), frame_hw, return_probs=False)
-                labels = labels[0] if isinstance(labels, tuple) else labels
-                result.seg_labels = _numpy(labels).astype(np.uint8)
+    def _run_seg(self, frames, messages: list[Message], results: list[FrameResult], boxes) -> None:
+        """Segmentation of the whole frames, or of the person crops pasted back (``--seg-mode person``)."""
+        forward, cfg, states = self._forward_fields, self.cfg, self.state
+        if cfg.seg_mode == "person":
+            run_person_seg(self.seg_model, forward, frames, messages, boxes, results, cfg, states)
+        else:
+            run_frame_seg(self.seg_model, forward, frames, messages, results, cfg, states)
 
     # --- forwards -----------------------------------------------------------------------------------
 
-    def _forward(self, model, pixel_values: torch.Tensor) -> torch.Tensor:
-        """The model's main output for every row, in chunks padded to the static batch sizes."""
-        return torch.cat([value for _, value in self._forward_chunks(model, pixel_values)])
-
     def _forward_chunks(self, model, pixel_values: torch.Tensor):
+        """Yield ``(first row, output)`` per chunk of the model's main output (heatmaps or logits)."""
+        for start, out in self._output_chunks(model, pixel_values):
+            yield start, out.heatmaps if getattr(out, "heatmaps", None) is not None else out.logits
+
+    def _forward_fields(self, model, pixel_values: torch.Tensor, names: tuple[str, ...]) -> dict:
+        """The named output fields for every row (those the model has), joined over the chunks."""
+        parts: dict[str, list[torch.Tensor]] = {}
+        for _, out in self._output_chunks(model, pixel_values):
+            for name in names:
+                if getattr(out, name, None) is not None:
+                    parts.setdefault(name, []).append(getattr(out, name))
+        return {name: torch.cat(values) for name, values in parts.items()}
+
+    def _output_chunks(self, model, pixel_values: torch.Tensor):
         """Yield ``(first row, output)`` per chunk of at most the largest static batch size, each chunk
-        padded to a static size for the forward and cut back to its rows."""
+        padded to a static size for the forward and every output field cut back to its rows."""
+        import dataclasses
+
         from models import flip_tta
 
         largest = self.sizes[-1]
@@ -360,8 +369,10 @@ class InferenceEngine:
                 chunk = torch.cat([chunk, pad])
             chunk = chunk.to(self.dtype)
             out = flip_tta(model, chunk) if self.flip else model(chunk)
-            value = out.heatmaps if getattr(out, "heatmaps", None) is not None else out.logits
-            yield start, value[:count]
+            fields = {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}
+            yield start, dataclasses.replace(
+                out, **{name: value[:count] for name, value in fields.items() if value is not None}
+            )
 
     # --- outgoing messages --------------------------------------------------------------------------
 

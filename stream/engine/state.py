@@ -3,7 +3,9 @@
 - the boxes to crop persons from between detector runs (``--detect-every`` k > 1): the last detector
   boxes, replaced by boxes around the latest keypoints once those are decoded;
 - the crop-box smoother (``trackers.CropBoxSmoother``) that steadies the boxes persons are cropped from;
-- the segmentation smoother (``trackers.SegmentationSmoother``) of the label maps' probabilities.
+- the segmentation smoother (``trackers.SegmentationSmoother``) of the label maps' probabilities;
+- one smoother per dense task (normals, pointmap, matte): the same smoother, blending the maps
+  themselves (EMA) along the optical flow of the frames.
 
 Each entry is led by the number of the segment it belongs to, so a new segment (reconnect, resolution
 change) never starts from the state of the one before, and ``end_segment`` forgets a segment's state
@@ -36,6 +38,7 @@ class SourceStates:
         # (segment, smoother) of the label maps and, when smoothing is on, of the crop boxes.
         self.seg_smoothers: dict[str, tuple[int, SegmentationSmoother]] = {}
         self.crop_smoothers: dict[str, tuple[int, CropBoxSmoother]] = {}
+        self.dense_smoothers: dict[str, tuple[int, dict[str, SegmentationSmoother]]] = {}
 
     # --- boxes between detector runs -----------------------------------------------------------------
 
@@ -74,6 +77,16 @@ class SourceStates:
 
         return _segment_state(self.seg_smoothers, message, SegmentationSmoother)
 
+    def dense_smoother(self, message: Message, task: str) -> SegmentationSmoother:
+        """The smoother of ``task``'s maps of the message's source: an EMA (``uncertainty`` weighs class
+        probabilities, which these maps are not) guided by the frames' optical flow."""
+        from trackers import SegmentationSmoother
+
+        per_task = _segment_state(self.dense_smoothers, message, dict)
+        if task not in per_task:
+            per_task[task] = SegmentationSmoother(mode="ema")
+        return per_task[task]
+
     # --- segment ends --------------------------------------------------------------------------------
 
     def end_segment(self, source: str, segment: int) -> None:
@@ -82,7 +95,7 @@ class SourceStates:
         Frames of the next segment may have been computed before (they can share a group with the
         ``eos``, and on CPU a group is finished after the next one is computed): their state is kept.
         """
-        for states in (self.last_boxes, self.seg_smoothers, self.crop_smoothers):
+        for states in (self.last_boxes, self.seg_smoothers, self.crop_smoothers, self.dense_smoothers):
             entry = states.get(source)
             if entry is not None and entry[0] <= segment:
                 del states[source]

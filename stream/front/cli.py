@@ -27,7 +27,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="sapiens-stream", description="Sapiens2 pose and segmentation on video.")
+    description = "Sapiens2 pose, segmentation, normals, depth and matting on video."
+    parser = _Parser(prog="sapiens-stream", description=description)
     commands = parser.add_subparsers(dest="command", required=True)
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
 
@@ -65,9 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     # Every default is None: only options actually given override the YAML and the built-in defaults.
     add = parser.add_argument
-    add("--task", help="pose, seg or pose,seg")
+    add("--task", help="any of pose, seg, normal, pointmap, matting, comma separated (default pose)")
     add("--pose-model", help="Hub id or local directory of the pose checkpoint")
     add("--seg-model", help="Hub id or local directory of the segmentation checkpoint")
+    add("--normal-model", help="Hub id or local directory of the normal checkpoint")
+    add("--pointmap-model", help="Hub id or local directory of the pointmap (depth) checkpoint")
+    add("--matting-model", help="Hub id or local directory of the matting checkpoint")
+    add("--seg-mode", help="frame (whole frame, default) or person (person crops pasted back)")
+    add("--render", help="tasks the video shows, e.g. pose,seg or matting (default: every task run)")
+    add("--background", help="matting video background: blur (default), a colour, an image or a video")
+    add("--save-pointmap", action=argparse.BooleanOptionalAction, default=None,
+        help="also write float16 .npy pointmaps")  # fmt: skip
     add("--detector", help="YOLO weights name or path, or boxes:FILE (JSONL of given boxes)")
     add("--device", help="auto, cpu, cuda or cuda:N")
     add("--precision", help="auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16")

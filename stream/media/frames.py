@@ -78,6 +78,10 @@ class FrameResult:
     keypoint_scores: np.ndarray | None = None  # (N, K) float32
     seg_labels: np.ndarray | None = None  # (H, W) uint8 class per pixel
     seg_probs: np.ndarray | None = None  # (C, H, W) float16/32, kept only when smoothing needs it
+    normals: np.ndarray | None = None  # (H, W, 3) float32 unit surface normals
+    pointmap: np.ndarray | None = None  # (H, W, 3) float32 camera-space XYZ in metres (Z: depth)
+    alpha: np.ndarray | None = None  # (H, W) float32 matte in [0, 1]
+    foreground: np.ndarray | None = None  # (H, W, 3) uint8 pre-multiplied foreground of the matte
 
     @classmethod
     def empty(cls) -> FrameResult:

@@ -60,9 +60,13 @@ def plan_sources(cfg: PipelineConfig) -> list[SourcePlan]:
 
 
 def check_inputs(cfg: PipelineConfig) -> None:
-    """Refuse, before starting anything, model and detector paths that do not exist and boxes files
-    that do not parse."""
-    models = ([("pose", cfg.pose_model)] if cfg.pose else []) + ([("seg", cfg.seg_model)] if cfg.seg else [])
+    """Refuse, before starting anything, model and detector paths that do not exist, boxes files that
+    do not parse and a background that cannot be used."""
+    models = [(task, cfg.task_model(task)) for task in cfg.task]
+    if "matting" in cfg.rendered:
+        from stream.drawing.dense import Background
+
+        Background(cfg.background).close()  # a colour, image or video that cannot be used: one line
     for task, spec in models:
         if not cfg.random_weights and _looks_like_path(spec) and not Path(spec).exists():
             raise FileNotFoundError(f"{task} model not found: {spec}")

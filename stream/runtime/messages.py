@@ -27,7 +27,8 @@ A message is a ZeroMQ multipart message ``[header, part_0, part_1, ...]``:
 
 - each payload part is the raw C-ordered buffer of one numpy array. Frames carry ``image``
   ((H, W, 3) uint8 RGB); results carry ``boxes``, ``scores``, ``track_ids`` and, per task,
-  ``keypoints``, ``keypoint_scores``, ``seg_labels`` and ``crop_to_frame`` ((N, 2, 3) float32: the
+  ``keypoints``, ``keypoint_scores``, ``seg_labels``, the dense maps ``normals``, ``pointmap``, ``alpha``,
+  ``foreground`` (see ``FrameResult``) and ``crop_to_frame`` ((N, 2, 3) float32: the
   affine transforms used for the crops, so every model coordinate can be mapped back).
 
 Parts above ``copy_threshold`` bytes are sent with ``copy=False`` (zero-copy hand-off to libzmq) and
@@ -54,7 +55,10 @@ SKIP = "skip"
 KINDS = (FRAME, RESULTS, EOS, SKIP)
 
 # FrameResult fields that travel as arrays, in a fixed order.
-RESULT_ARRAYS = ("boxes", "scores", "track_ids", "keypoints", "keypoint_scores", "seg_labels")
+RESULT_ARRAYS = (
+    "boxes", "scores", "track_ids", "keypoints", "keypoint_scores", "seg_labels",
+    "normals", "pointmap", "alpha", "foreground",
+)  # fmt: skip
 
 
 class ProtocolError(ValueError):
@@ -267,4 +271,8 @@ def to_frame_result(message: Message) -> FrameResult:
         keypoints=arrays.get("keypoints"),
         keypoint_scores=arrays.get("keypoint_scores"),
         seg_labels=arrays.get("seg_labels"),
+        normals=arrays.get("normals"),
+        pointmap=arrays.get("pointmap"),
+        alpha=arrays.get("alpha"),
+        foreground=arrays.get("foreground"),
     )

@@ -3,7 +3,8 @@
 Frames come straight from the decoder (pixels never pass through the GPU worker's output), results
 from the track stage; both are ordered by ``seq`` and joined. Every frame gets one JSONL line; the
 annotated image goes to the video (source frame rate, time base and timestamps kept); segmentation
-label maps are written losslessly. A ``skip`` on either side writes a ``"skipped": true`` line. The
+label maps and the dense maps (normals, depth and pointmaps, mattes) are written losslessly, one folder
+per task (``<name>_<task>/<frame:06d>.png``). A ``skip`` on either side writes a ``"skipped": true`` line. The
 final ``eos`` closes every sink, so the outputs are complete and playable; on abort the sinks are
 closed too, with whatever was written.
 """
@@ -42,7 +43,7 @@ LIVE_TIME_BASE = Fraction(1, 90_000)
 
 
 class SourceOutputs:
-    """A source's sinks: annotated video, JSONL and (for segmentation) label maps.
+    """A source's sinks: annotated video, JSONL, label maps (segmentation) and dense maps.
 
     Live runs with ``segment_time`` rotate them: every ``segment_time`` seconds of capture time the files
     are closed and new ones opened, named ``<name>_<UTC start time>`` (``cam_20261202T153000Z.mp4``), so
@@ -71,6 +72,12 @@ class SourceOutputs:
         self.segment = 0
         self.labels = None
         self.publisher = self._publisher() if cfg.publish else None
+        self.dense: dict[str, object] = {}  # task -> DenseMapSink, opened with the first map
+        self.views = None
+        if cfg.render is not None or set(cfg.rendered) & {"normal", "pointmap", "matting"}:
+            from stream.drawing.dense import DenseViews
+
+            self.views = DenseViews(cfg.rendered, cfg.background)
         self.frames_written = 0
         self.lines = 0
         self.skipped = 0
@@ -100,7 +107,11 @@ class SourceOutputs:
         self.lines += 1
         if result.seg_labels is not None and self.label_maps:
             self._label_sink().write(frame.index, result.seg_labels)
-        if self.renderer.draws_on(result, banner=self.cfg.banner):
+        self._write_dense(frame.index, result)
+        if self.views is not None:
+            image = self.views(self.renderer, frame.image, result, banner=self.cfg.banner)
+            self._write_video(image, frame_msg)
+        elif self.renderer.draws_on(result, banner=self.cfg.banner):
             image = self.renderer(frame.image, result, banner=self.cfg.banner)
             self._write_video(image, frame_msg)
         else:
@@ -193,19 +204,43 @@ class SourceOutputs:
         if self.jsonl is not None:
             self._close_files()
             self.video = self.labels = None
+            self.dense = {}
             self.video_start = None
         self.part_start = capture
         stamp = datetime.fromtimestamp(capture, timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         self.stem = f"{self.plan.name}_{stamp}"
         self.jsonl = JsonlSink(self.out / f"{self.stem}.jsonl")
 
+    def _write_dense(self, frame_index: int, result: FrameResult) -> None:
+        """Each dense map as a 16-bit PNG (and the pointmap as .npy when asked): see ``edges.sinks``."""
+        from stream.edges.sinks import encode_alpha, encode_depth, encode_normals
+
+        if result.normals is not None:
+            self._dense_sink("normal").write_png(frame_index, encode_normals(result.normals))
+        if result.pointmap is not None:
+            sink = self._dense_sink("pointmap")
+            sink.write_png(frame_index, encode_depth(result.pointmap))
+            if self.cfg.save_pointmap:
+                sink.write_npy(frame_index, result.pointmap)
+        if result.alpha is not None:
+            self._dense_sink("matting").write_png(frame_index, encode_alpha(result.alpha))
+
+    def _dense_sink(self, task: str):
+        if task not in self.dense:
+            from stream.edges.sinks import DenseMapSink
+
+            self.dense[task] = DenseMapSink(self.out / f"{self.stem}_{task}")
+        return self.dense[task]
+
     def _close_files(self) -> None:
-        for sink in (self.video, self.jsonl, self.labels):
+        for sink in (self.video, self.jsonl, self.labels, *self.dense.values()):
             if sink is not None:
                 sink.close()
 
     def close(self) -> None:
         self._close_files()
+        if self.views is not None:
+            self.views.close()
         if self.publisher is not None:
             self.publisher.close()
 
@@ -216,6 +251,8 @@ class SourceOutputs:
             paths["video"] = str(self.out / f"{self.stem}.mp4")
         if self.labels is not None:
             paths["seg"] = str(self.out / f"{self.stem}_seg")
+        for task, sink in self.dense.items():
+            paths[task] = str(sink.directory)
         return paths
 
 
