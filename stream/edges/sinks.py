@@ -299,7 +299,20 @@ def _check_result(result: FrameResult) -> None:
 
 
 def jsonl_record(source: str, frame: DecodedFrame, result: FrameResult | None, skipped: bool = False) -> dict:
-    """One JSONL line of DESIGN.md section 5, in source-frame pixels.
+    """One JSONL line of DESIGN.md section 5, in source-frame pixels (see ``frame_record``)."""
+    return frame_record(source, frame.index, frame.pts, frame.width, frame.height, result, skipped)
+
+
+def frame_record(
+    source: str,
+    index: int,
+    pts: float | None,
+    width: int,
+    height: int,
+    result: FrameResult | None,
+    skipped: bool = False,
+) -> dict:
+    """The JSONL record of frame ``index`` of ``source`` (the Python API's ``FrameResult.to_dict`` too).
 
     ``{"source", "frame", "pts", "width", "height", "persons": [{"id", "bbox", "score", "keypoints"}]}``;
     a frame dropped in live mode gives ``{..., "skipped": true}`` without persons. Pixels are rounded to
@@ -308,10 +321,10 @@ def jsonl_record(source: str, frame: DecodedFrame, result: FrameResult | None, s
     """
     record: dict = {
         "source": source,
-        "frame": int(frame.index),
-        "pts": _rounded_scalar(frame.pts, 6),
-        "width": frame.width,
-        "height": frame.height,
+        "frame": int(index),
+        "pts": _rounded_scalar(pts, 6),
+        "width": int(width),
+        "height": int(height),
     }
     if skipped:
         record["skipped"] = True

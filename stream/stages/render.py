@@ -5,12 +5,15 @@ from the track stage; both are ordered by ``seq`` and joined. Every frame gets o
 annotated image goes to the video (source frame rate, time base and timestamps kept); segmentation
 label maps are written losslessly. A ``skip`` on either side writes a ``"skipped": true`` line. The
 final ``eos`` closes every sink, so the outputs are complete and playable; on abort the sinks are
-closed too, with whatever was written.
+closed too, with whatever was written. Without an output directory (``out=None``, the Python API's
+default) nothing is written; with a ``stream.Pipeline`` reading, every position also goes to it
+(``stream.stages.caller``).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -18,7 +21,7 @@ import cv2
 import numpy as np
 import zmq
 
-from stream.media.frames import I420, FrameResult
+from stream.media.frames import I420, DecodedFrame, FrameResult
 from stream.runtime import topology
 from stream.runtime.events import Done, Progress, SinkClosed
 from stream.runtime.messages import (
@@ -38,10 +41,21 @@ from stream.runtime.transport import send_message
 
 # Live recordings' time base: RTSP's 90 kHz video clock, fine enough for any camera's timestamps.
 LIVE_TIME_BASE = Fraction(1, 90_000)
+CALLER_POLL_MS = 10  # live: how often results waiting for the caller are offered again
+
+
+@dataclass
+class Written:
+    """One position of a source as written: its frame, what was found (None: a skipped frame) and the
+    annotated image (None when skipped, or when no video, preview or caller needs one)."""
+
+    frame: DecodedFrame
+    result: FrameResult | None
+    image: np.ndarray | None
 
 
 class SourceOutputs:
-    """A source's sinks: annotated video, JSONL and (for segmentation) label maps."""
+    """A source's sinks: annotated video, JSONL and (for segmentation) label maps; none without ``out``."""
 
     def __init__(self, spec: WorkerSpec, plan: SourcePlan) -> None:
         from stream.drawing.overlay import Renderer
@@ -50,11 +64,14 @@ class SourceOutputs:
         cfg = spec.config
         self.cfg = cfg
         self.plan = plan
-        self.out = Path(cfg.out)
+        self.files = cfg.out is not None
+        self.out = Path(cfg.out) if cfg.out is not None else None
+        # Drawing costs: only when the video, the preview or the caller of the Python API shows it.
+        self.draw = self.files or bool(cfg.show or cfg.serve) or spec.caller_images
         self.renderer = Renderer(
             keypoint_threshold=cfg.keypoint_threshold, draw_boxes=cfg.draw_boxes, seg_alpha=cfg.seg_alpha
         )
-        self.jsonl = JsonlSink(self.out / f"{plan.name}.jsonl")
+        self.jsonl = JsonlSink(self.out / f"{plan.name}.jsonl") if self.files else None
         self.video = None
         self.video_size: tuple[int, int] | None = None
         self.video_start: float | None = None  # live: the first frame's time, the recording's zero
@@ -64,8 +81,8 @@ class SourceOutputs:
         self.lines = 0
         self.skipped = 0
 
-    def write(self, frame_msg: Message, result_msg: Message) -> np.ndarray | None:
-        """Write one position of the source; returns the rendered image (None for a skipped frame).
+    def write(self, frame_msg: Message, result_msg: Message) -> Written:
+        """Write one position of the source.
 
         The image may be the frame message's own pixels (when nothing was drawn): valid only until the
         message's frame slot is released.
@@ -79,24 +96,30 @@ class SourceOutputs:
                 if frame is not None
                 else to_decoded_frame(result_msg if result_msg.kind != SKIP else frame_msg)
             )
-            self.jsonl.write(jsonl_record(self.plan.name, skipped, None, skipped=True))
+            if self.jsonl is not None:
+                self.jsonl.write(jsonl_record(self.plan.name, skipped, None, skipped=True))
             self.lines += 1
             self.skipped += 1
-            return None
+            return Written(skipped, None, None)
         result = to_frame_result(result_msg) if result_msg.kind == RESULTS else FrameResult.empty()
-        self.jsonl.write(jsonl_record(self.plan.name, frame, result))
+        if self.jsonl is not None:
+            self.jsonl.write(jsonl_record(self.plan.name, frame, result))
         self.lines += 1
-        if result.seg_labels is not None:
+        if self.files and result.seg_labels is not None:
             self._label_sink().write(frame.index, result.seg_labels)
+        if not self.draw:
+            return Written(frame, result, None)
         if self.renderer.draws_on(result, banner=self.cfg.banner):
             image = self.renderer(frame.image, result, banner=self.cfg.banner)
-            self._write_video(image, frame_msg)
+            if self.files:
+                self._write_video(image, frame_msg)
         else:
             # Nothing to draw: encode the received frame as it is, without a copy, and from the
             # source's own yuv420p planes when the decoder passed them on (no conversion either).
             image = frame.image
-            self._write_video(image, frame_msg, frame_msg.arrays.get(I420))
-        return image
+            if self.files:
+                self._write_video(image, frame_msg, frame_msg.arrays.get(I420))
+        return Written(frame, result, image)
 
     def _write_video(self, image: np.ndarray, frame_msg: Message, i420: np.ndarray | None = None) -> None:
         if self.video is None:
@@ -164,6 +187,8 @@ class SourceOutputs:
                 sink.close()
 
     def outputs(self) -> dict[str, str]:
+        if not self.files:
+            return {}
         paths = {"jsonl": str(self.out / f"{self.plan.name}.jsonl")}
         if self.video is not None:
             paths["video"] = str(self.out / f"{self.plan.name}.mp4")
@@ -212,8 +237,22 @@ class RenderStage(Stage):
         cfg = spec.config
         self.preview = topology.open(context, spec, "preview") if cfg.show or cfg.serve else None
         self.outputs = SourceOutputs(spec, plan)
+        self.caller = None
+        if spec.has_caller:
+            from stream.stages.caller import CallerOutlet
+
+            self.caller = CallerOutlet(context, spec, plan, link)
+        self.final_eos: Message | None = None
         self.joiner = Joiner()
         self.closed = False
+
+    def poll_ms(self) -> int:
+        # Live results waiting for the caller go out as soon as its queue has room.
+        return CALLER_POLL_MS if self.caller is not None and self.caller.waiting else super().poll_ms()
+
+    def step(self) -> None:
+        if self.caller is not None:
+            self.caller.flush()
 
     def receive(self, sock: zmq.Socket, message: Message) -> None:
         if sock is self.frames_in:
@@ -223,22 +262,27 @@ class RenderStage(Stage):
             self.joiner.add_result(message)
         for frame_msg, result_msg in self.joiner.pairs():
             if frame_msg.kind == EOS or result_msg.kind == EOS:
-                self.finished = self.finished or bool(frame_msg.meta.get("final"))
+                if frame_msg.meta.get("final"):
+                    self.finished = True
+                    self.final_eos = frame_msg
                 continue
             self._write(frame_msg, result_msg)
 
     def _write(self, frame_msg: Message, result_msg: Message) -> None:
-        image = self.outputs.write(frame_msg, result_msg)
+        written = self.outputs.write(frame_msg, result_msg)
+        image = written.image
         latency = time.time() - frame_msg.capture
         self.link.emit(
             Progress(
                 source=self.source,
                 frame=frame_msg.frame,
-                skipped=image is None,
+                skipped=written.result is None,
                 latency=latency,
                 stamps=result_msg.stamps,
             )
         )
+        if self.caller is not None:
+            self.caller.put(frame_msg, written.frame, written.result, image)
         if self.preview is not None and image is not None:
             if frame_msg.slot is not None and image is frame_msg.arrays.get("image"):
                 # The slot is released below and reused by the decoder, while a zero-copy
@@ -249,6 +293,8 @@ class RenderStage(Stage):
 
     def finish(self) -> Done:
         self._close_sinks(complete=True)
+        if self.caller is not None and self.final_eos is not None:
+            self.caller.end(self.final_eos)
         return Done(source=self.source, frames=self.outputs.frames_written)
 
     def _close_sinks(self, complete: bool) -> None:
@@ -277,6 +323,8 @@ class RenderStage(Stage):
             self.results_in.close(linger=0)
             if self.preview is not None:
                 self.preview.close(linger=0)
+            if self.caller is not None:
+                self.caller.close()
 
 
 def _publish_preview(sock: zmq.Socket, name: str, image: np.ndarray, frame_msg: Message) -> None:
