@@ -83,9 +83,9 @@ class FrameResult:
         outputs = None if self.skipped else self._model_outputs()
         return frame_record(self.source, self.frame, self.pts, self.width, self.height, outputs, self.skipped)
 
-    def _model_outputs(self) -> frames.FrameResult:
+    def _model_outputs(self) -> frames.ModelOutputs:
         count = len(self.persons)
-        outputs = frames.FrameResult(
+        outputs = frames.ModelOutputs(
             boxes=np.asarray([p.bbox for p in self.persons], np.float32).reshape(count, 4),
             scores=np.asarray([p.score for p in self.persons], np.float32),
             track_ids=np.asarray([-1 if p.id is None else p.id for p in self.persons], np.int64),

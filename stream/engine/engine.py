@@ -32,7 +32,7 @@ from stream.engine.batches import Group, LaunchedGroup, PendingPose, PreparedGro
 from stream.engine.device import DeviceStreams, OverlapScheduler, padded_size, static_batch_sizes
 from stream.engine.runtime import load_task_model, resolve_device, resolve_dtype
 from stream.engine.state import SourceStates, smoothing_size
-from stream.media.frames import FrameResult
+from stream.media.frames import ModelOutputs
 from stream.runtime.messages import FRAME, RESULTS, SKIP, Message, follow_up, result_arrays
 from stream.runtime.ring import INFER_READER, release
 
@@ -180,7 +180,7 @@ class InferenceEngine:
             if self.cfg.smooth and self.pose_model is not None:
                 crop_boxes = self._smoothed_crop_boxes(frames, [group.frames[i] for i in active], boxes)
             for slot, i in enumerate(active):
-                launched.results[i] = FrameResult(
+                launched.results[i] = ModelOutputs(
                     boxes=boxes[slot],
                     scores=scores[slot],
                     track_ids=np.full(len(boxes[slot]), -1, np.int64),
@@ -207,7 +207,7 @@ class InferenceEngine:
 
     # --- boxes --------------------------------------------------------------------------------------
 
-    def _carry_pose_boxes(self, group: Group, active: list[int], results: dict[int, FrameResult]) -> None:
+    def _carry_pose_boxes(self, group: Group, active: list[int], results: dict[int, ModelOutputs]) -> None:
         """Between detector runs, crop each person around its latest keypoints (pose-derived boxes).
 
         People move between frames; the box around where their keypoints were follows them, where the
@@ -316,7 +316,7 @@ class InferenceEngine:
 
     # --- segmentation -------------------------------------------------------------------------------
 
-    def _run_seg(self, frames, messages: list[Message], results: list[FrameResult]) -> None:
+    def _run_seg(self, frames, messages: list[Message], results: list[ModelOutputs]) -> None:
         from models.postprocess import segment_full_frame
         from models.preprocess import prepare_full_frame
 

@@ -43,7 +43,7 @@ from fractions import Fraction
 import msgpack
 import numpy as np
 
-from stream.media.frames import DecodedFrame, FrameResult
+from stream.media.frames import DecodedFrame, ModelOutputs
 
 PROTOCOL_VERSION = 1
 
@@ -53,7 +53,7 @@ EOS = "eos"
 SKIP = "skip"
 KINDS = (FRAME, RESULTS, EOS, SKIP)
 
-# FrameResult fields that travel as arrays, in a fixed order.
+# ModelOutputs fields that travel as arrays, in a fixed order.
 RESULT_ARRAYS = ("boxes", "scores", "track_ids", "keypoints", "keypoint_scores", "seg_labels")
 
 
@@ -244,7 +244,7 @@ def to_decoded_frame(message: Message) -> DecodedFrame:
     )
 
 
-def result_arrays(result: FrameResult, crop_to_frame: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def result_arrays(result: ModelOutputs, crop_to_frame: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The payload arrays of a ``results`` message for ``result`` (fields that are None are left out)."""
     arrays = {}
     for name in RESULT_ARRAYS:
@@ -256,11 +256,11 @@ def result_arrays(result: FrameResult, crop_to_frame: np.ndarray | None = None) 
     return arrays
 
 
-def to_frame_result(message: Message) -> FrameResult:
-    """The FrameResult a ``results`` message carries."""
+def to_frame_result(message: Message) -> ModelOutputs:
+    """The ModelOutputs a ``results`` message carries."""
     arrays = message.arrays
-    empty = FrameResult.empty()
-    return FrameResult(
+    empty = ModelOutputs.empty()
+    return ModelOutputs(
         boxes=arrays.get("boxes", empty.boxes),
         scores=arrays.get("scores", empty.scores),
         track_ids=arrays.get("track_ids", np.full(len(arrays.get("boxes", empty.boxes)), -1, np.int64)),

@@ -19,7 +19,7 @@ from collections import deque
 import numpy as np
 import zmq
 
-from stream.media.frames import DecodedFrame, FrameResult
+from stream.media.frames import DecodedFrame, ModelOutputs
 from stream.runtime import topology
 from stream.runtime.events import Drop
 from stream.runtime.messages import EOS, RESULTS, SKIP, Message, control_message, result_arrays
@@ -48,7 +48,7 @@ class CallerOutlet:
         self,
         frame_msg: Message,
         frame: DecodedFrame,
-        result: FrameResult | None,
+        result: ModelOutputs | None,
         image: np.ndarray | None,
     ) -> None:
         """Send one position: ``result`` None for a skipped frame; ``image`` the annotated picture."""

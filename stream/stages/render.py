@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import zmq
 
-from stream.media.frames import I420, DecodedFrame, FrameResult
+from stream.media.frames import I420, DecodedFrame, ModelOutputs
 from stream.runtime import topology
 from stream.runtime.events import Done, Progress, SinkClosed
 from stream.runtime.messages import (
@@ -50,7 +50,7 @@ class Written:
     annotated image (None when skipped, or when no video, preview or caller needs one)."""
 
     frame: DecodedFrame
-    result: FrameResult | None
+    result: ModelOutputs | None
     image: np.ndarray | None
 
 
@@ -106,7 +106,7 @@ class SourceOutputs:
             self.lines += 1
             self.skipped += 1
             return Written(skipped, None, None)
-        result = to_frame_result(result_msg) if result_msg.kind == RESULTS else FrameResult.empty()
+        result = to_frame_result(result_msg) if result_msg.kind == RESULTS else ModelOutputs.empty()
         if self.jsonl is not None:
             self.jsonl.write(jsonl_record(self.plan.name, frame, result))
         self.lines += 1
