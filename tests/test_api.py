@@ -137,7 +137,15 @@ def _ring_files() -> set[Path]:
 
 
 def _descendants() -> set[int]:
-    return {p.pid for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE}
+    """This process's running descendants (a process that exits while it is looked at is not one)."""
+    pids = set()
+    for process in psutil.Process().children(recursive=True):
+        try:
+            if process.status() != psutil.STATUS_ZOMBIE:
+                pids.add(process.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return pids
 
 
 def test_breaking_out_of_the_loop_stops_the_workers_and_closes_the_outputs(material, tmp_path):
@@ -159,7 +167,8 @@ def test_breaking_out_of_the_loop_stops_the_workers_and_closes_the_outputs(mater
     assert taken == list(range(5))
     lines = read_jsonl(out / "long.jsonl")
     frames, _, _, _ = read_video(out / "long.mp4")  # closed: playable
-    assert 5 <= len(lines) < 100 and len(frames) == len(lines)
+    # The frames in the pipeline when the loop was left were finished: how many depends on timing.
+    assert 5 <= len(lines) <= 100 and len(frames) == len(lines)
     assert [line["frame"] for line in lines] == list(range(len(lines)))
     assert pipe.report.interrupted
 
@@ -216,18 +225,19 @@ def test_a_slow_consumer_live_gets_skipped_results_counted_as_drops(material, tm
 def test_stop_drains_what_is_in_the_pipeline(material, tmp_path):
     out = tmp_path / "out"
     results = []
-    with stream.Pipeline(material["long"], out=out, **_options(material, task="pose")) as pipe:
+    clip = write_test_clip(tmp_path / "longer.mp4", 300, (96, 64), fps=25, seed=3)
+    with stream.Pipeline(clip, out=out, **_options(material, task="pose")) as pipe:
         for result in pipe:
             results.append(result)
             if len(results) == 5:
                 pipe.stop()
-    assert 5 <= len(results) < 100
+    assert 5 <= len(results) < 300
     assert [r.frame for r in results] == list(range(len(results)))
-    lines = read_jsonl(out / "long.jsonl")
+    lines = read_jsonl(out / "longer.jsonl")
     assert [r.to_dict() for r in results] == lines  # everything written was also delivered
-    frames, _, _, _ = read_video(out / "long.mp4")
+    frames, _, _, _ = read_video(out / "longer.mp4")
     assert len(frames) == len(lines)
-    assert pipe.report.interrupted and pipe.report.sources["long"].complete
+    assert pipe.report.interrupted and pipe.report.sources["longer"].complete
 
 
 def test_bad_options_are_refused_before_anything_starts(material):
@@ -236,3 +246,18 @@ def test_bad_options_are_refused_before_anything_starts(material):
     with pytest.raises(ValueError, match="source not found"):
         with stream.Pipeline("no-such-clip.mp4", **_options(material)):
             pass
+
+
+def test_the_api_link_is_in_the_topology_table_only_with_a_caller(material):
+    from stream.config import build_config
+    from stream.runtime.topology import RunTopology
+
+    config = build_config({"sources": [str(material["clip_a"])], "queue_frames": 3})
+    with_caller = RunTopology(config, ["a", "b"], caller=True)
+    (api,) = [link for link in with_caller.links if link.name == "api"]
+    assert (api.sender.role, api.receiver.role, api.binds) == ("render", "caller", "receiver")
+    # Bounded at both ends: a render stage's queue, and the caller's one queue for every source.
+    assert api.sender.hwm.value(config, 2) == 3 and api.receiver.hwm.value(config, 2) == 6
+    assert "api" in with_caller.endpoint_names()
+    assert "api" not in RunTopology(config, ["a", "b"]).endpoint_names()
+    assert "render PUSH hwm=3" in with_caller.describe()
