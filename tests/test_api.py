@@ -132,8 +132,16 @@ def test_render_gives_the_annotated_frames(material):
             assert difference.mean() < 2  # nothing to draw: the decoded frame as it is
 
 
-def _ring_files() -> set[Path]:
-    return set(Path("/dev/shm").glob("ss-ring-*")) if Path("/dev/shm").is_dir() else set()
+def _ring_files(pids: set[int]) -> set[Path]:
+    """The shared-memory frame rings the processes ``pids`` have mapped (other runs on this machine
+    have rings of their own)."""
+    paths = set()
+    for pid in pids:
+        try:
+            paths.update(Path(m.path) for m in psutil.Process(pid).memory_maps() if "ss-ring-" in m.path)
+        except psutil.NoSuchProcess:
+            pass
+    return paths
 
 
 def _descendants() -> set[int]:
@@ -150,7 +158,7 @@ def _descendants() -> set[int]:
 
 def test_breaking_out_of_the_loop_stops_the_workers_and_closes_the_outputs(material, tmp_path):
     start_worker_server()  # the fork server outlives runs; the workers it forks must not
-    before, rings = _descendants(), _ring_files()
+    before = _descendants()
     out = tmp_path / "out"
     taken = []
     options = _options(material, task="pose", workers="ipc", max_batch=8)
@@ -159,11 +167,13 @@ def test_breaking_out_of_the_loop_stops_the_workers_and_closes_the_outputs(mater
             taken.append(result.frame)
             if len(taken) == 1:
                 workers = _descendants() - before
+                rings = _ring_files(workers)
+                assert rings and all(path.exists() for path in rings)
             if len(taken) == 5:
                 break
         assert _descendants() <= before  # stopped when the loop was left, before the block ends
     assert len(workers) == 3 + 1  # decode, track and render for the one source, and the GPU worker
-    assert _ring_files() <= rings
+    assert not any(path.exists() for path in rings)
     assert taken == list(range(5))
     lines = read_jsonl(out / "long.jsonl")
     frames, _, _, _ = read_video(out / "long.mp4")  # closed: playable
