@@ -38,6 +38,7 @@ from stream.runtime.reorder import ReorderBuffer
 from stream.runtime.ring import RENDER_READER, release, resolve
 from stream.runtime.stage import SourcePlan, Stage, StageLink, WorkerSpec
 from stream.runtime.transport import send_message
+from stream.stages.caller import CallerOutlet
 
 # Live recordings' time base: RTSP's 90 kHz video clock, fine enough for any camera's timestamps.
 LIVE_TIME_BASE = Fraction(1, 90_000)
@@ -242,11 +243,7 @@ class RenderStage(Stage):
         cfg = spec.config
         self.preview = topology.open(context, spec, "preview") if cfg.show or cfg.serve else None
         self.outputs = SourceOutputs(spec, plan)
-        self.caller = None
-        if spec.has_caller:
-            from stream.stages.caller import CallerOutlet
-
-            self.caller = CallerOutlet(context, spec, plan, link)
+        self.caller = CallerOutlet(context, spec, plan, link) if spec.has_caller else None
         self.final_eos: Message | None = None
         self.joiner = Joiner()
         self.closed = False
