@@ -35,11 +35,11 @@ from models.meta import pose_meta
 from stream.drawing.overlay import Renderer
 from stream.edges.sinks import JsonlSink, LabelMapSink, VideoSink, jsonl_record
 from stream.media.color import RgbDecoder, rgb_to_yuv420p_frame
-from stream.media.frames import DecodedFrame, FrameResult
+from stream.media.frames import DecodedFrame, ModelOutputs
 from stream.media.synth import moving_squares, write_clip
 
 
-def synthetic_result(height: int, width: int, persons: int, seed: int = 0) -> FrameResult:
+def synthetic_result(height: int, width: int, persons: int, seed: int = 0) -> ModelOutputs:
     """``persons`` side by side, each with all keypoints scattered in its box and a body-part map."""
     rng = np.random.default_rng(seed)
     num_keypoints = len(pose_meta().names)
@@ -57,7 +57,7 @@ def synthetic_result(height: int, width: int, persons: int, seed: int = 0) -> Fr
         bands = np.linspace(y1, y2, 9).astype(int)
         for band, (top, bottom) in enumerate(zip(bands[:-1], bands[1:], strict=True)):
             labels[top:bottom, int(x1) : int(x2)] = 1 + (band * 3 + i) % 28
-    return FrameResult(
+    return ModelOutputs(
         boxes=np.asarray(boxes, np.float32),
         scores=rng.uniform(0.5, 1.0, persons).astype(np.float32),
         track_ids=np.arange(persons, dtype=np.int64),
@@ -175,8 +175,8 @@ def _wall_and_cpu(fn, repeats: int) -> tuple[float, float]:
     return _ms(walls), _ms(cpus)
 
 
-def _without_seg(result: FrameResult) -> FrameResult:
-    return FrameResult(
+def _without_seg(result: ModelOutputs) -> ModelOutputs:
+    return ModelOutputs(
         result.boxes, result.scores, result.track_ids, result.keypoints, result.keypoint_scores, None
     )
 

@@ -7,6 +7,7 @@ key, a wrong type or an impossible value is a ``ConfigError`` with a one-line me
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +37,7 @@ class PipelineConfig:
     """Everything one run needs. ``sources`` and ``out`` are required; the rest has defaults."""
 
     sources: list[str] = field(default_factory=list)
-    out: str = "out"
+    out: str | None = "out"  # None: no files (the Python API's results are its only output)
     task: tuple[str, ...] = ("pose",)
     pose_model: str = DEFAULT_POSE_MODEL
     seg_model: str = DEFAULT_SEG_MODEL
@@ -127,6 +128,10 @@ class PipelineConfig:
             raise ConfigError(f"segment_time must be at least 1 second, got {self.segment_time!r}")
         if self.webcam_size is not None:
             parse_webcam_size(self.webcam_size)
+        if isinstance(self.out, os.PathLike):
+            self.out = os.fspath(self.out)
+        if self.out is not None and not isinstance(self.out, str):
+            raise ConfigError(f"out must be a directory path, got {self.out!r}")
         if not isinstance(self.sources, list) or not all(isinstance(s, str) for s in self.sources):
             raise ConfigError("sources must be a list of paths or URLs")
 
@@ -260,7 +265,7 @@ def build_config(values: dict) -> PipelineConfig:
         raise ConfigError(f"unknown option {sorted(unknown)[0]!r}")
     if "sources" in values and isinstance(values["sources"], str):
         values = {**values, "sources": [values["sources"]]}
-    if "out" in values:
+    if values.get("out") is not None:
         values = {**values, "out": str(values["out"])}
     try:
         return PipelineConfig(**values)

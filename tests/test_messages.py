@@ -8,7 +8,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from stream.media.frames import DecodedFrame, FrameResult
+from stream.media.frames import DecodedFrame, ModelOutputs
 from stream.runtime.messages import (
     EOS,
     PROTOCOL_VERSION,
@@ -69,7 +69,7 @@ def test_received_arrays_view_the_buffers_without_copying() -> None:
 
 def test_results_round_trip_with_affines() -> None:
     rng = np.random.default_rng(0)
-    result = FrameResult(
+    result = ModelOutputs(
         boxes=rng.uniform(0, 50, (3, 4)).astype(np.float32),
         scores=np.array([0.9, 0.8, 0.4], np.float32),
         track_ids=np.array([4, -1, 9], np.int64),
@@ -91,7 +91,7 @@ def test_results_round_trip_with_affines() -> None:
 
 def test_empty_results_and_control_messages() -> None:
     source = unpack(pack(frame_message("cam", 3, _frame(3))))
-    back = to_frame_result(unpack(pack(follow_up(source, RESULTS, result_arrays(FrameResult.empty())))))
+    back = to_frame_result(unpack(pack(follow_up(source, RESULTS, result_arrays(ModelOutputs.empty())))))
     assert back.num_persons == 0 and back.keypoints is None
     eos = unpack(pack(control_message(EOS, "cam", 12, final=True)))
     assert (eos.kind, eos.seq, eos.meta["final"], eos.arrays) == ("eos", 12, True, {})

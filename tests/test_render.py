@@ -7,7 +7,7 @@ import pytest
 
 from models.meta import pose_meta, seg_meta
 from stream.drawing.overlay import DrawSizes, Renderer
-from stream.media.frames import FrameResult
+from stream.media.frames import ModelOutputs
 
 HEIGHT, WIDTH = 720, 1280
 GREY = 60
@@ -17,7 +17,7 @@ def _canvas():
     return np.full((HEIGHT, WIDTH, 3), GREY, np.uint8)
 
 
-def _pose_result(points: dict[int, tuple[float, float, float]]) -> FrameResult:
+def _pose_result(points: dict[int, tuple[float, float, float]]) -> ModelOutputs:
     """One person whose keypoints are all invisible except ``{index: (x, y, score)}``."""
     num_keypoints = len(pose_meta().names)
     keypoints = np.full((1, num_keypoints, 2), -50.0, np.float32)
@@ -25,7 +25,7 @@ def _pose_result(points: dict[int, tuple[float, float, float]]) -> FrameResult:
     for index, (x, y, score) in points.items():
         keypoints[0, index] = (x, y)
         scores[0, index] = score
-    return FrameResult(
+    return ModelOutputs(
         boxes=np.zeros((1, 4), np.float32),
         scores=np.ones((1,), np.float32),
         track_ids=np.zeros((1,), np.int64),
@@ -102,7 +102,7 @@ def test_segmentation_overlay_follows_the_palette_and_leaves_background_untinted
     stripe = WIDTH // num_classes
     for class_id in range(num_classes):
         labels[:, class_id * stripe : (class_id + 1) * stripe] = class_id
-    result = FrameResult.empty()
+    result = ModelOutputs.empty()
     result.seg_labels = labels
     image = _canvas()
     out = Renderer(seg_alpha=alpha)(image, result)
@@ -126,14 +126,14 @@ def test_segmentation_overlay_follows_the_palette_and_leaves_background_untinted
 
 
 def test_segmentation_of_another_size_is_rejected():
-    result = FrameResult.empty()
+    result = ModelOutputs.empty()
     result.seg_labels = np.zeros((10, 10), np.uint8)
     with pytest.raises(ValueError, match="seg_labels must be"):
         Renderer()(_canvas(), result)
 
 
 def test_boxes_are_drawn_in_the_track_colour_only_when_asked():
-    result = FrameResult(
+    result = ModelOutputs(
         boxes=np.array([[100, 150, 400, 600]], np.float32),
         scores=np.array([0.9], np.float32),
         track_ids=np.array([7], np.int64),
@@ -148,10 +148,10 @@ def test_boxes_are_drawn_in_the_track_colour_only_when_asked():
 
 def test_banner_and_text_lines():
     renderer = Renderer()
-    plain = renderer(_canvas(), FrameResult.empty())
+    plain = renderer(_canvas(), ModelOutputs.empty())
     assert (plain == GREY).all()
 
-    with_banner = renderer(_canvas(), FrameResult.empty(), banner="UNTRAINED WEIGHTS")
+    with_banner = renderer(_canvas(), ModelOutputs.empty(), banner="UNTRAINED WEIGHTS")
     top = with_banner[: HEIGHT // 20]
     banner_rows = (top == (200, 0, 0)).all(axis=2).mean()
     assert banner_rows > 0.5, "a band in the banner colour across the top"
@@ -175,7 +175,7 @@ def test_views_with_negative_strides_are_accepted():
 
 def test_bad_image_is_rejected():
     with pytest.raises(ValueError, match="uint8 RGB image"):
-        Renderer()(np.zeros((10, 10), np.uint8), FrameResult.empty())
+        Renderer()(np.zeros((10, 10), np.uint8), ModelOutputs.empty())
     with pytest.raises(ValueError, match="keypoints must be"):
         result = _pose_result({})
         result.keypoints = result.keypoints[:, :17]

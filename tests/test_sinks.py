@@ -21,7 +21,7 @@ from stream.edges.sinks import (
     pick_video_codec,
     read_label_map,
 )
-from stream.media.frames import DecodedFrame, FrameResult
+from stream.media.frames import DecodedFrame, ModelOutputs
 from stream.media.synth import moving_squares, write_clip
 
 
@@ -149,7 +149,7 @@ def _result_with_pose():
     keypoints[1, :, 1] = 7.004
     keypoint_scores = np.full((2, 308), 0.87654321, np.float32)
     keypoint_scores[1, 3] = np.nan
-    return FrameResult(
+    return ModelOutputs(
         boxes=np.array([[1.111, 2.222, 30.333, 40.444], [5, 6, 7, 8]], np.float32),
         scores=np.array([0.987654, 0.5], np.float32),
         track_ids=np.array([4, -1], np.int64),
@@ -185,7 +185,7 @@ def test_jsonl_record_follows_the_design_schema():
 def test_jsonl_record_for_skipped_empty_and_seg_only_frames():
     skipped = jsonl_record("cam0", _frame(7, pts=None), None, skipped=True)
     assert skipped == {"source": "cam0", "frame": 7, "pts": None, "width": 64, "height": 48, "skipped": True}
-    empty = jsonl_record("cam0", _frame(8), FrameResult.empty())
+    empty = jsonl_record("cam0", _frame(8), ModelOutputs.empty())
     assert empty["persons"] == [] and "skipped" not in empty
     seg_only = _result_with_pose()
     seg_only.keypoints = seg_only.keypoint_scores = None

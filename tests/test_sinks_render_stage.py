@@ -14,7 +14,7 @@ from stream.config import build_config
 from stream.edges.sinks import VideoSink
 from stream.edges.sources import SourceInfo
 from stream.media.color import rgb_to_i420
-from stream.media.frames import I420, DecodedFrame, FrameResult
+from stream.media.frames import I420, DecodedFrame, ModelOutputs
 from stream.media.synth import moving_squares
 from stream.runtime.messages import RESULTS, follow_up, frame_message, result_arrays
 from stream.runtime.stage import SourcePlan, WorkerSpec
@@ -30,7 +30,7 @@ def _outputs(tmp_path, **options) -> SourceOutputs:
     return SourceOutputs(WorkerSpec("render", cfg, {}, [plan]), plan)
 
 
-def _messages(index: int, image: np.ndarray, result: FrameResult, i420: np.ndarray | None = None):
+def _messages(index: int, image: np.ndarray, result: ModelOutputs, i420: np.ndarray | None = None):
     image.flags.writeable = False  # as received: a read-only view of a message buffer or ring slot
     frame = DecodedFrame(image, index, index / 30, Fraction(1, 30), 0.0, pts_raw=index)
     frame_msg = frame_message("clip", index, frame, meta={"rate": [30, 1]})
@@ -45,8 +45,8 @@ def _decoded_planes(path) -> list[np.ndarray]:
         return [frame.to_ndarray() for frame in container.decode(video=0)]
 
 
-def _person() -> FrameResult:
-    return FrameResult(
+def _person() -> ModelOutputs:
+    return ModelOutputs(
         boxes=np.array([[10, 10, 60, 50]], np.float32),
         scores=np.array([0.9], np.float32),
         track_ids=np.array([1], np.int64),
@@ -57,7 +57,9 @@ def test_frames_with_nothing_to_draw_are_encoded_as_received(tmp_path):
     images = list(moving_squares(3, (96, 64)))
     outputs = _outputs(tmp_path)
     try:
-        written = [outputs.write(*_messages(i, image, FrameResult.empty())) for i, image in enumerate(images)]
+        written = [
+            outputs.write(*_messages(i, image, ModelOutputs.empty())) for i, image in enumerate(images)
+        ]
     finally:
         outputs.close()
     assert all(out is image for out, image in zip(written, images, strict=True))  # no copy made
@@ -68,7 +70,7 @@ def test_frames_with_nothing_to_draw_are_encoded_as_received(tmp_path):
 
 def test_a_background_only_label_map_draws_nothing_and_body_parts_are_drawn(tmp_path):
     images = list(moving_squares(2, (96, 64)))
-    background, body = FrameResult.empty(), FrameResult.empty()
+    background, body = ModelOutputs.empty(), ModelOutputs.empty()
     background.seg_labels = np.zeros((64, 96), np.uint8)
     body.seg_labels = np.zeros((64, 96), np.uint8)
     body.seg_labels[10:30, 20:40] = 5
@@ -90,7 +92,7 @@ def test_frames_with_a_person_or_a_banner_are_drawn_on_a_copy(tmp_path):
     try:
         drawn = [
             outputs.write(*_messages(0, images[0], _person())),
-            outputs.write(*_messages(1, images[1], FrameResult.empty())),
+            outputs.write(*_messages(1, images[1], ModelOutputs.empty())),
         ]
     finally:
         outputs.close()
@@ -105,9 +107,9 @@ def test_undrawn_frames_are_encoded_from_the_sources_planes_and_drawn_ones_from_
     planes = [np.clip(rgb_to_i420(image).astype(int) + 7, 0, 255).astype(np.uint8) for image in images]
     outputs = _outputs(tmp_path)  # crf 0: lossless, the planes come back exactly
     try:
-        outputs.write(*_messages(0, images[0], FrameResult.empty(), planes[0]))
+        outputs.write(*_messages(0, images[0], ModelOutputs.empty(), planes[0]))
         drawn = outputs.write(*_messages(1, images[1], _person(), planes[1]))
-        outputs.write(*_messages(2, images[2], FrameResult.empty(), planes[2]))
+        outputs.write(*_messages(2, images[2], ModelOutputs.empty(), planes[2]))
     finally:
         outputs.close()
     decoded = _decoded_planes(tmp_path / "clip.mp4")

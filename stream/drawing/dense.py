@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from stream.media.frames import FrameResult
+from stream.media.frames import ModelOutputs
 
 NAMED_COLORS = {
     "black": (0, 0, 0),
@@ -184,7 +184,7 @@ class DenseViews:
         self.first_panel = bool(overlays) or not ({"normal", "pointmap"} & set(self.render))
 
     def __call__(
-        self, renderer, image: np.ndarray, result: FrameResult, banner: str | None = None
+        self, renderer, image: np.ndarray, result: ModelOutputs, banner: str | None = None
     ) -> np.ndarray:
         panels = []
         if self.first_panel:
@@ -202,7 +202,7 @@ class DenseViews:
             panels[0] = renderer(panels[0], None, banner=banner)
         return panels[0] if len(panels) == 1 else np.ascontiguousarray(np.hstack(panels))
 
-    def _overlays(self, result: FrameResult) -> FrameResult:
+    def _overlays(self, result: ModelOutputs) -> ModelOutputs:
         """The result with only what the video shows of pose and segmentation; boxes go with either."""
         changes = {}
         if "pose" not in self.render:
@@ -210,7 +210,7 @@ class DenseViews:
         if "seg" not in self.render:
             changes["seg_labels"] = None
         if not {"pose", "seg"} & set(self.render):
-            empty = FrameResult.empty()
+            empty = ModelOutputs.empty()
             changes.update(boxes=empty.boxes, scores=empty.scores, track_ids=empty.track_ids)
         return dataclasses.replace(result, **changes) if changes else result
 

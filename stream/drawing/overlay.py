@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from models.meta import pose_meta, seg_meta
-from stream.media.frames import FrameResult
+from stream.media.frames import ModelOutputs
 
 _SHIFT = 4  # cv2 fixed-point bits: keypoints are drawn at 1/16 pixel precision
 _ONE = 1 << _SHIFT
@@ -78,7 +78,7 @@ def _banner_band(text: str, height: int, width: int, thickness: int) -> np.ndarr
 
 
 class Renderer:
-    """Draws one ``FrameResult`` onto a copy of its frame.
+    """Draws one ``ModelOutputs`` onto a copy of its frame.
 
     ``keypoint_threshold``: keypoints scoring at or below it are not drawn, nor links touching them.
     ``draw_boxes``: person boxes with their track id. ``seg_alpha``: opacity of the segmentation colours
@@ -110,7 +110,7 @@ class Renderer:
         self._buffers: dict[str, np.ndarray] = {}
 
     def draws_on(
-        self, result: FrameResult | None, text_lines: list[str] | None = None, banner: str | None = None
+        self, result: ModelOutputs | None, text_lines: list[str] | None = None, banner: str | None = None
     ) -> bool:
         """False when ``__call__`` would return an unchanged copy of the frame (nothing to draw), so a
         caller can use the frame itself and skip the copy."""
@@ -125,7 +125,7 @@ class Renderer:
     def __call__(
         self,
         image: np.ndarray,
-        result: FrameResult | None,
+        result: ModelOutputs | None,
         text_lines: list[str] | None = None,
         banner: str | None = None,
     ) -> np.ndarray:
@@ -196,7 +196,7 @@ class Renderer:
             self._buffers[name] = buffer
         return buffer[:size].reshape(shape)
 
-    def _draw_poses(self, canvas: np.ndarray, result: FrameResult, sizes: DrawSizes) -> None:
+    def _draw_poses(self, canvas: np.ndarray, result: ModelOutputs, sizes: DrawSizes) -> None:
         keypoints = np.asarray(result.keypoints, dtype=np.float32)
         if keypoints.ndim != 3 or keypoints.shape[1:] != (self._num_keypoints, 2):
             raise ValueError(f"keypoints must be (N, {self._num_keypoints}, 2), got {keypoints.shape}")
@@ -219,7 +219,7 @@ class Renderer:
                 color = self._keypoint_colors[k]
                 cv2.circle(canvas, points[k], radii[k], color, -1, cv2.LINE_AA, _SHIFT)
 
-    def _draw_boxes(self, canvas: np.ndarray, result: FrameResult, sizes: DrawSizes) -> None:
+    def _draw_boxes(self, canvas: np.ndarray, result: ModelOutputs, sizes: DrawSizes) -> None:
         boxes = np.asarray(result.boxes, dtype=np.float32).reshape(-1, 4)
         for box, track_id in zip(boxes, result.track_ids.tolist(), strict=True):
             if not np.isfinite(box).all():

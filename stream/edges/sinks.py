@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from stream.media.color import i420_to_frame, rgb_to_yuv420p_frame
-from stream.media.frames import DecodedFrame, FrameResult
+from stream.media.frames import DecodedFrame, ModelOutputs
 
 _NVENC = "h264_nvenc"
 _X264 = "libx264"
@@ -293,23 +293,38 @@ def _rounded_scalar(value: float | None, decimals: int) -> float | None:
     return round(float(value), decimals)
 
 
-def _check_result(result: FrameResult) -> None:
+def _check_result(result: ModelOutputs) -> None:
     num = result.boxes.shape[0]
     if result.boxes.shape != (num, 4) or result.scores.shape != (num,) or result.track_ids.shape != (num,):
         raise ValueError(
-            f"FrameResult arrays disagree: boxes {result.boxes.shape}, scores {result.scores.shape}, "
+            f"ModelOutputs arrays disagree: boxes {result.boxes.shape}, scores {result.scores.shape}, "
             f"track_ids {result.track_ids.shape}"
         )
     if result.keypoints is not None:
         if result.keypoint_scores is None:
-            raise ValueError("FrameResult has keypoints but no keypoint_scores")
+            raise ValueError("ModelOutputs has keypoints but no keypoint_scores")
         kpts, kscores = result.keypoints.shape, result.keypoint_scores.shape
         if len(kpts) != 3 or kpts[0] != num or kpts[2] != 2 or kscores != kpts[:2]:
-            raise ValueError(f"FrameResult keypoints {kpts} / scores {kscores} do not fit {num} persons")
+            raise ValueError(f"ModelOutputs keypoints {kpts} / scores {kscores} do not fit {num} persons")
 
 
-def jsonl_record(source: str, frame: DecodedFrame, result: FrameResult | None, skipped: bool = False) -> dict:
-    """One JSONL line (docs/architecture.md, "Outputs"), in source-frame pixels.
+def jsonl_record(
+    source: str, frame: DecodedFrame, result: ModelOutputs | None, skipped: bool = False
+) -> dict:
+    """One JSONL line (docs/architecture.md, "Outputs"), in source-frame pixels (see ``frame_record``)."""
+    return frame_record(source, frame.index, frame.pts, frame.width, frame.height, result, skipped)
+
+
+def frame_record(
+    source: str,
+    index: int,
+    pts: float | None,
+    width: int,
+    height: int,
+    result: ModelOutputs | None,
+    skipped: bool = False,
+) -> dict:
+    """The JSONL record of frame ``index`` of ``source`` (the Python API's ``ModelOutputs.to_dict`` too).
 
     ``{"source", "frame", "pts", "width", "height", "persons": [{"id", "bbox", "score", "keypoints"}]}``;
     a frame dropped in live mode gives ``{..., "skipped": true}`` without persons. Pixels are rounded to
@@ -319,10 +334,10 @@ def jsonl_record(source: str, frame: DecodedFrame, result: FrameResult | None, s
     """
     record: dict = {
         "source": source,
-        "frame": int(frame.index),
-        "pts": _rounded_scalar(frame.pts, 6),
-        "width": frame.width,
-        "height": frame.height,
+        "frame": int(index),
+        "pts": _rounded_scalar(pts, 6),
+        "width": int(width),
+        "height": int(height),
     }
     if skipped:
         record["skipped"] = True

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from stream.engine.device import StagedTensors
-from stream.media.frames import FrameResult
+from stream.media.frames import ModelOutputs
 from stream.runtime.messages import Message
 
 
@@ -53,5 +53,5 @@ class LaunchedGroup:
     group: Group
     active: list[int]  # positions in group.frames that were computed (not skipped)
     skipped: dict[int, str]  # position in group.frames -> drop cause
-    results: dict[int, FrameResult] = field(default_factory=dict)
+    results: dict[int, ModelOutputs] = field(default_factory=dict)
     pose: PendingPose | None = None

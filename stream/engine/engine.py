@@ -34,7 +34,7 @@ from stream.engine.device import DeviceStreams, OverlapScheduler, padded_size, s
 from stream.engine.runtime import load_task_model, resolve_device, resolve_dtype
 from stream.engine.state import SourceStates
 from stream.engine.tasks import run_dense, run_frame_seg, run_person_seg
-from stream.media.frames import FrameResult
+from stream.media.frames import ModelOutputs
 from stream.runtime.messages import FRAME, RESULTS, SKIP, Message, follow_up, result_arrays
 from stream.runtime.ring import INFER_READER, release
 
@@ -187,7 +187,7 @@ class InferenceEngine:
             if self.cfg.smooth and self.pose_model is not None:
                 crop_boxes = self._smoothed_crop_boxes(frames, [group.frames[i] for i in active], boxes)
             for slot, i in enumerate(active):
-                launched.results[i] = FrameResult(
+                launched.results[i] = ModelOutputs(
                     boxes=boxes[slot],
                     scores=scores[slot],
                     track_ids=np.full(len(boxes[slot]), -1, np.int64),
@@ -219,7 +219,7 @@ class InferenceEngine:
 
     # --- boxes --------------------------------------------------------------------------------------
 
-    def _carry_pose_boxes(self, group: Group, active: list[int], results: dict[int, FrameResult]) -> None:
+    def _carry_pose_boxes(self, group: Group, active: list[int], results: dict[int, ModelOutputs]) -> None:
         """Between detector runs, crop each person around its latest keypoints (pose-derived boxes).
 
         People move between frames; the box around where their keypoints were follows them, where the
@@ -328,7 +328,7 @@ class InferenceEngine:
 
     # --- segmentation -------------------------------------------------------------------------------
 
-    def _run_seg(self, frames, messages: list[Message], results: list[FrameResult], boxes) -> None:
+    def _run_seg(self, frames, messages: list[Message], results: list[ModelOutputs], boxes) -> None:
         """Segmentation of the whole frames, or of the person crops pasted back (``--seg-mode person``)."""
         forward, cfg, states = self._forward_fields, self.cfg, self.state
         if cfg.seg_mode == "person":

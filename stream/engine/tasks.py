@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from stream.config import PipelineConfig
 from stream.engine.state import SourceStates, smoothing_size
-from stream.media.frames import FrameResult
+from stream.media.frames import ModelOutputs
 from stream.runtime.messages import Message
 
 # The release's image processors: pad (keep the aspect ratio) for normals and pointmaps, stretch for
@@ -56,7 +56,7 @@ def run_dense(
     forward: Forward,
     frames: list[torch.Tensor],
     messages: list[Message],
-    results: list[FrameResult],
+    results: list[ModelOutputs],
     cfg: PipelineConfig,
     states: SourceStates,
 ) -> None:
@@ -96,7 +96,7 @@ def _postprocess(
     return {"alpha": matte["alpha"][0], "foreground": matte["foreground"][0]}
 
 
-def _store(task: str, maps: dict[str, torch.Tensor], result: FrameResult) -> None:
+def _store(task: str, maps: dict[str, torch.Tensor], result: ModelOutputs) -> None:
     """The maps as the result's host arrays, channels last."""
     if task == "normal":
         result.normals = _host(maps["normals"].permute(1, 2, 0))
@@ -133,7 +133,7 @@ def run_frame_seg(
     forward: Forward,
     frames: list[torch.Tensor],
     messages: list[Message],
-    results: list[FrameResult],
+    results: list[ModelOutputs],
     cfg: PipelineConfig,
     states: SourceStates,
 ) -> None:
@@ -165,7 +165,7 @@ def run_person_seg(
     frames: list[torch.Tensor],
     messages: list[Message],
     boxes: list[np.ndarray],
-    results: list[FrameResult],
+    results: list[ModelOutputs],
     cfg: PipelineConfig,
     states: SourceStates,
 ) -> None:

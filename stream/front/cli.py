@@ -165,9 +165,12 @@ def _run_exports(value: str | None, config) -> list[str]:
 
 
 def run(config, exports: Sequence[str] = ()) -> int:
-    from stream.pipeline.coordinator import run_pipeline
+    import dataclasses
 
-    report = run_pipeline(config)
+    import stream.api
+
+    # The command line is the Python API's ``stream.run`` with the command line's options.
+    report = stream.api.run(**dataclasses.asdict(config))
     for source in report.sources.values():
         drops = sum(source.drops.values())
         extra = f", {source.skipped} skipped, {drops} dropped" if source.mode == "live" else ""

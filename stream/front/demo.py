@@ -19,7 +19,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from stream.config import DEFAULT_DETECTOR, DEFAULT_POSE_MODEL, build_config
+from stream.config import DEFAULT_DETECTOR, DEFAULT_POSE_MODEL
 from stream.media.synth import pan_zoom, write_clip
 from stream.runtime.errors import first_line
 
@@ -134,7 +134,7 @@ def run_demo(out: str | Path = "demo_out", frames: int = 24, device: str = "auto
     """Make the sample clip, run the pose pipeline on it and print where the outputs are."""
     import torch
 
-    from stream.pipeline.coordinator import run_pipeline
+    import stream.api
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -144,7 +144,6 @@ def run_demo(out: str | Path = "demo_out", frames: int = 24, device: str = "auto
     trained = pose_weights_available()
     on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     values = {
-        "sources": [str(clip)],
         "out": str(out),
         "task": "pose",
         "detector": pick_detector(boxes_file),
@@ -159,7 +158,7 @@ def run_demo(out: str | Path = "demo_out", frames: int = 24, device: str = "auto
         if not on_gpu:
             # Random weights show the pipeline, not the model: the smallest architecture is enough.
             values.update(pose_model="facebook/sapiens2-pose-0.1b", input_size=(256, 192))
-    report = run_pipeline(build_config(values))
+    report = stream.api.run([clip], **values)
     source = next(iter(report.sources.values()))
     print(f"demo: {source.lines} frames in {report.elapsed:.1f} s")
     for kind, path in source.outputs.items():

@@ -1,5 +1,5 @@
 """What sources are and produce: a source's description (``SourceInfo``), its error (``SourceError``),
-one decoded frame with its timing (``DecodedFrame``) and what the models found in it (``FrameResult``)."""
+one decoded frame with its timing (``DecodedFrame``) and what the models found in it (``ModelOutputs``)."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ class DecodedFrame:
 
 
 @dataclass
-class FrameResult:
+class ModelOutputs:
     """What the models found in one frame, in that frame's pixel coordinates.
 
     Arrays are numpy on the host; ``N`` persons, ``K`` keypoints. Fields of tasks that did not run
@@ -84,7 +84,7 @@ class FrameResult:
     foreground: np.ndarray | None = None  # (H, W, 3) uint8 pre-multiplied foreground of the matte
 
     @classmethod
-    def empty(cls) -> FrameResult:
+    def empty(cls) -> ModelOutputs:
         return cls(
             boxes=np.zeros((0, 4), np.float32),
             scores=np.zeros((0,), np.float32),

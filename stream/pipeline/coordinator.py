@@ -8,6 +8,9 @@ the ``events`` link (workers report ``stream.runtime.events`` records) and the `
 (``Stop``: sources end and the pipeline drains to EOS; ``Finish``: every sink has its final EOS;
 ``Abort``: stop at once, close outputs).
 
+A ``stream.Pipeline`` (``stream.api``) runs the coordinator in a thread of its own and reads every
+source's results on the ``api`` link (``CallerLink``); ``run_pipeline`` runs it in the calling thread.
+
 SIGINT/SIGTERM: the first one stops the sources and lets everything drain, so every output is
 complete and playable; a second one aborts (outputs are still closed and playable).
 """
@@ -20,6 +23,7 @@ import sys
 import threading
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import zmq
@@ -83,14 +87,31 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or Path(spec).exists()
 
 
+@dataclass
+class CallerLink:
+    """A ``stream.Pipeline`` in this process reading the run's results on the ``api`` link.
+
+    The run waits for ``received`` (every source's final ``eos`` reached the caller) before it lets the
+    render stages disconnect, so nothing queued for the caller is lost; ``abort`` ends the run at once.
+    """
+
+    images: bool = False
+    received: threading.Event = field(default_factory=threading.Event)
+    abort: threading.Event = field(default_factory=threading.Event)
+
+
 def worker_specs(
-    cfg: PipelineConfig, plans: list[SourcePlan], run: RunTopology, endpoints: dict[str, str]
+    cfg: PipelineConfig,
+    plans: list[SourcePlan],
+    run: RunTopology,
+    endpoints: dict[str, str],
+    caller_images: bool = False,
 ) -> list[WorkerSpec]:
     """One spec per worker of the run, in the topology's start order."""
     session = uuid.uuid4().hex[:12]
     by_name = {plan.name: plan for plan in plans}
     return [
-        WorkerSpec(role, cfg, endpoints, [by_name[name] for name in names], session)
+        WorkerSpec(role, cfg, endpoints, [by_name[name] for name in names], session, caller_images)
         for role, names in run.workers()
     ]
 
@@ -134,15 +155,26 @@ class _Signals:
 class _Coordinator:
     """Runs one pipeline: sockets, workers, the event loop and the report."""
 
-    def __init__(self, cfg: PipelineConfig, plans: list[SourcePlan], stop: threading.Event | None) -> None:
+    def __init__(
+        self,
+        cfg: PipelineConfig,
+        plans: list[SourcePlan],
+        stop: threading.Event | None,
+        context: zmq.Context | None = None,
+        caller: CallerLink | None = None,
+    ) -> None:
         self.cfg = cfg
         self.plans = plans
         self.external_stop = stop
-        self.run_topology = RunTopology(cfg, [plan.name for plan in plans])
+        self.caller = caller
+        self.run_topology = RunTopology(cfg, [plan.name for plan in plans], caller=caller is not None)
         self.space = Endpoints(transport=cfg.workers)
         self.endpoints = self.run_topology.endpoints(self.space)
         self.spec = WorkerSpec(COORDINATOR, cfg, self.endpoints, plans)  # the coordinator's ends
-        self.context = zmq.Context()
+        # A caller's socket lives in the same context (inproc endpoints are per context); its owner
+        # terminates it once both are closed.
+        self.own_context = context is None
+        self.context = context if context is not None else zmq.Context()
         self.events = topology.open(self.context, self.spec, "events")
         self.control = topology.open(self.context, self.spec, "control")
         self.preview_in = None
@@ -195,7 +227,8 @@ class _Coordinator:
         progress = ProgressDisplay(self.cfg, self.plans, self.registry)
         try:
             self.start_services()
-            specs = worker_specs(self.cfg, self.plans, self.run_topology, self.endpoints)
+            images = self.caller is not None and self.caller.images
+            specs = worker_specs(self.cfg, self.plans, self.run_topology, self.endpoints, images)
             decoders = [spec for spec in specs if waits_for_models(spec)]
             for spec in specs:
                 if not waits_for_models(spec):
@@ -210,13 +243,16 @@ class _Coordinator:
                 self._drain_events(progress, timeout_ms=100 if self.sinks_open else 5)
                 self._drain_preview()
                 self._check_stop(signals)
-                if not self.sinks_open:
-                    # Every sink has its final EOS: senders may now disconnect without losing data.
+                if not self.sinks_open and (self.caller is None or self.caller.received.is_set()):
+                    # Every sink (and the caller) has its final EOS: senders may now disconnect
+                    # without losing data.
                     self._command(events.Finish())
                 crashed = launcher.crashed()
                 if crashed and self.error is None:
                     self.error = self._crash_message(*crashed[0])
                 if self.error is not None or signals.count >= 2:
+                    self.aborting = True
+                if self.caller is not None and self.caller.abort.is_set():
                     self.aborting = True
                 if self.aborting:
                     abort_deadline = abort_deadline or time.monotonic() + ABORT_GRACE_S
@@ -235,7 +271,11 @@ class _Coordinator:
             self._close()
         if self.error is not None:
             raise PipelineError(self.error)
-        interrupted = signals.count > 0 or bool(self.external_stop and self.external_stop.is_set())
+        interrupted = (
+            signals.count > 0
+            or bool(self.external_stop and self.external_stop.is_set())
+            or bool(self.caller and self.caller.abort.is_set())
+        )
         first = None if self.first_output is None else self.first_output - start
         last = None if self.last_output is None else self.last_output - start
         elapsed = time.monotonic() - start
@@ -254,9 +294,12 @@ class _Coordinator:
         requested = signals.count > 0 or (self.external_stop is not None and self.external_stop.is_set())
         if requested and not self.stopping:
             self.stopping = True
-            print(
-                "stopping: draining the pipeline (press Ctrl+C again to abort)", file=sys.stderr, flush=True
-            )
+            if signals.count:
+                print(
+                    "stopping: draining the pipeline (press Ctrl+C again to abort)",
+                    file=sys.stderr,
+                    flush=True,
+                )
         if self.stopping and not self.aborting:
             self._command(events.Stop())
 
@@ -340,7 +383,8 @@ class _Coordinator:
         self.control.close(linger=0)
         if self.preview_in is not None:
             self.preview_in.close(linger=0)
-        self.context.term()
+        if self.own_context:
+            self.context.term()
         self.space.cleanup()
         remove_rings(os.getpid())  # whatever its workers left, however they ended
 
@@ -351,13 +395,28 @@ def run_pipeline(config: PipelineConfig, stop: threading.Event | None = None) ->
     Raises SourceError, ConfigError or PipelineError (one-line messages) on bad input or a failed stage;
     whatever was processed before a failure is flushed and playable.
     """
+    return run_prepared(prepare_run(config, stop))
+
+
+def run_prepared(coordinator: _Coordinator) -> RunReport:
+    """Run a prepared coordinator to its end; in the main thread SIGINT/SIGTERM stop it (see above)."""
+    with _Signals() as signals:
+        return coordinator.run(signals)
+
+
+def prepare_run(
+    config: PipelineConfig,
+    stop: threading.Event | None = None,
+    context: zmq.Context | None = None,
+    caller: CallerLink | None = None,
+) -> _Coordinator:
+    """Check ``config``, probe its sources and set up the run's coordinator (nothing started yet)."""
     config.validate()
     if config.workers != "inproc":
         start_worker_server()
     plans = plan_sources(config)
     check_inputs(config)
-    Path(config.out).mkdir(parents=True, exist_ok=True)
+    if config.out is not None:
+        Path(config.out).mkdir(parents=True, exist_ok=True)
     remove_stale_rings()  # left by runs that were killed before they could clean up
-    coordinator = _Coordinator(config, plans, stop)
-    with _Signals() as signals:
-        return coordinator.run(signals)
+    return _Coordinator(config, plans, stop, context, caller)

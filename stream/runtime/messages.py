@@ -28,7 +28,7 @@ A message is a ZeroMQ multipart message ``[header, part_0, part_1, ...]``:
 - each payload part is the raw C-ordered buffer of one numpy array. Frames carry ``image``
   ((H, W, 3) uint8 RGB); results carry ``boxes``, ``scores``, ``track_ids`` and, per task,
   ``keypoints``, ``keypoint_scores``, ``seg_labels``, the dense maps ``normals``, ``pointmap``, ``alpha``,
-  ``foreground`` (see ``FrameResult``) and ``crop_to_frame`` ((N, 2, 3) float32: the
+  ``foreground`` (see ``ModelOutputs``) and ``crop_to_frame`` ((N, 2, 3) float32: the
   affine transforms used for the crops, so every model coordinate can be mapped back).
 
 Parts above ``copy_threshold`` bytes are sent with ``copy=False`` (zero-copy hand-off to libzmq) and
@@ -44,7 +44,7 @@ from fractions import Fraction
 import msgpack
 import numpy as np
 
-from stream.media.frames import DecodedFrame, FrameResult
+from stream.media.frames import DecodedFrame, ModelOutputs
 
 PROTOCOL_VERSION = 1
 
@@ -54,7 +54,7 @@ EOS = "eos"
 SKIP = "skip"
 KINDS = (FRAME, RESULTS, EOS, SKIP)
 
-# FrameResult fields that travel as arrays, in a fixed order.
+# ModelOutputs fields that travel as arrays, in a fixed order.
 RESULT_ARRAYS = (
     "boxes", "scores", "track_ids", "keypoints", "keypoint_scores", "seg_labels",
     "normals", "pointmap", "alpha", "foreground",
@@ -248,7 +248,7 @@ def to_decoded_frame(message: Message) -> DecodedFrame:
     )
 
 
-def result_arrays(result: FrameResult, crop_to_frame: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def result_arrays(result: ModelOutputs, crop_to_frame: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The payload arrays of a ``results`` message for ``result`` (fields that are None are left out)."""
     arrays = {}
     for name in RESULT_ARRAYS:
@@ -260,11 +260,11 @@ def result_arrays(result: FrameResult, crop_to_frame: np.ndarray | None = None) 
     return arrays
 
 
-def to_frame_result(message: Message) -> FrameResult:
-    """The FrameResult a ``results`` message carries."""
+def to_frame_result(message: Message) -> ModelOutputs:
+    """The ModelOutputs a ``results`` message carries."""
     arrays = message.arrays
-    empty = FrameResult.empty()
-    return FrameResult(
+    empty = ModelOutputs.empty()
+    return ModelOutputs(
         boxes=arrays.get("boxes", empty.boxes),
         scores=arrays.get("scores", empty.scores),
         track_ids=arrays.get("track_ids", np.full(len(arrays.get("boxes", empty.boxes)), -1, np.int64)),

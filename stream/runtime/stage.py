@@ -68,12 +68,18 @@ class SourcePlan:
 class WorkerSpec:
     """Everything a worker needs to start, in a form that survives pickling into a new process."""
 
-    role: str  # one of topology.STAGES, or topology.COORDINATOR
+    role: str  # one of topology.STAGES, topology.COORDINATOR or topology.CALLER
     config: PipelineConfig
     endpoints: dict[str, str]
     sources: list[SourcePlan] = field(default_factory=list)
     session: str = ""
     coordinator_pid: int = field(default_factory=os.getpid)  # specs are made by the coordinator
+    caller_images: bool = False  # the caller of ``stream.Pipeline`` asked for the annotated images
+
+    @property
+    def has_caller(self) -> bool:
+        """Does a ``stream.Pipeline`` read this run's results (is the ``api`` link part of the run)?"""
+        return "api" in self.endpoints
 
     @property
     def label(self) -> str:

@@ -5,6 +5,7 @@
     decode[s] ──frames──► infer (one, batched across sources) ──results──► track[s] ──tracked──┐
         └──────────────────────────── render_frames ──────────────────────────────────► render[s] ──► sinks
     every stage ──events──► coordinator ──control──► every stage;   render[s] ──preview──► coordinator
+    render[s] ──api──► caller (the Python API's ``stream.Pipeline``, in the coordinator's process)
 
 Per source ``s`` there is one decode, one track and one render worker; all sources share one GPU
 worker (``infer``). Each ``Link`` says who sends and who receives, the socket types, which side binds,
@@ -28,6 +29,7 @@ from stream.config import PipelineConfig
 from stream.runtime.transport import DEFAULT_LINGER_MS, Endpoints, make_socket
 
 COORDINATOR = "coordinator"
+CALLER = "caller"  # the thread iterating a ``stream.Pipeline``: it reads every source's results
 WORKER = "worker"  # either end of events and control: every stage
 STAGES = ("decode", "infer", "track", "render")
 SHARED_STAGES = ("infer",)  # one worker for every source; the others run one worker per source
@@ -74,6 +76,7 @@ class Link:
     crosses_hosts: bool  # may its ends run on different hosts (tcp)? pixels then travel inline
     carries: str
     preview_only: bool = False  # opened only with --show or --serve
+    caller_only: bool = False  # opened only when a ``stream.Pipeline`` reads the results
 
     @property
     def per_source(self) -> bool:
@@ -116,6 +119,11 @@ LINKS: dict[str, Link] = {
         Link("preview", End("render", zmq.PUSH, Hwm(fixed=2), linger_ms=0),
              End(COORDINATOR, zmq.PULL, Hwm(fixed=4), linger_ms=0),
              "receiver", "preview", False, "rendered frames for the preview", preview_only=True),
+        # Results for the Python API's caller. Offline a full queue blocks the render stage, so a slow
+        # caller slows the run and loses nothing; live the render stage keeps at most queue_frames
+        # results waiting and turns the oldest into skipped results (``stream.stages.caller``).
+        Link("api", End("render", zmq.PUSH, FRAMES), End(CALLER, zmq.PULL, FRAMES_ALL_SOURCES),
+             "receiver", "api", True, "results (images when asked), skip, eos", caller_only=True),
     )
 }  # fmt: skip
 
@@ -138,11 +146,15 @@ def open(  # noqa: A001 - the verb of this module: topology.open(context, spec, 
 class RunTopology:
     """The table applied to one run: its links, endpoint names and workers."""
 
-    def __init__(self, cfg: PipelineConfig, sources: list[str]) -> None:
+    def __init__(self, cfg: PipelineConfig, sources: list[str], caller: bool = False) -> None:
         self.cfg = cfg
         self.sources = sources
         preview = bool(cfg.show or cfg.serve)
-        self.links = [link for link in LINKS.values() if preview or not link.preview_only]
+        self.links = [
+            link
+            for link in LINKS.values()
+            if (preview or not link.preview_only) and (caller or not link.caller_only)
+        ]
 
     def endpoint_names(self) -> list[str]:
         names = []
