@@ -45,7 +45,7 @@ class PipelineConfig:
     pointmap_model: str = DEFAULT_POINTMAP_MODEL
     matting_model: str = DEFAULT_MATTING_MODEL
     seg_mode: str = "frame"  # frame: the whole frame stretched to the input; person: crops pasted back
-    render: tuple[str, ...] | None = None  # what the video shows; None = every task that runs
+    view: tuple[str, ...] | None = None  # what the video shows; None = every task that runs
     background: str = "blur"  # matting's video: blur, a colour, an image or a video file
     save_pointmap: bool = False  # also write each frame's pointmap as float16 .npy
     detector: str = DEFAULT_DETECTOR
@@ -94,8 +94,8 @@ class PipelineConfig:
         self.task = _parse_task(self.task)
         self.input_size = parse_size(self.input_size)
         _choice("seg_mode", self.seg_mode, SEG_MODES)
-        if self.render is not None:
-            self.render = _parse_render(self.render, self.task)
+        if self.view is not None:
+            self.view = _parse_view(self.view, self.task)
         if not isinstance(self.background, str) or not self.background.strip():
             raise ConfigError(
                 f"background must be blur, a colour, an image or a video, got {self.background!r}"
@@ -156,9 +156,9 @@ class PipelineConfig:
         return tuple(t for t in DENSE_TASKS if t in self.task)
 
     @property
-    def rendered(self) -> tuple[str, ...]:
-        """The tasks the video shows (``render``, by default every task that runs)."""
-        return self.task if self.render is None else self.render
+    def viewed(self) -> tuple[str, ...]:
+        """The tasks the video shows (``view``, by default every task that runs)."""
+        return self.task if self.view is None else self.view
 
     def task_model(self, task: str) -> str:
         """The Hub id or directory of ``task``'s checkpoint."""
@@ -195,17 +195,17 @@ def _parse_task(value) -> tuple[str, ...]:
     return tuple(t for t in TASKS if t in tasks)
 
 
-def _parse_render(value, tasks: tuple[str, ...]) -> tuple[str, ...]:
+def _parse_view(value, tasks: tuple[str, ...]) -> tuple[str, ...]:
     """What the video shows: tasks among those that run (``pose,seg``, ``matting``, ...)."""
     parts = value.split(",") if isinstance(value, str) else list(value)
-    render = tuple(dict.fromkeys(str(p).strip() for p in parts if str(p).strip()))
-    unknown = [r for r in render if r not in TASKS]
-    if not render or unknown:
-        raise ConfigError(f"render must be any of {', '.join(TASKS)}, comma separated, got {value!r}")
-    missing = [r for r in render if r not in tasks]
+    view = tuple(dict.fromkeys(str(p).strip() for p in parts if str(p).strip()))
+    unknown = [r for r in view if r not in TASKS]
+    if not view or unknown:
+        raise ConfigError(f"view must be any of {', '.join(TASKS)}, comma separated, got {value!r}")
+    missing = [r for r in view if r not in tasks]
     if missing:
-        raise ConfigError(f"render {missing[0]!r} needs --task to include {missing[0]}")
-    return tuple(t for t in TASKS if t in render)
+        raise ConfigError(f"view {missing[0]!r} needs --task to include {missing[0]}")
+    return tuple(t for t in TASKS if t in view)
 
 
 def parse_size(value) -> tuple[int, int]:

@@ -216,7 +216,7 @@ def test_all_tasks_in_one_run(material, tmp_path) -> None:
 )
 def test_render_selects_the_video_panels(material, tmp_path, render, width) -> None:
     out = tmp_path / "out"
-    _run(material, out, material["folder"], "--task", "pose,seg,normal,pointmap,matting", "--render", render,
+    _run(material, out, material["folder"], "--task", "pose,seg,normal,pointmap,matting", "--view", render,
          "--no-flip")  # fmt: skip
     video, _, _, _ = read_video(out / "stills.mp4")
     assert video[0].shape[:2] == (64, width)
@@ -304,8 +304,8 @@ def test_bad_background_and_render_are_one_line_errors(material, tmp_path, capsy
             "--matting-model", str(material["matting"]), "--detector", f"boxes:{material['boxes']}"]
     assert main([*argv, "--task", "matting", "--background", "no-such-colour"]) == 2
     assert "background must be blur, a colour" in capsys.readouterr().err
-    assert main([*argv, "--task", "matting", "--render", "normal"]) == 2
-    assert "render 'normal' needs --task to include normal" in capsys.readouterr().err
+    assert main([*argv, "--task", "matting", "--view", "normal"]) == 2
+    assert "view 'normal' needs --task to include normal" in capsys.readouterr().err
     assert main([*argv, "--task", "seg", "--seg-mode", "crops"]) == 2
     assert "seg_mode must be one of frame, person" in capsys.readouterr().err
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import av
@@ -37,6 +38,13 @@ def _argv(material, out: Path, publish: str, *sources: Path) -> list[str]:
             "--publish", publish]
 
 
+def _readable_frames(path: Path) -> int:
+    try:
+        return _frames(str(path))
+    except (av.error.InvalidDataError, FileNotFoundError):
+        return 0
+
+
 def _frames(target: str) -> int:
     with av.open(target) as container:
         return sum(1 for _ in container.decode(video=0))
@@ -48,6 +56,10 @@ def test_rtsp_publish_to_a_recording_server(material, tmp_path: Path) -> None:
     with RtspServerProcess(mount="/live/walk", record=str(recorded)) as server:
         url = f"rtsp://127.0.0.1:{server.port}/live/{{name}}"
         assert main(_argv(material, tmp_path / "out", url)) == 0
+        # The server writes what it received at its own pace: wait for it (no more than a few seconds).
+        deadline = time.monotonic() + 20
+        while _readable_frames(recorded) < FRAMES and time.monotonic() < deadline:
+            time.sleep(0.2)
     assert _frames(str(recorded)) == FRAMES
 
 

@@ -175,7 +175,7 @@ def parse_color(spec: str) -> tuple[int, int, int]:
 
 
 class DenseViews:
-    """The video image of one frame: the views of ``render``'s tasks side by side (see module doc)."""
+    """The video image of one frame: the views of ``view``'s tasks side by side (see module doc)."""
 
     def __init__(self, render: tuple[str, ...], background: str = "blur"):
         self.render = tuple(render)

@@ -9,7 +9,9 @@
   browser plays (through hls.js, or natively in Safari) from any static web server.
 
 A publisher never stops the run: when the server is gone it logs one line, drops frames, and tries
-again every ``RETRY_S`` seconds. Timestamps are the source's own, so a viewer sees real speed.
+again every ``RETRY_S`` seconds. Timestamps are the source's own, so a viewer sees real speed; a
+recorded source (a file, a folder) is also sent at its own speed, as ``ffmpeg -re`` sends a file, since a
+server or viewer fed faster than real time drops or stalls.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def check_publish_target(template: str, sources: int) -> None:
 class Publisher:
     """One source's published stream: frames in, a stream out, reopened when the server comes back."""
 
-    def __init__(self, template: str, name: str, frame_rate: Fraction, display: str) -> None:
+    def __init__(self, template: str, name: str, frame_rate: Fraction, display: str, pace: bool) -> None:
         self.url = template.replace("{name}", name)
         self.format, self.options = stream_format(self.url)
         self.frame_rate = frame_rate
@@ -69,6 +71,8 @@ class Publisher:
         self.sink: VideoSink | None = None
         self.size: tuple[int, int] | None = None
         self.start: float | None = None
+        self.pace = pace
+        self.wall_start = 0.0  # time.monotonic() when the stream's first frame went out
         self.retry_at = 0.0
         self.frames = 0
         self.failures = 0
@@ -79,7 +83,9 @@ class Publisher:
         if self.sink is None and not self._open(image):
             return
         if self.start is None:
-            self.start = seconds
+            self.start, self.wall_start = seconds, time.monotonic()
+        elif self.pace:
+            time.sleep(max(0.0, self.wall_start + (seconds - self.start) - time.monotonic()))
         try:
             self.sink.write(image, round((seconds - self.start) / STREAM_TIME_BASE))
             self.frames += 1

@@ -73,7 +73,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     add("--pointmap-model", help="Hub id or local directory of the pointmap (depth) checkpoint")
     add("--matting-model", help="Hub id or local directory of the matting checkpoint")
     add("--seg-mode", help="frame (whole frame, default) or person (person crops pasted back)")
-    add("--render", help="tasks the video shows, e.g. pose,seg or matting (default: every task run)")
+    add("--view", help="tasks the video shows, e.g. pose,seg or matting (default: every task run)")
     add("--background", help="matting video background: blur (default), a colour, an image or a video")
     add("--save-pointmap", action=argparse.BooleanOptionalAction, default=None,
         help="also write float16 .npy pointmaps")  # fmt: skip

@@ -67,7 +67,7 @@ def check_inputs(cfg: PipelineConfig) -> None:
     """Refuse, before starting anything, model and detector paths that do not exist, boxes files that
     do not parse and a background that cannot be used."""
     models = [(task, cfg.task_model(task)) for task in cfg.task]
-    if "matting" in cfg.rendered:
+    if "matting" in cfg.viewed:
         from stream.drawing.dense import Background
 
         Background(cfg.background).close()  # a colour, image or video that cannot be used: one line
@@ -111,7 +111,7 @@ def worker_specs(
     session = uuid.uuid4().hex[:12]
     by_name = {plan.name: plan for plan in plans}
     return [
-        WorkerSpec(role, cfg, endpoints, [by_name[name] for name in names], session, caller_images)
+        WorkerSpec(role, cfg, endpoints, [by_name[n] for n in names], session, caller_images=caller_images)
         for role, names in run.workers()
     ]
 

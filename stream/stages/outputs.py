@@ -64,10 +64,10 @@ class SourceOutputs:
         self.publisher = self._publisher() if cfg.publish else None
         self.dense: dict[str, object] = {}  # task -> DenseMapSink, opened with the first map
         self.views = None
-        if cfg.render is not None or set(cfg.rendered) & {"normal", "pointmap", "matting"}:
+        if cfg.view is not None or set(cfg.viewed) & {"normal", "pointmap", "matting"}:
             from stream.drawing.dense import DenseViews
 
-            self.views = DenseViews(cfg.rendered, cfg.background)
+            self.views = DenseViews(cfg.viewed, cfg.background)
         # Drawing costs: only when the video, a stream, the preview or the Python API's caller shows it.
         self.draw = self.files or bool(cfg.show or cfg.serve or cfg.publish) or spec.caller_images
         self.frames_written = 0
@@ -175,7 +175,8 @@ class SourceOutputs:
         from stream.edges.publish import Publisher
 
         rate = self.plan.info.frame_rate or Fraction(self.cfg.folder_fps).limit_denominator(1001)
-        return Publisher(self.cfg.publish, self.plan.name, rate, redact_url(self.cfg.publish))
+        display = redact_url(self.cfg.publish)
+        return Publisher(self.cfg.publish, self.plan.name, rate, display, pace=not self.plan.live)
 
     def _video_pts(self, frame_msg: Message) -> int | None:
         """The frame's pts in the video's time base (None: one frame after the previous one)."""
