@@ -29,7 +29,7 @@ from urllib.parse import unquote
 import cv2
 import numpy as np
 
-from stream.edges.metrics import redact_url
+from stream.edges.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -141,12 +141,12 @@ class PreviewServer:
         with self._lock:
             slot = self._slots.get(source)
             if slot is None:
-                base = re.sub(r"[^A-Za-z0-9_-]+", "_", redact_url(source)).strip("_")[:48] or "source"
+                base = re.sub(r"[^A-Za-z0-9_-]+", "_", redact(source)).strip("_")[:48] or "source"
                 slot_id, n = base, 1
                 while any(s.id == slot_id for s in self._slots.values()):
                     n += 1
                     slot_id = f"{base}-{n}"
-                slot = self._slots[source] = _Slot(redact_url(source), slot_id)
+                slot = self._slots[source] = _Slot(redact(source), slot_id)
             return slot
 
     def _slot_by_id(self, slot_id: str) -> _Slot | None:
@@ -349,7 +349,7 @@ class PreviewWindow:
         import zmq
 
         _check_image(image_rgb)
-        header = json.dumps({"source": redact_url(source), "shape": list(image_rgb.shape)}).encode()
+        header = json.dumps({"source": redact(source), "shape": list(image_rgb.shape)}).encode()
         with self._lock:
             if self._closing or self._process.poll() is not None:
                 return

@@ -18,6 +18,7 @@ import av
 import cv2
 import numpy as np
 
+from stream.edges.redact import redact
 from stream.media.color import i420_to_frame, rgb_to_yuv420p_frame
 from stream.media.frames import DecodedFrame, FrameResult
 
@@ -289,7 +290,7 @@ def jsonl_record(source: str, frame: DecodedFrame, result: FrameResult | None, s
     ``keypoints`` only when pose ran (seg-only runs have none); ``id`` is -1 for an untracked person.
     """
     record: dict = {
-        "source": source,
+        "source": redact(source),  # a name, never a URL's secret, even when given one
         "frame": int(frame.index),
         "pts": _rounded_scalar(frame.pts, 6),
         "width": frame.width,

@@ -138,8 +138,11 @@ def _fail(exc: Exception) -> int:
         status = 2
     else:
         raise exc
+    from stream.edges.redact import redact
+
     text = str(exc).strip().splitlines()
-    print(f"sapiens-stream: error: {text[0] if text else type(exc).__name__}", file=sys.stderr)
+    line = redact(text[0]) if text else type(exc).__name__
+    print(f"sapiens-stream: error: {line}", file=sys.stderr)
     return status
 
 
