@@ -7,8 +7,9 @@ metric labels, the preview page, the JSONL ``source`` field and output names) pa
 - **user-info**: everything between the scheme and the *last* ``@`` of a URL, so an unescaped ``@``
   in the password is covered (``rtsp://admin:p@ss@cam/x`` -> ``rtsp://***@cam/x``); also with a
   mistyped scheme (``rstp://``, ``rtsp:/``, ``http//``, ``rtsp:``) or none (``admin:pw@10.0.0.2/x``;
-  without a scheme, ``name@host`` is masked only when there is a ``:`` before the ``@`` or the host is an
-  IPv4 address or carries a port, so ``clip@2x.mp4`` stays as it is).
+  without a scheme, ``name@rest`` is masked when there is a ``:`` before the ``@``, or when ``name`` has
+  no ``/`` and ``rest`` is an address with a port or a path, so ``clip@2x.mp4``, ``a@b/c.mp4``'s folder
+  and mail addresses stay as they are).
 - **sensitive keys**: the value of every ``key=value`` whose key is in ``SENSITIVE_KEYS`` or starts
   with one of ``SENSITIVE_PREFIXES`` (case-insensitive), wherever it stands: query, fragment
   (``#access_token=...``), or DVR-style credentials in the path (``/user=admin&password=x&channel=1``,
@@ -105,11 +106,16 @@ def _mask_userinfo(token: str, found: list[str]) -> str:
     userinfo, rest = token[start:at], token[at + 1:]
     if not userinfo or userinfo == MASK:
         return token
-    if plain and ":" not in userinfo and not _HOST_LOOKS_NETWORK.match(rest):
-        return token  # a file name such as clip@2x.mp4, or a mail address: no credentials in sight
+    if plain and ":" not in userinfo and ("/" in userinfo or not _looks_like_host(rest)):
+        return token  # a file name such as clip@2x.mp4, a folder a@b/, a mail address: no credentials
     found.append(userinfo)
     found.append(userinfo.partition(":")[2])
     return token[:start] + MASK + "@" + rest
+
+
+def _looks_like_host(rest: str) -> bool:
+    """``10.0.0.2/x``, ``cam:554``, ``cam.local/stream``: an address with a port or a path after it."""
+    return bool(_HOST_LOOKS_NETWORK.match(rest)) or "/" in rest
 
 
 def _userinfo_start(token: str) -> tuple[int, bool]:
