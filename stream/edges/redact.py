@@ -23,7 +23,8 @@ metric labels, the preview page, the JSONL ``source`` field and output names) pa
 Limits (what cannot be told apart): a value is taken to end where the next ``name=`` follows one of
 ``& ; _ / ? # ,`` (an unescaped ``&name=`` inside a password reads as the next parameter), or at
 whitespace; user-info is taken to end at the last ``@`` of the whitespace-free token, so an ``@`` later in
-the URL (``?mail=a@b``) masks more than needed, never less.
+the URL (``?mail=a@b``) masks more than needed, never less; without a scheme, a user name that itself
+begins like one (``name://``, ``name//``, ``rtsp:``) is read as the scheme.
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ SENSITIVE_PREFIXES = ("x-amz-", "x-goog-")
 MIN_REMEMBERED = 4
 _MAX_REMEMBERED = 512  # distinct secrets kept for free-text masking (a run has a handful)
 
-# URL schemes that may be written without slashes (``rtsp:user:pw@host``); any other word counts as a
-# scheme only when slashes follow it, as in ``rstp://`` or ``http//``.
+# URL schemes recognised with one slash or none (``rtsp:/user:pw@host``, ``rtsp:user:pw@host``); any
+# other word counts as a scheme only when two slashes follow it, as in ``rstp://`` or ``http//``.
 _KNOWN_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "srt", "udp", "tcp", "hls", "mms")
 
 _KEY = "|".join(
@@ -68,8 +69,8 @@ _KEY_VALUE = re.compile(
     re.IGNORECASE,
 )
 _TOKEN_WITH_AT = re.compile(r"\S*@\S*")
-_SCHEME_SLASHES = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*(?::/+|//+)")
-_SCHEME_BARE = re.compile(rf"(?:{'|'.join(_KNOWN_SCHEMES)}):", re.IGNORECASE)
+_SCHEME_SLASHES = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:?//+")
+_SCHEME_KNOWN = re.compile(rf"(?:{'|'.join(_KNOWN_SCHEMES)}):/*", re.IGNORECASE)
 _LEAD = re.compile(r"[\"'(\[{<]*/*")
 _HOST_LOOKS_NETWORK = re.compile(r"(?:\d{1,3}(?:\.\d{1,3}){3}|\[[0-9A-Fa-f:.]+\]|[^/?#:\s]+:\d+)(?:[/?#:]|$)")
 
@@ -80,14 +81,13 @@ _variants: tuple[str, ...] = ()  # longest first, for masking in free text
 
 def redact(text: object) -> str:
     """``text`` (a URL, a source spec, a name, a log or error message) with every secret masked."""
-    text = str(text)
-    text = _mask_remembered(text)
     found: list[str] = []
-    text = _KEY_VALUE.sub(lambda m: _mask_value(m, found), text)
+    text = _KEY_VALUE.sub(lambda m: _mask_value(m, found), str(text))
     text = _TOKEN_WITH_AT.sub(lambda m: _mask_userinfo(m.group(0), found), text)
     if found:
         _remember(found)
-    return text
+    # Last: masking remembered secrets first could cut the keys and schemes the patterns look for.
+    return _mask_remembered(text)
 
 
 def _mask_value(match: re.Match, found: list[str]) -> str:
@@ -119,15 +119,16 @@ def _looks_like_host(rest: str) -> bool:
 
 
 def _userinfo_start(token: str) -> tuple[int, bool]:
-    """Where the user-info of ``token`` would begin, and whether no scheme precedes it."""
+    """Where the user-info of ``token`` would begin, and whether no scheme precedes it.
+
+    A scheme starts the token (after quotes or brackets): any word followed by ``://`` or ``//``, or a
+    known scheme followed by ``:`` and any slashes. Nothing inside the token counts, so a password such as
+    ``0A:/x`` is never read as one.
+    """
     lead = _LEAD.match(token).end()
-    scheme = _SCHEME_SLASHES.search(token)
-    # A scheme counts only if nothing before it could belong to user-info (``admin:a//b@cam`` has none).
-    if scheme is not None and not any(c in token[: scheme.start()] for c in ":@/"):
+    scheme = _SCHEME_SLASHES.match(token, lead) or _SCHEME_KNOWN.match(token, lead)
+    if scheme is not None:
         return scheme.end(), False
-    bare = _SCHEME_BARE.match(token, lead)
-    if bare is not None:
-        return bare.end(), False
     return lead, True
 
 
