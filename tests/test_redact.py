@@ -24,6 +24,7 @@ import urllib.request
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -185,6 +186,11 @@ def test_redact_leaves_no_secret(case: SecretUrl) -> None:
     template = "[Errno 111] Connection refused: '{}' (retrying)"
     masked = redact(template.format(case.url))
     assert not case.leaks(masked, known=template), ("also inside a message", masked)
+    # The same URL percent-encoded (as a parameter of another URL, or as FFmpeg may quote it).
+    encoded = SecretUrl(quote(case.url, safe=""), [quote(s, safe="") for s in case.secrets],
+                        quote(case.background, safe=""))
+    masked = redact(f"open {encoded.url} failed")
+    assert not encoded.leaks(masked, known="open failed"), ("also percent-encoded", masked)
 
 
 # --- output names and source errors ---------------------------------------------------------------------
