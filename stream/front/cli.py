@@ -20,7 +20,10 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a bad command line is one ``sapiens-stream: error: ...`` line and status 2."""
 
     def error(self, message: str):
-        self.exit(2, f"sapiens-stream: error: {message} (see {self.prog} --help)\n")
+        from stream.edges.redact import redact
+
+        # argparse quotes the arguments it did not understand, camera URLs among them.
+        self.exit(2, f"sapiens-stream: error: {redact(message)} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
