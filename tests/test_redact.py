@@ -54,8 +54,9 @@ QUERY_KEYS = tuple(sorted(SENSITIVE_KEYS)) + ("X-Amz-Signature", "X-Amz-Credenti
 # The text around the URL in the error for a source that is neither a file nor a known URL.
 SOURCE_ERROR = ("sapiens-stream: error: source not found: "
                 "(not a file, nor a URL of a known scheme: rtsp://, http://, ...)")
-# Without a scheme, a user name that begins like one is read as the scheme (see stream/edges/redact.py).
-_SCHEME_LIKE = re.compile(r"[\"'(\[{<]*/*[A-Za-z][A-Za-z0-9+.\-]*(?::|//)")
+# Without a scheme, a user name that begins like one is read as the scheme, and quotes, brackets or
+# slashes before it as the text around the URL (see stream/edges/redact.py).
+_SCHEME_LIKE = re.compile(r"[\"'(\[{</]|[A-Za-z][A-Za-z0-9+.\-]*(?::|//)")
 PATH_FORMS = (("user", "password", "&"), ("user", "pwd", ";"), ("user", "password", "_"),
               ("username", "passwd", "&"))
 

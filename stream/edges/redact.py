@@ -24,7 +24,8 @@ Limits (what cannot be told apart): a value is taken to end where the next ``nam
 ``& ; _ / ? # ,`` (an unescaped ``&name=`` inside a password reads as the next parameter), or at
 whitespace; user-info is taken to end at the last ``@`` of the whitespace-free token, so an ``@`` later in
 the URL (``?mail=a@b``) masks more than needed, never less; without a scheme, a user name that itself
-begins like one (``name://``, ``name//``, ``rtsp:``) is read as the scheme.
+begins like one (``name://``, ``name//``, ``rtsp:``) is read as the scheme, and quotes, brackets or
+slashes in front of it as the text around the URL.
 """
 
 from __future__ import annotations
