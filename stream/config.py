@@ -7,7 +7,10 @@ key, a wrong type or an impossible value is a ``ConfigError`` with a one-line me
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,55 +88,27 @@ class PipelineConfig:
     label_maps: bool | None = None  # write segmentation label maps; None = offline yes, live no
     publish: str | None = None  # stream each source's video to this URL or playlist ({name}: the source)
     banner: str | None = None  # text stamped on every output frame (the demo's untrained warning)
-    random_weights: bool = False  # build models with random weights (demo fallback only)
+    random_weights: bool = False  # build models with random weights (command line only, never YAML)
+    allow_remote: bool = False  # let --serve / --metrics bind an address other machines can reach
+    max_viewers: int = 4  # browser preview: MJPEG streams served at once; more get HTTP 503
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
-        self.task = _parse_task(self.task)
-        self.input_size = parse_size(self.input_size)
-        _choice("seg_mode", self.seg_mode, SEG_MODES)
+        """Check and normalise every field (one-line ConfigError naming the option), then the
+        combinations: a network surface off loopback needs ``allow_remote``."""
+        for name in _CHECKS:  # in the order of the fields
+            setattr(self, name, check_field(name, getattr(self, name)))
         if self.view is not None:
             self.view = _parse_view(self.view, self.task)
-        if not isinstance(self.background, str) or not self.background.strip():
-            raise ConfigError(
-                f"background must be blur, a colour, an image or a video, got {self.background!r}"
-            )
-        _choice("mode", self.mode, MODES)
-        _choice("precision", self.precision, PRECISIONS)
-        _choice("workers", self.workers, WORKER_MODES)
-        _choice("rtsp_transport", self.rtsp_transport, ("tcp", "udp"))
-        for name in ("max_batch", "detect_every", "max_persons", "queue_frames", "detector_imgsz"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("max_wait_ms", "stale_after", "folder_fps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ConfigError(f"{name} must be a non-negative number, got {value!r}")
-        for name in ("conf", "iou", "keypoint_threshold", "seg_alpha"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-                raise ConfigError(f"{name} must be a number in [0, 1], got {value!r}")
         for name in ("serve", "metrics"):
-            if getattr(self, name) is not None:
-                parse_host_port(getattr(self, name), name)
-        for name in ("stall_timeout", "webcam_fps", "segment_time"):
-            value = getattr(self, name)
-            number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if value is not None and not (number and value > 0):
-                raise ConfigError(f"{name} must be a positive number, got {value!r}")
-        if self.segment_time is not None and self.segment_time < 1:
-            # Parts are named by their start second: shorter parts would share names.
-            raise ConfigError(f"segment_time must be at least 1 second, got {self.segment_time!r}")
-        if self.webcam_size is not None:
-            parse_webcam_size(self.webcam_size)
-        if isinstance(self.out, os.PathLike):
-            self.out = os.fspath(self.out)
-        if self.out is not None and not isinstance(self.out, str):
-            raise ConfigError(f"out must be a directory path, got {self.out!r}")
-        if not isinstance(self.sources, list) or not all(isinstance(s, str) for s in self.sources):
-            raise ConfigError("sources must be a list of paths or URLs")
+            address = getattr(self, name)
+            if address is not None and not self.allow_remote and not is_loopback(parse_host_port(address)[0]):
+                raise ConfigError(
+                    f"{name} address {address} is not a loopback address and would be reachable from other "
+                    f"machines; add --allow-remote if that is intended"
+                )
 
     @property
     def group_frames(self) -> int:
@@ -169,11 +144,183 @@ class PipelineConfig:
 
 
 FIELD_NAMES = {f.name for f in dataclasses.fields(PipelineConfig)}
+# Options a config file may not turn on: a file copied between machines must never swap real models
+# for random ones unnoticed.
+COMMAND_LINE_ONLY = ("random_weights",)
 
 
-def _choice(name: str, value, choices: tuple[str, ...]) -> None:
+def check_field(name: str, value):
+    """``value`` checked (and normalised) for the option ``name``; ConfigError naming it otherwise."""
+    return _CHECKS[name](name, value)
+
+
+def _choice(name: str, value, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _choices(*choices: str):
+    return lambda name, value: _choice(name, value, choices)
+
+
+def _boolean(name: str, value) -> bool:
+    # YAML 1.1 spellings (yes/on) are already booleans from the parser; strings and numbers are not.
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
+def _string(name: str, value) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} must be a string, got {value!r}")
+    return value
+
+
+def _text(name: str, value) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{name} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _path(name: str, value) -> str:
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    return _text(name, value)
+
+
+def _integer(low: int, high: int | None = None):
+    def check(name: str, value) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low or (high and value > high):
+            if low == 1 and high is None:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            span = f"in [{low}, {high}]" if high is not None else f">= {low}"
+            raise ConfigError(f"{name} must be an integer {span}, got {value!r}")
+        return value
+
+    return check
+
+
+def _number(low: float, high: float | None = None, *, above: bool = False):
+    """A finite number >= low (> low with ``above``), and <= high when given."""
+
+    def check(name: str, value) -> float:
+        number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        if number and (value > low if above else value >= low) and (high is None or value <= high):
+            return value
+        if high is not None:
+            raise ConfigError(f"{name} must be a number in [{low:g}, {high:g}], got {value!r}")
+        if above and low == 0:
+            raise ConfigError(f"{name} must be a positive number, got {value!r}")
+        raise ConfigError(f"{name} must be a non-negative number, got {value!r}")
+
+    return check
+
+
+def _optional(check):
+    return lambda name, value: None if value is None else check(name, value)
+
+
+def _segment_seconds(name: str, value) -> float:
+    # Parts are named by their start second: shorter parts would share names.
+    number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not number or value < 1:
+        raise ConfigError(f"{name} must be at least 1 second, got {value!r}")
+    return value
+
+
+def _device(name: str, value) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[a-z]+(:\d+)?", value):
+        raise ConfigError(f"{name} must be auto, cpu, cuda or cuda:N, got {value!r}")
+    return value
+
+
+def _host_port(name: str, value) -> str:
+    parse_host_port(value, name)
+    return value
+
+
+def _sources(name: str, value) -> list[str]:
+    """A list of paths or URLs; a YAML entry ``{name: door, url: rtsp://...}`` becomes ``door=rtsp://...``."""
+    if not isinstance(value, list):
+        raise ConfigError(f"{name} must be a list of paths or URLs")
+    specs = []
+    for entry in value:
+        if isinstance(entry, dict) and set(entry) <= {"name", "url"} and isinstance(entry.get("url"), str):
+            label = entry.get("name")
+            specs.append(f"{label}={entry['url']}" if isinstance(label, str) and label else entry["url"])
+        elif isinstance(entry, str):
+            specs.append(entry)
+        else:
+            raise ConfigError(f"{name} must be a list of paths or URLs (or {{name, url}} entries)")
+    return specs
+
+
+_CHECKS = {
+    "sources": _sources,
+    "out": _optional(_path),
+    "task": lambda name, value: _parse_task(value),
+    "pose_model": _path,
+    "seg_model": _path,
+    "normal_model": _path,
+    "pointmap_model": _path,
+    "matting_model": _path,
+    "seg_mode": _choices(*SEG_MODES),
+    "view": _optional(lambda name, value: _parse_view(value, TASKS)),  # against the tasks: validate()
+    "background": _text,
+    "save_pointmap": _boolean,
+    "detector": _path,
+    "device": _device,
+    "precision": _choices(*PRECISIONS),
+    "flip": _optional(_boolean),
+    "input_size": lambda name, value: parse_size(value),
+    "smooth": _boolean,
+    "mode": _choices(*MODES),
+    "max_batch": _integer(1),
+    "max_wait_ms": _number(0),
+    "detect_every": _integer(1),
+    "conf": _number(0, 1),
+    "iou": _number(0, 1),
+    "max_persons": _integer(1),
+    "detector_imgsz": _integer(1),
+    "keypoint_threshold": _number(0, 1),
+    "seg_alpha": _number(0, 1),
+    "draw_boxes": _boolean,
+    "codec": _text,
+    "crf": _integer(0, 51),  # x264's and NVENC's quality scale
+    "preset": _text,
+    "folder_fps": _number(0, above=True),
+    "show": _boolean,
+    "serve": _optional(_host_port),
+    "metrics": _optional(_host_port),
+    "stale_after": _number(0, above=True),
+    "rtsp_transport": _choices("tcp", "udp"),
+    "stall_timeout": _number(0, above=True),
+    "webcam_size": _optional(lambda name, value: (parse_webcam_size(value), value)[1]),
+    "webcam_fps": _optional(_number(0, above=True)),
+    "webcam_format": _optional(_text),
+    "workers": _choices(*WORKER_MODES),
+    "queue_frames": _integer(1),
+    "progress": _boolean,
+    "segment_time": _optional(lambda name, value: _segment_seconds(name, value)),
+    "label_maps": _optional(_boolean),
+    "publish": _optional(_text),
+    "banner": _optional(_string),
+    "random_weights": _boolean,
+    "allow_remote": _boolean,
+    "max_viewers": _integer(1),
+}
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable only from this machine (127.0.0.0/8, ::1, localhost)."""
+    host = host.strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name that may resolve to anything
 
 
 def parse_webcam_size(value) -> tuple[int, int]:
@@ -225,13 +372,11 @@ def parse_size(value) -> tuple[int, int]:
 
 
 def parse_host_port(value: str, name: str = "address") -> tuple[str, int]:
-    """``"127.0.0.1:9100"`` or ``"[::1]:9100"`` -> (host, port). The host is required: nothing is
-    exposed on an address the user did not name."""
-    host, _, port = str(value).strip().rpartition(":")
-    host = host.strip("[]")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{name} must be HOST:PORT like 127.0.0.1:8080, got {value!r}")
-    return host, int(port)
+    """``"127.0.0.1:8080"`` or ``"[::1]:8080"`` -> (host without brackets, port); ports 1-65535."""
+    host, _, port = str(value).rpartition(":")
+    if not isinstance(value, str) or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{name} must be HOST:PORT like 127.0.0.1:8080 (port 1-65535), got {value!r}")
+    return host.strip("[]") if host.startswith("[") else host, int(port)
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -254,7 +399,13 @@ def load_yaml(path: str | Path) -> dict:
         name = str(key).replace("-", "_")
         if name not in FIELD_NAMES:
             raise ConfigError(f"config {path}: unknown option {key!r}")
-        values[name] = value
+        if name in COMMAND_LINE_ONLY and value is not False:
+            option = "--" + name.replace("_", "-")
+            raise ConfigError(f"config {path}: {key} cannot be set in a config file, only with {option}")
+        try:
+            values[name] = check_field(name, value)
+        except ConfigError as exc:
+            raise ConfigError(f"config {path}: {exc}") from None
     return values
 
 
@@ -265,8 +416,6 @@ def build_config(values: dict) -> PipelineConfig:
         raise ConfigError(f"unknown option {sorted(unknown)[0]!r}")
     if "sources" in values and isinstance(values["sources"], str):
         values = {**values, "sources": [values["sources"]]}
-    if values.get("out") is not None:
-        values = {**values, "out": str(values["out"])}
     try:
         return PipelineConfig(**values)
     except TypeError as exc:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -122,3 +125,134 @@ def test_parse_host_port(value: str, expected: tuple[str, int]) -> None:
 def test_parse_host_port_errors(value: str) -> None:
     with pytest.raises(ValueError, match="HOST:PORT|out of range"):
         parse_host_port(value)
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"stale_after": 0}, "stale_after must be a positive number"),
+        ({"stale_after": -0.5}, "stale_after must be a positive number"),
+        ({"folder_fps": 0}, "folder_fps must be a positive number"),
+        ({"webcam_fps": 0}, "webcam_fps must be a positive number"),
+        ({"stall_timeout": float("inf")}, "stall_timeout must be a positive number"),
+        ({"conf": float("nan")}, r"conf must be a number in \[0, 1\]"),
+        ({"max_wait_ms": -1}, "max_wait_ms must be a non-negative number"),
+        ({"max_batch": True}, "max_batch must be a positive integer"),
+        ({"max_batch": 2.0}, "max_batch must be a positive integer"),
+        ({"queue_frames": 0}, "queue_frames must be a positive integer"),
+        ({"max_viewers": 0}, "max_viewers must be a positive integer"),
+        ({"crf": 52}, r"crf must be an integer in \[0, 51\]"),
+        ({"flip": "yes"}, "flip must be true or false, got 'yes'"),
+        ({"smooth": 1}, "smooth must be true or false"),
+        ({"random_weights": "false"}, "random_weights must be true or false"),
+        ({"serve": "127.0.0.1:0"}, "port 1-65535"),
+        ({"metrics": "127.0.0.1:65536"}, "port 1-65535"),
+        ({"device": "gpu 0"}, "device must be auto, cpu, cuda or cuda:N"),
+        ({"pose_model": ""}, "pose_model must be a non-empty string"),
+        ({"sources": ["a.mp4", 3]}, "sources must be a list of paths or URLs"),
+        ({"metrics": "0.0.0.0:9100"}, "metrics address 0.0.0.0:9100 is not a loopback address"),
+        ({"serve": "192.168.1.5:8080"}, "add --allow-remote"),
+        ({"serve": "camera-box:8080"}, "add --allow-remote"),  # a name may resolve to anything
+    ],
+)
+def test_values_are_type_and_range_checked(values: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        build_config({"sources": ["a.mp4"], **values})
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:9100", "127.8.0.1:9100", "localhost:9100", "[::1]:9100"])
+def test_loopback_addresses_need_no_permission(address: str) -> None:
+    assert build_config({"sources": ["a.mp4"], "metrics": address, "serve": address}).metrics == address
+
+
+def test_allow_remote_opens_other_addresses() -> None:
+    config = build_config({"sources": ["a.mp4"], "metrics": "0.0.0.0:9100", "allow_remote": True})
+    assert config.metrics == "0.0.0.0:9100" and config.max_viewers == 4
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('flip: "yes"\n', "flip must be true or false, got 'yes'"),
+        ("flip: 3\n", "flip must be true or false, got 3"),
+        ('max-batch: "4"\n', "max_batch must be a positive integer, got '4'"),
+        ("stale_after: 0\n", "stale_after must be a positive number"),
+        ("serve: 8080\n", "serve must be HOST:PORT"),
+        ("random_weights: true\n", "random_weights cannot be set in a config file, only with --random-w"),
+    ],
+)
+def test_yaml_values_are_checked_with_the_file_and_key(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_yaml(path)
+    assert str(info.value).startswith(f"config {path}: ") and "\n" not in str(info.value)
+
+
+def test_yaml_booleans_sources_and_cross_checks_after_merging(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("flip: yes\nrandom_weights: false\nmetrics: 0.0.0.0:9100\n"
+                    "sources: [{name: door, url: 'rtsp://cam/x'}, b.mp4]\n")
+    values = load_yaml(path)
+    assert values["flip"] is True and values["sources"] == ["door=rtsp://cam/x", "b.mp4"]
+    with pytest.raises(ConfigError, match="add --allow-remote"):
+        build_config(values)  # the address alone is fine; off loopback it needs the permission
+    args = build_parser().parse_args(["run", "a.mp4", "--config", str(path), "--allow-remote"])
+    assert build_config(config_values(args)).allow_remote is True
+
+
+def test_random_weights_only_from_the_command_line(tmp_path: Path) -> None:
+    args = build_parser().parse_args(["run", "a.mp4", "--random-weights"])
+    assert build_config(config_values(args)).random_weights is True
+    assert build_config(config_values(build_parser().parse_args(["run", "a.mp4"]))).random_weights is False
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--stale-after", "0"], "stale_after must be a positive number"),
+        (["--max-batch", "0"], "max_batch must be a positive integer"),
+        (["--max-batch", "abc"], "argument --max-batch: invalid int value: 'abc'"),
+        (["--webcam-fps", "-5"], "webcam_fps must be a positive number"),
+        (["--max-viewers", "0"], "max_viewers must be a positive integer"),
+        (["--metrics", "127.0.0.1:99999"], "port 1-65535"),
+        (["--serve", "0.0.0.0:8080"], "add --allow-remote"),
+        (["--config", "{yaml}"], "random_weights cannot be set in a config file"),
+    ],
+)
+def test_bad_values_through_the_real_command(tmp_path: Path, argv: list[str], message: str) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("random_weights: true\n")
+    argv = [a.replace("{yaml}", str(config)) for a in argv]
+    proc = subprocess.run(
+        [sys.executable, "-m", "stream", "run", "a.mp4", "--out", str(tmp_path / "o"), *argv],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1],
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("sapiens-stream: error: ") and message in lines[0], lines[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_servers_print_where_they_listen(tmp_path: Path) -> None:
+    """A real run with the preview on loopback and the metrics on every interface (--allow-remote): each
+    prints its address, and the run completes."""
+    from pipeline_fixtures import save_tiny_model, write_boxes, write_test_clip
+    from rtsp_server import free_port
+
+    clip = write_test_clip(tmp_path / "clip.mp4", 4, (64, 48), fps=10)
+    model = save_tiny_model(tmp_path / "pose", "pose")
+    boxes = write_boxes(tmp_path / "boxes.jsonl", {})
+    serve, metrics = free_port(), free_port()
+    proc = subprocess.run(
+        [sys.executable, "-m", "stream", "run", str(clip), "--out", str(tmp_path / "o"), "--pose-model",
+         str(model), "--detector", f"boxes:{boxes}", "--input-size", "64x48", "--device", "cpu",
+         "--workers", "inproc", "--no-progress", "--serve", f"127.0.0.1:{serve}",
+         "--metrics", f"0.0.0.0:{metrics}", "--allow-remote"],
+        capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1],
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"preview: http://127.0.0.1:{serve}/" in proc.stderr.splitlines()
+    assert f"metrics: http://0.0.0.0:{metrics}/metrics" in proc.stderr.splitlines()

@@ -13,10 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from stream.edges.metrics import (
     SourceStats,
     StatsRegistry,
-    redact_text,
-    redact_url,
     start_metrics_server,
 )
+from stream.edges.redact import redact
 
 
 @pytest.mark.parametrize(
@@ -32,13 +31,13 @@ from stream.edges.metrics import (
     ],
 )
 def test_redact_url(url: str, expected: str) -> None:
-    assert redact_url(url) == expected
+    assert redact(url) == expected
 
 
 def test_redact_text_masks_every_url_in_a_message() -> None:
     message = ("[Errno 111] Connection refused: 'rtsp://admin:s3cr3t@10.0.0.2/a' "
                "(fallback http://u:hunter2@10.0.0.3/b failed too)")
-    redacted = redact_text(message)
+    redacted = redact(message)
     assert "s3cr3t" not in redacted and "hunter2" not in redacted
     assert "rtsp://***@10.0.0.2/a" in redacted and "http://***@10.0.0.3/b" in redacted
 

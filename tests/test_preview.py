@@ -227,3 +227,36 @@ def test_window_draws_frames_on_a_virtual_display(tmp_path: Path, monkeypatch) -
         xvfb.wait(timeout=10)
     assert window.error is None and window.frames_sent > 0
     assert color_fraction(screen, GREEN, tolerance=10) * screen.shape[0] * screen.shape[1] > 0.9 * 320 * 240
+
+
+def test_viewers_beyond_the_cap_get_503_until_one_leaves() -> None:
+    with PreviewServer(port=0, max_viewers=2) as preview:
+        feeder = Feeder(preview, {"cam": solid(RED)})
+        stream_url = preview.url + "stream/cam.mjpg"
+        viewers = []
+        try:
+            viewers += [urllib.request.urlopen(stream_url, timeout=10) for _ in range(2)]
+            assert viewers[0].readline().startswith(b"--"), "frames flow to the viewers"
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(stream_url, timeout=10)
+            assert refused.value.code == 503 and refused.value.headers["Retry-After"] == "5"
+            assert "at most 2 preview streams" in refused.value.read().decode()
+            # The page, the stats and single frames are still served at the cap.
+            assert urllib.request.urlopen(preview.url, timeout=10).status == 200
+            assert urllib.request.urlopen(preview.url + "frame/cam.jpg", timeout=10).status == 200
+            viewers.pop().close()  # one viewer leaves: the next frame written to it frees its place
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    viewers.append(urllib.request.urlopen(stream_url, timeout=10))
+                    break
+                except urllib.error.HTTPError as exc:
+                    assert exc.code == 503 and time.monotonic() < deadline, "the place was never freed"
+                    time.sleep(0.1)
+            assert viewers[-1].headers["Content-Type"].startswith("multipart/x-mixed-replace")
+        finally:
+            feeder.stop()
+            for viewer in viewers:
+                viewer.close()
+    with pytest.raises(ValueError, match="max_viewers"):
+        PreviewServer(port=0, max_viewers=0)

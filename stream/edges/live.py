@@ -16,7 +16,7 @@ A ``LiveSource`` is an iterator of ``DecodedFrame`` that never ends on its own w
   encoders downstream start afresh; ``frame.index`` keeps counting across segments;
 - ``close()`` works from any thread and in any state and unblocks the iterator at once.
 
-Every URL in a log line or an error message is redacted (``stream.edges.metrics.redact_url``).
+Every URL in a log line or an error message is redacted (``stream.edges.redact.redact``).
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ from urllib.parse import urlsplit
 import av
 
 from stream.config import PipelineConfig, parse_webcam_size
-from stream.edges.metrics import SourceStats, redact_text, redact_url
+from stream.edges.metrics import SourceStats
+from stream.edges.redact import redact
 from stream.edges.timeline import Timeline
 from stream.media.color import RgbDecoder
 from stream.media.frames import DecodedFrame, SourceError  # one error type for every failed source
@@ -186,10 +187,10 @@ def open_args(spec: str, options: LiveOptions, platform: str | None = None) -> O
     parts = urlsplit(spec)
     scheme = parts.scheme.lower()
     if scheme not in NETWORK_SCHEMES:
-        raise ValueError(f"not a live source: {redact_url(spec)} (expected a webcam index, /dev/videoN, "
+        raise ValueError(f"not a live source: {redact(spec)} (expected a webcam index, /dev/videoN, "
                          f"or one of {', '.join(s + '://' for s in NETWORK_SCHEMES)})")
     if not parts.hostname:
-        raise ValueError(f"no host in source URL {redact_url(spec)}")
+        raise ValueError(f"no host in source URL {redact(spec)}")
     io_timeout = _microseconds(options.stall_timeout)
     # Low delay, and probe 0.5 s instead of FFmpeg's 5 s (cameras announce their codec parameters in the
     # SDP or in-band). Not "fflags nobuffer": it discards the probed packets, first keyframe included.
@@ -238,7 +239,7 @@ class LiveSource:
     ) -> None:
         self.spec = str(spec).strip()
         self.options = options or LiveOptions()
-        self.display_name = redact_url(name or self.spec)
+        self.display_name = redact(name or self.spec)
         self.stats = stats
         self._open_args = open_args(self.spec, self.options)
         if self._open_args.format == "v4l2" and not os.path.exists(self._open_args.file):
@@ -367,7 +368,7 @@ class LiveSource:
                 if self._stop.wait(delay):
                     break
         except Exception as exc:  # a bug here must not leave the consumer waiting forever
-            self._fail(f"{self.display_name}: source watchdog failed: {redact_text(exc)}")
+            self._fail(f"{self.display_name}: source watchdog failed: {redact(exc)}")
             raise
 
     def _connect(self) -> _Connection | None:
@@ -450,7 +451,7 @@ class LiveSource:
                 if not self.options.reconnect_on_eof:
                     self._fail_quietly_at_eof()
         except Exception as exc:  # FFmpeg/network errors of every kind end this connection only
-            connection.error = _collapse_whitespace(redact_text(f"{type(exc).__name__}: {exc}"))
+            connection.error = _collapse_whitespace(redact(f"{type(exc).__name__}: {exc}"))
         finally:
             connection.finished.set()
             if not connection.abandoned:

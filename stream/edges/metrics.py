@@ -4,26 +4,26 @@
 per source, formats the periodic stats line and exposes everything as Prometheus metrics on a registry
 of its own (never the process-global default one, so several pipelines in one process do not collide).
 
-Every URL that reaches a log line, a metric label, a preview page or an error message goes through
-``redact_url`` / ``redact_text`` first: camera URLs routinely carry credentials.
+Source names reach log lines, metric labels and the preview page only through
+``stream.edges.redact.redact``: camera URLs routinely carry credentials.
 """
 
 from __future__ import annotations
 
 import bisect
 import logging
-import re
 import threading
 import time
 from collections import deque
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+
+from stream.edges.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -34,47 +34,6 @@ LATENCY_BUCKETS = (
     0.75, 1.0, 2.0, 5.0,
 )
 
-# scheme://userinfo@host... anywhere in a text (error messages of FFmpeg quote the URL they failed on).
-_URL_WITH_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^\s/@'\"]+)@")
-
-
-def redact_url(url: str) -> str:
-    """``rtsp://user:pw@host/x`` -> ``rtsp://***@host/x``; strings without credentials are unchanged.
-
-    Query parameters that commonly carry secrets (``password``, ``token``, ...) are masked too.
-    """
-    url = str(url)
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return redact_text(url)
-    if not parts.scheme or not parts.netloc:
-        return redact_text(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rsplit("@", 1)[1]
-    query = _redact_query(parts.query)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-_SECRET_QUERY_KEYS = {"password", "passwd", "pwd", "pass", "token", "auth", "key", "secret", "signature"}
-
-
-def _redact_query(query: str) -> str:
-    if not query:
-        return query
-    fields = []
-    for field in query.split("&"):
-        key, sep, _ = field.partition("=")
-        fields.append(f"{key}=***" if sep and key.lower() in _SECRET_QUERY_KEYS else field)
-    return "&".join(fields)
-
-
-def redact_text(text: str) -> str:
-    """Mask the credentials of every URL inside a free text (log lines, exception messages)."""
-    return _URL_WITH_USERINFO.sub(lambda m: m.group("scheme") + "***@", str(text))
-
-
 class SourceStats:
     """Counters and sliding windows for one source. Every method is safe to call from any thread.
 
@@ -84,7 +43,7 @@ class SourceStats:
     def __init__(self, name: str, window: float = 5.0, max_samples: int = 4096) -> None:
         if window <= 0:
             raise ValueError(f"stats window must be positive, got {window}")
-        self.name = redact_url(name)
+        self.name = redact(name)
         self.window = float(window)
         self._lock = threading.Lock()
         self._started = time.monotonic()

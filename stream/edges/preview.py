@@ -29,7 +29,7 @@ from urllib.parse import unquote
 import cv2
 import numpy as np
 
-from stream.edges.metrics import redact_url
+from stream.edges.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -78,17 +78,23 @@ class PreviewServer:
     """Browser preview on ``http://host:port/``: MJPEG per source plus live stats (port 0: any free port).
 
     Binds 127.0.0.1 unless told otherwise. Routes: ``/`` (page), ``/sources.json`` (names, stream paths,
-    stats), ``/stream/<id>.mjpg`` (multipart MJPEG), ``/frame/<id>.jpg`` (newest frame).
+    stats), ``/stream/<id>.mjpg`` (multipart MJPEG), ``/frame/<id>.jpg`` (newest frame). At most
+    ``max_viewers`` MJPEG streams are served at once (each holds a thread and encodes JPEGs); one more
+    gets HTTP 503 with ``Retry-After``.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8080, jpeg_quality: int = 80,
-                 max_fps: float = 30.0) -> None:
+                 max_fps: float = 30.0, max_viewers: int = 4) -> None:
         if not 1 <= jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
         if not max_fps > 0:
             raise ValueError(f"max_fps must be positive, got {max_fps}")
+        if max_viewers < 1:
+            raise ValueError(f"max_viewers must be >= 1, got {max_viewers}")
         self.jpeg_quality = int(jpeg_quality)
         self.min_interval = 1.0 / max_fps
+        self.max_viewers = int(max_viewers)
+        self._viewer_slots = threading.BoundedSemaphore(self.max_viewers)
         self._lock = threading.Lock()
         self._slots: dict[str, _Slot] = {}
         self._closing = threading.Event()
@@ -141,12 +147,12 @@ class PreviewServer:
         with self._lock:
             slot = self._slots.get(source)
             if slot is None:
-                base = re.sub(r"[^A-Za-z0-9_-]+", "_", redact_url(source)).strip("_")[:48] or "source"
+                base = re.sub(r"[^A-Za-z0-9_-]+", "_", redact(source)).strip("_")[:48] or "source"
                 slot_id, n = base, 1
                 while any(s.id == slot_id for s in self._slots.values()):
                     n += 1
                     slot_id = f"{base}-{n}"
-                slot = self._slots[source] = _Slot(redact_url(source), slot_id)
+                slot = self._slots[source] = _Slot(redact(source), slot_id)
             return slot
 
     def _slot_by_id(self, slot_id: str) -> _Slot | None:
@@ -173,7 +179,13 @@ def _make_handler(preview: PreviewServer) -> type[BaseHTTPRequestHandler]:
                 body = json.dumps(_finite(preview.sources()), default=_json_default)
                 self._send(200, "application/json", body.encode())
             elif (slot := _route(r"/stream/([A-Za-z0-9_-]+)\.mjpg", path)) is not None:
-                self._stream(slot)
+                if not preview._viewer_slots.acquire(blocking=False):
+                    self._busy()
+                    return
+                try:
+                    self._stream(slot)
+                finally:
+                    preview._viewer_slots.release()
             elif (slot := _route(r"/frame/([A-Za-z0-9_-]+)\.jpg", path)) is not None:
                 _, jpeg = slot.jpeg(preview.jpeg_quality)
                 if jpeg is None:
@@ -188,6 +200,15 @@ def _make_handler(preview: PreviewServer) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _busy(self) -> None:
+            body = f"at most {preview.max_viewers} preview streams at once; try again later\n".encode()
+            self.send_response(503)
+            self.send_header("Retry-After", "5")
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
 
@@ -349,7 +370,7 @@ class PreviewWindow:
         import zmq
 
         _check_image(image_rgb)
-        header = json.dumps({"source": redact_url(source), "shape": list(image_rgb.shape)}).encode()
+        header = json.dumps({"source": redact(source), "shape": list(image_rgb.shape)}).encode()
         with self._lock:
             if self._closing or self._process.poll() is not None:
                 return

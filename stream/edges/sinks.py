@@ -18,6 +18,7 @@ import av
 import cv2
 import numpy as np
 
+from stream.edges.redact import redact
 from stream.media.color import i420_to_frame, rgb_to_yuv420p_frame
 from stream.media.frames import DecodedFrame, ModelOutputs
 
@@ -333,7 +334,7 @@ def frame_record(
     is confirmed (the tracker's -1).
     """
     record: dict = {
-        "source": source,
+        "source": redact(source),  # a name, never a URL's secret, even when given one
         "frame": int(index),
         "pts": _rounded_scalar(pts, 6),
         "width": int(width),

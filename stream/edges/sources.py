@@ -8,6 +8,8 @@ stops early.
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,6 +20,7 @@ import av
 import numpy as np
 
 from stream.edges.live import LiveOptions, LiveSource, is_live_spec
+from stream.edges.redact import MASK, redact
 from stream.edges.timeline import Timeline
 from stream.media.color import RgbDecoder, frame_to_rgb, opencv_decodes
 from stream.media.frames import I420, DecodedFrame, SourceError, SourceInfo
@@ -29,6 +32,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # next frame into (e.g. a shared-memory frame slot), or None to let the source allocate one;
 # ``with_i420`` tells that the frame will also carry its yuv420p planes (``DecodedFrame.extra[I420]``).
 FrameBuffer = Callable[[int, int, bool], "np.ndarray | None"]
+# ``NAME=SOURCE``: the user names a source (its output files) instead of deriving a name from it.
+_NAMED = re.compile(r"(?P<name>[A-Za-z0-9][A-Za-z0-9_.\-]{0,63})=(?P<spec>.+)", re.DOTALL)
 
 
 def is_live(spec: str) -> bool:
@@ -37,12 +42,20 @@ def is_live(spec: str) -> bool:
 
 
 def probe_source(spec: str) -> SourceInfo:
-    """Validate ``spec`` and describe it; raises SourceError with a one-line reason."""
+    """Validate ``spec`` (``SOURCE`` or ``NAME=SOURCE``) and describe it; raises SourceError with a
+    one-line reason. Messages and names never carry a secret of the spec (``stream.edges.redact``)."""
+    given_name, spec = split_name(spec)
+    info = _probe(spec)
+    return dataclasses.replace(info, name=given_name) if given_name else info
+
+
+def _probe(spec: str) -> SourceInfo:
     if is_live(spec):
         return SourceInfo(spec, _live_name(spec), "live", None, None, None)
     path = Path(spec)
     if not path.exists():
-        raise SourceError(f"source not found: {spec}")
+        hint = " (not a file, nor a URL of a known scheme: rtsp://, http://, ...)" if _url_like(spec) else ""
+        raise SourceError(f"source not found: {redact(spec)}{hint}")
     if path.is_dir():
         images = list_images(path)
         if not images:
@@ -53,6 +66,22 @@ def probe_source(spec: str) -> SourceInfo:
         height, width = _read_image(path).shape[:2]
         return SourceInfo(spec, path.stem, "image", None, None, 1, width, height)
     return _probe_video(path)
+
+
+def split_name(spec: str) -> tuple[str | None, str]:
+    """``"door=rtsp://..."`` -> (``"door"``, ``"rtsp://..."``); a spec without a name -> (None, spec).
+
+    A name is letters, digits, ``-``, ``_`` and ``.`` (it becomes a file name); an existing file whose
+    own name has an ``=`` stays a file.
+    """
+    match = _NAMED.match(spec)
+    if match is None or Path(spec).exists():
+        return None, spec
+    return match["name"], match["spec"]
+
+
+def _url_like(spec: str) -> bool:
+    return bool(re.match(r"[A-Za-z][A-Za-z0-9+.\-]*(?::/|//)", spec)) or "@" in spec
 
 
 def _probe_video(path: Path) -> SourceInfo:
@@ -96,9 +125,26 @@ def missing_frames(info: SourceInfo, decoded: int) -> int:
 
 
 def _live_name(spec: str) -> str:
-    tail = spec.rstrip("/").rsplit("/", 1)[-1].split("?")[0].split("@")[-1]
-    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in tail)
-    return f"cam{cleaned}" if spec.isdigit() else (cleaned or "live")
+    """An output name for a live source, from the parts of its URL that carry no secret.
+
+    The URL is redacted first; the name is its last path segment without ``***`` or ``=``
+    (``rtsp://***@cam/Streaming/101`` -> ``101``, ``.../user=***&password=***&channel=1`` -> the segment
+    before it), else its host; query and fragment never count.
+    """
+    if spec.isdigit():
+        return f"cam{spec}"
+    safe = redact(spec)
+    rest = safe.rsplit(f"{MASK}@", 1)[-1] if f"{MASK}@" in safe else re.sub(r"^[A-Za-z][\w+.-]*:/*", "", safe)
+    host, _, path = re.split(r"[?#]", rest, maxsplit=1)[0].partition("/")
+    for part in [*reversed(path.split("/")), host]:
+        cleaned = _clean_name(part)
+        if cleaned and MASK not in part and "=" not in part and MASK not in redact(cleaned):
+            return cleaned
+    return "live"
+
+
+def _clean_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("._")
 
 
 def unique_names(infos: list[SourceInfo]) -> list[str]:

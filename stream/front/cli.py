@@ -23,7 +23,10 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a bad command line is one ``sapiens-stream: error: ...`` line and status 2."""
 
     def error(self, message: str):
-        self.exit(2, f"sapiens-stream: error: {message} (see {self.prog} --help)\n")
+        from stream.edges.redact import redact
+
+        # argparse quotes the arguments it did not understand, camera URLs among them.
+        self.exit(2, f"sapiens-stream: error: {redact(message)} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="annotate videos, image folders or live streams")
     run.add_argument(
-        "sources", nargs="+", metavar="SOURCE", help="video file, image folder, image, webcam or URL"
+        "sources", nargs="+", metavar="SOURCE",
+        help="video file, image folder, image, webcam or URL; NAME=SOURCE names its outputs",
     )
     run.add_argument("--out", help="output directory (default: out)")
     run.add_argument("--config", help="YAML file with any of these options")
@@ -95,8 +99,11 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     add("--crf", type=int, help="encoder quality (lower is better)")
     add("--preset", help="encoder preset")
     add("--show", action=argparse.BooleanOptionalAction, default=None, help="preview window")
-    add("--serve", metavar="HOST:PORT", help="browser preview (MJPEG)")
-    add("--metrics", metavar="HOST:PORT", help="Prometheus metrics endpoint")
+    add("--serve", metavar="HOST:PORT", help="browser preview (MJPEG), e.g. 127.0.0.1:8080")
+    add("--max-viewers", type=int, help="browser preview: streams served at once, more get HTTP 503 (4)")
+    add("--metrics", metavar="HOST:PORT", help="Prometheus metrics endpoint, e.g. 127.0.0.1:9100")
+    add("--allow-remote", action="store_true", default=None,
+        help="let --serve/--metrics bind an address other machines can reach (default: loopback only)")
     add("--stale-after", type=float, help="live: skip frames older than this many seconds")
     add("--rtsp-transport", help="tcp or udp")
     add("--stall-timeout", type=float, help="live: reconnect after this many seconds without a frame (5)")
@@ -112,6 +119,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     add("--publish", metavar="URL",
         help="also stream each source's video: rtsp://..., rtmp://... or DIR/{name}.m3u8 (HLS); "
         "{name} is the source's name")
+    add("--random-weights", action="store_true", default=None,
+        help="models with random weights instead of checkpoints (pipeline tests; outputs are meaningless; "
+             "not settable from --config)")
 
 
 def config_values(args: argparse.Namespace) -> dict:
@@ -220,7 +230,9 @@ def _fail(exc: Exception) -> int:
         status = 2
     else:
         raise exc
-    print(f"sapiens-stream: error: {first_line(exc)}", file=sys.stderr)
+    from stream.edges.redact import redact
+
+    print(f"sapiens-stream: error: {redact(first_line(exc))}", file=sys.stderr)
     return status
 
 

@@ -211,12 +211,13 @@ class _Coordinator:
             self.viewers.append(PreviewWindow())
         if self.cfg.serve:
             host, port = parse_host_port(self.cfg.serve, "serve")
-            server = PreviewServer(host=host, port=port)
+            server = PreviewServer(host=host, port=port, max_viewers=self.cfg.max_viewers)
             print(f"preview: {server.url}", file=sys.stderr, flush=True)
             self.viewers.append(server)
         if self.cfg.metrics:
             host, port = parse_host_port(self.cfg.metrics, "metrics")
             self.metrics_server = start_metrics_server(self.registry, host=host, port=port)
+            print(f"metrics: {self.metrics_server.url}", file=sys.stderr, flush=True)
 
     # --- event loop -----------------------------------------------------------------------------------
 

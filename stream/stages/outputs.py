@@ -171,11 +171,11 @@ class SourceOutputs:
         )
 
     def _publisher(self):
-        from stream.edges.metrics import redact_url
         from stream.edges.publish import Publisher
+        from stream.edges.redact import redact
 
         rate = self.plan.info.frame_rate or Fraction(self.cfg.folder_fps).limit_denominator(1001)
-        display = redact_url(self.cfg.publish)
+        display = redact(self.cfg.publish)
         return Publisher(self.cfg.publish, self.plan.name, rate, display, pace=not self.plan.live)
 
     def _video_pts(self, frame_msg: Message) -> int | None:
