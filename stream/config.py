@@ -70,6 +70,8 @@ class PipelineConfig:
     progress: bool = True
     banner: str | None = None  # text stamped on every output frame (the demo's untrained warning)
     random_weights: bool = False  # build models with random weights (demo fallback only)
+    ray: str | None = None  # run on a Ray cluster: local, auto, ray://HOST:PORT or HOST:PORT
+    shards: int | None = None  # shard actors of a Ray run (default: one per GPU, 1 without GPUs)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -102,6 +104,7 @@ class PipelineConfig:
                 raise ConfigError(f"{name} must be a positive number, got {value!r}")
         if self.webcam_size is not None:
             _parse_webcam_size(self.webcam_size)
+        _check_cluster(self.ray, self.shards)
         if not isinstance(self.sources, list) or not all(isinstance(s, str) for s in self.sources):
             raise ConfigError("sources must be a list of paths or URLs")
 
@@ -144,6 +147,15 @@ FIELD_NAMES = {f.name for f in dataclasses.fields(PipelineConfig)}
 def _choice(name: str, value, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _check_cluster(address, shards) -> None:
+    if address is not None:
+        special = address in ("local", "auto") or str(address).startswith("ray://")
+        if not isinstance(address, str) or not (special or ":" in address):
+            raise ConfigError(f"ray must be local, auto, ray://HOST:PORT or HOST:PORT, got {address!r}")
+    if shards is not None and (isinstance(shards, bool) or not isinstance(shards, int) or shards < 1):
+        raise ConfigError(f"shards must be a positive integer, got {shards!r}")
 
 
 def _parse_webcam_size(value) -> tuple[int, int]:

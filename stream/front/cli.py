@@ -91,6 +91,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     add("--webcam-format", help="pixel format to request from a webcam, e.g. mjpeg or yuyv422")
     add("--workers", help="inproc (threads), ipc (processes; default) or tcp")
     add("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
+    add("--ray", metavar="ADDRESS", help="run on a Ray cluster: local, auto or ray://HOST:PORT")
+    add("--shards", type=int, help="Ray: shard actors (default: one per GPU)")
 
 
 def config_values(args: argparse.Namespace) -> dict:
@@ -141,11 +143,20 @@ def _run_exports(value: str | None, config) -> list[str]:
 def run(config, exports: Sequence[str] = ()) -> int:
     from stream.pipeline.coordinator import run_pipeline
 
-    report = run_pipeline(config)
+    if config.ray:
+        from stream.cluster import run_cluster
+
+        report = run_cluster(config)
+    else:
+        report = run_pipeline(config)
+    placement = getattr(report, "placement", {})
     for source in report.sources.values():
         drops = sum(source.drops.values())
         extra = f", {source.skipped} skipped, {drops} dropped" if source.mode == "live" else ""
+        extra += f" [{placement[source.name]}]" if source.name in placement else ""
         print(f"{source.name}: {source.lines} frames{extra} -> {', '.join(source.outputs.values())}")
+    if placement:
+        print(f"cluster: {report.shards} shards, {report.lost_shards} lost and replaced")
     note = " (interrupted)" if report.interrupted else ""
     print(f"done in {report.elapsed:.1f} s, {report.fps:.1f} frames/s{note}")
     if report.worker_cpu:

@@ -1,0 +1,210 @@
+"""The driver of a run on a Ray cluster: connects, starts the shards, hands out sources, reports.
+
+Offline files are a work queue. Each idle shard takes the next files (a source is never split: its
+frame order and tracker state stay with one shard); a shard whose actor dies has its unfinished files
+put back at the front of the queue and run again on another shard (a replacement actor is started in
+its place). Outputs appear under their final names only when complete (see ``stream.cluster.shard``).
+
+Paths must mean the same on every host: ``--out``, the sources and local model paths are made absolute
+here, and on several hosts they must lie on a filesystem every host mounts at the same place.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from stream.config import ConfigError, PipelineConfig
+from stream.pipeline.coordinator import (
+    PipelineError,
+    RunReport,
+    SourceReport,
+    check_inputs,
+    plan_sources,
+)
+
+INSTALL_HINT = "pip install sapiens-stream[ray]"
+MAX_ATTEMPTS = 3  # runs of one file before the run gives up on it (each on a new shard)
+MAX_FILES_PER_CALL = 4  # files one shard takes at once: they share its GPU worker's batches
+POLL_S = 0.5
+
+
+def require_ray():
+    """The ``ray`` module, or a ConfigError saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(f"--ray needs Ray, which is not installed: {INSTALL_HINT}") from None
+    return ray
+
+
+@dataclass
+class ClusterReport(RunReport):
+    """A run's report over the whole cluster: per source, also which shard wrote it."""
+
+    placement: dict[str, str] = field(default_factory=dict)  # source -> "shard-N on HOST"
+    shards: int = 0
+    lost_shards: int = 0  # shard actors that died during the run (each replaced)
+
+
+def connect(ray, address: str) -> bool:
+    """Join or start the cluster named by ``address``; True when this call started Ray (so the run
+    shuts it down). An already connected process (an application, a test) keeps its connection."""
+    if ray.is_initialized():
+        return False
+    try:
+        if address == "local":
+            ray.init(include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=address, log_to_driver=False)
+    except Exception as exc:  # Ray raises ConnectionError, RuntimeError or ValueError here
+        raise ConfigError(f"cannot reach the Ray cluster at {address}: {str(exc).splitlines()[0]}") from None
+    return True
+
+
+def run_cluster(config: PipelineConfig, stop: threading.Event | None = None) -> ClusterReport:
+    """Run ``config`` over the Ray cluster ``config.ray`` and report for the whole cluster."""
+    ray = require_ray()
+    config.validate()
+    config = _absolute_paths(config)
+    plans = plan_sources(config)  # bad input is refused here, before anything is placed
+    check_inputs(config)
+    if any(plan.live for plan in plans):
+        raise ConfigError("--ray runs files and image folders; live sources run on one host for now")
+    Path(config.out).mkdir(parents=True, exist_ok=True)
+    started = connect(ray, config.ray)
+    try:
+        driver = _Driver(ray, config, [(p.info.spec, p.name) for p in plans], stop)
+        return driver.run()
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _absolute_paths(config: PipelineConfig) -> PipelineConfig:
+    """Paths as every shard sees them: absolute (a shard's working directory is not the driver's)."""
+
+    def absolute(value: str) -> str:
+        return str(Path(value).resolve()) if Path(value).exists() else value
+
+    detector = config.detector
+    if detector.startswith("boxes:"):
+        detector = "boxes:" + absolute(detector[len("boxes:") :])
+    return replace(
+        config,
+        sources=[absolute(s) for s in config.sources],
+        out=str(Path(config.out).resolve()),
+        pose_model=absolute(config.pose_model),
+        seg_model=absolute(config.seg_model),
+        detector=absolute(detector) if not detector.startswith("boxes:") else detector,
+    )
+
+
+class _Driver:
+    def __init__(self, ray, config: PipelineConfig, sources: list[tuple[str, str]], stop) -> None:
+        self.ray = ray
+        self.config = config
+        self.stop = stop
+        self.run_id = uuid.uuid4().hex[:8]
+        self.queue: deque[tuple[str, str]] = deque(sources)
+        self.attempts: dict[str, int] = {name: 0 for _, name in sources}
+        self.reports: dict[str, SourceReport] = {}
+        self.placement: dict[str, str] = {}
+        self.order = [name for _, name in sources]
+        self.count = self._shard_count(len(sources))
+        self.per_call = max(1, min(MAX_FILES_PER_CALL, math.ceil(len(sources) / self.count)))
+        self.made = 0
+        self.lost = 0
+        self.hosts: dict[str, str] = {}
+
+    def _shard_count(self, files: int) -> int:
+        gpus = int(self.ray.cluster_resources().get("GPU", 0))
+        wanted = self.config.shards or max(gpus, 1)
+        if gpus and wanted > gpus:
+            raise ConfigError(f"shards: {wanted} asked for, but the cluster has {gpus} GPUs (one per shard)")
+        return max(1, min(wanted, files))
+
+    def _new_shard(self):
+        from stream.cluster.shard import Shard
+
+        self.made += 1
+        label = f"shard-{self.made}"
+        gpus = self.ray.cluster_resources().get("GPU", 0)
+        # One GPU per shard; without GPUs (CPU clusters, tests) one CPU reserves the actor's place.
+        resources = {"num_gpus": 1} if gpus else {"num_cpus": 1}
+        actor_class = self.ray.remote(**resources, max_restarts=0)(Shard)
+        # Named after its side directory (``.partial/<run>/<label>-<call>``), so it can be found.
+        actor = actor_class.options(name=f"sapiens-stream-{self.run_id}-{label}").remote(
+            label, self.config, self.run_id
+        )
+        return label, actor
+
+    def run(self) -> ClusterReport:
+        from ray.exceptions import RayActorError, RayTaskError
+
+        start = time.monotonic()
+        idle = [self._new_shard() for _ in range(self.count)]
+        pending: dict = {}  # object ref -> (label, actor, files)
+        try:
+            while self.queue or pending:
+                if self.stop is not None and self.stop.is_set():
+                    raise PipelineError("stopped before every file was done; finished files are in place")
+                while self.queue and idle:
+                    label, actor = idle.pop()
+                    files = [self.queue.popleft() for _ in range(min(self.per_call, len(self.queue)))]
+                    for _, name in files:
+                        self.attempts[name] += 1
+                    pending[actor.run.remote(files)] = (label, actor, files)
+                done, _ = self.ray.wait(list(pending), num_returns=1, timeout=POLL_S)
+                for ref in done:
+                    label, actor, files = pending.pop(ref)
+                    try:
+                        results = self.ray.get(ref)
+                    except RayTaskError as exc:
+                        raise _task_error(exc) from None
+                    except RayActorError:
+                        self._requeue(label, files)
+                        idle.append(self._new_shard())
+                        continue
+                    self._record(label, actor, results)
+                    idle.append((label, actor))
+        finally:
+            for _, actor, _ in pending.values():
+                self.ray.kill(actor)
+            if not pending and not self.queue:
+                shutil.rmtree(Path(self.config.out) / ".partial" / self.run_id, ignore_errors=True)
+        elapsed = time.monotonic() - start
+        sources = {name: self.reports[name] for name in self.order}
+        return ClusterReport(
+            sources, elapsed, placement=self.placement, shards=self.made, lost_shards=self.lost
+        )
+
+    def _requeue(self, label: str, files: list[tuple[str, str]]) -> None:
+        """A shard died: its files go back to the front of the queue, to run again elsewhere."""
+        self.lost += 1
+        for _, name in files:
+            if self.attempts[name] >= MAX_ATTEMPTS:
+                raise PipelineError(f"{name}: its shard died {MAX_ATTEMPTS} times; giving up")
+        self.queue.extendleft(reversed(files))
+
+    def _record(self, label: str, actor, results: list[SourceReport]) -> None:
+        if label not in self.hosts:
+            self.hosts[label] = self.ray.get(actor.where.remote())["host"]
+        for report in results:
+            self.reports[report.name] = report
+            self.placement[report.name] = f"{label} on {self.hosts[label]}"
+
+
+def _task_error(exc) -> Exception:
+    """The shard's own exception (SourceError, PipelineError...) so the exit status is the same as on
+    one host; anything else as a PipelineError with its first line."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, Exception):
+        return cause
+    return PipelineError(str(exc).strip().splitlines()[-1])
