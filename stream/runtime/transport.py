@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
+from stream.runtime.curve import CurveError, CurveKeys, secure
 from stream.runtime.messages import Message, decode, encode
 
 # Parts smaller than this are copied into libzmq (cheaper than tracking a zero-copy buffer).
@@ -105,8 +106,10 @@ def make_socket(
     hwm: int,
     linger_ms: int = DEFAULT_LINGER_MS,
     subscribe: bytes | None = None,
+    curve: CurveKeys | None = None,
 ) -> zmq.Socket:
-    """A socket of ``socket_type`` with send/receive HWM ``hwm`` and ``linger_ms``, bound or connected."""
+    """A socket of ``socket_type`` with send/receive HWM ``hwm`` and ``linger_ms``, bound or connected.
+    A ``tcp://`` endpoint off loopback gets CURVE (``curve``, else the run's keys) or is refused."""
     if hwm <= 0:
         raise ValueError(f"high-water mark must be positive (0 means unbounded in ZeroMQ), got {hwm}")
     sock = context.socket(socket_type)
@@ -115,6 +118,11 @@ def make_socket(
     sock.setsockopt(zmq.LINGER, linger_ms)
     if socket_type == zmq.SUB:
         sock.setsockopt(zmq.SUBSCRIBE, subscribe or b"")
+    try:
+        secure(sock, endpoint, bind=bind, keys=curve)
+    except CurveError as exc:
+        sock.close(linger=0)
+        raise TransportError(str(exc)) from None
     try:
         if bind:
             sock.bind(endpoint)
