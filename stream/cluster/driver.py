@@ -28,6 +28,7 @@ from stream.pipeline.coordinator import (
     check_inputs,
     plan_sources,
 )
+from stream.runtime.curve import CurveKeys
 
 INSTALL_HINT = "pip install sapiens-stream[ray]"
 MAX_ATTEMPTS = 3  # runs of one file before the run gives up on it (each on a new shard)
@@ -120,8 +121,12 @@ class _Driver:
         self.count = self._shard_count(len(sources))
         self.per_call = max(1, min(MAX_FILES_PER_CALL, math.ceil(len(sources) / self.count)))
         self.made = 0
+        self.actors: list = []
         self.lost = 0
         self.hosts: dict[str, str] = {}
+        # Links between hosts are CURVE-secured with keys made here, for this run only; the shards get
+        # them in their environment through Ray (never on disk, never on a command line).
+        self.curve = CurveKeys.generate()
 
     def _shard_count(self, files: int) -> int:
         gpus = int(self.ray.cluster_resources().get("GPU", 0))
@@ -140,9 +145,12 @@ class _Driver:
         resources = {"num_gpus": 1} if gpus else {"num_cpus": 1}
         actor_class = self.ray.remote(**resources, max_restarts=0)(Shard)
         # Named after its side directory (``.partial/<run>/<label>-<call>``), so it can be found.
-        actor = actor_class.options(name=f"sapiens-stream-{self.run_id}-{label}").remote(
+        actor = actor_class.options(
+            name=f"sapiens-stream-{self.run_id}-{label}", runtime_env={"env_vars": self.curve.to_env()}
+        ).remote(
             label, self.config, self.run_id
         )
+        self.actors.append(actor)
         return label, actor
 
     def run(self) -> ClusterReport:
@@ -175,7 +183,8 @@ class _Driver:
                     self._record(label, actor, results)
                     idle.append((label, actor))
         finally:
-            for _, actor, _ in pending.values():
+            # Shards hold GPUs: none outlives the run, on a cluster that does.
+            for actor in self.actors:
                 self.ray.kill(actor)
             if not pending and not self.queue:
                 shutil.rmtree(Path(self.config.out) / ".partial" / self.run_id, ignore_errors=True)
