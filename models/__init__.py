@@ -13,6 +13,8 @@ Public API::
     #   model: out.last_hidden_state, out.pooler_output   backbone: out.feature_maps, out.cls_tokens
     save_sapiens2(model, directory)          # config.json + model.safetensors, official key names
     model = load_sapiens2("facebook/sapiens2-pose-0.4b" or "/path/dir", device="cpu", dtype=torch.float32)
+    model.preprocessing                      # its preprocessor_config.json (size, do_pad, mean/std, ...)
+    prep = load_preprocessing("facebook/sapiens2-normal-0.4b", input_size=(512, 384))   # without weights
     out = flip_tta(model, pixel_values)      # one 2B forward, averaged and flipped back
 
 Tasks: "pose", "seg", "normal", "pointmap", "matting", "model" (bare transformer), "backbone".
@@ -27,7 +29,9 @@ import importlib
 _LAZY = {
     "Sapiens2Config": "models.config",
     "Sapiens2HeadConfig": "models.config",
+    "load_preprocessing": "models.loading",
     "load_sapiens2": "models.loading",
+    "Preprocessing": "models.processor_config",
     "save_sapiens2": "models.loading",
     "Sapiens2BackboneOutput": "models.sapiens2",
     "Sapiens2MattingOutput": "models.sapiens2",
@@ -66,6 +70,8 @@ __all__ = [
     "Sapiens2SegmentationOutput",
     "build_sapiens2",
     "flip_tta",
+    "load_preprocessing",
     "load_sapiens2",
+    "Preprocessing",
     "save_sapiens2",
 ]

@@ -2,10 +2,12 @@
 
 A checkpoint is a directory (or a Hub repository) holding ``config.json`` and either
 ``model.safetensors`` or a sharded ``model.safetensors.index.json`` with its shards, keyed with the
-official release's names. Loading is strict: every key the model expects must be present with the
-right shape and nothing else may be there; the error names the offending keys. The only keys tolerated
-beyond the model's are the release's RoPE ``periods`` (checked against the config's frequencies) and
-a ``mask_token`` when ``use_mask_token`` is set (it only matters for masked pre-training).
+official release's names, and optionally the ``preprocessor_config.json`` that says how its inputs
+are prepared (``models.processor_config``). Loading is strict: every key the model expects must be
+present with the right shape and nothing else may be there; the error names the offending keys. The
+only keys tolerated beyond the model's are the release's RoPE ``periods`` (checked against the config's
+frequencies) and a ``mask_token`` when ``use_mask_token`` is set (it only matters for masked
+pre-training).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from models.config import Sapiens2Config
+from models.processor_config import PREPROCESSOR_NAME, Preprocessing, read_preprocessing
 from models.sapiens2 import build_sapiens2
 
 CONFIG_NAME = "config.json"
@@ -39,10 +42,16 @@ def _refuse_pickle(path: Path) -> None:
     )
 
 
-def resolve_checkpoint(name_or_path: str | os.PathLike, revision: str | None = None) -> Path:
+CHECKPOINT_FILES = (CONFIG_NAME, PREPROCESSOR_NAME, WEIGHTS_NAME, INDEX_NAME, "*.safetensors")
+
+
+def resolve_checkpoint(
+    name_or_path: str | os.PathLike, revision: str | None = None, files: tuple[str, ...] = CHECKPOINT_FILES
+) -> Path:
     """A local directory holding the checkpoint: the path itself or a cached Hub snapshot.
 
-    Hub downloads go through ``huggingface_hub`` and honour ``HF_HOME`` and ``HF_HUB_OFFLINE``.
+    Hub downloads go through ``huggingface_hub`` and honour ``HF_HOME`` and ``HF_HUB_OFFLINE``; only the
+    ``files`` patterns are fetched.
     """
     path = Path(name_or_path).expanduser()
     if path.is_file():
@@ -65,7 +74,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, revision: str | None = N
         local = snapshot_download(
             repo_id=text,
             revision=revision,
-            allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, INDEX_NAME, "*.safetensors"],
+            allow_patterns=list(files),
         )
     except LocalEntryNotFoundError as err:
         raise FileNotFoundError(
@@ -172,7 +181,8 @@ def load_sapiens2(
     """Load a Sapiens2 checkpoint (Hub id or directory) strictly, in eval mode.
 
     ``dtype=None`` keeps the dtype stored in the file. ``task`` overrides the task named by the
-    config's ``architectures``.
+    config's ``architectures``. ``model.preprocessing`` is the checkpoint's input preparation
+    (see ``load_preprocessing``).
     """
     directory = resolve_checkpoint(name_or_path, revision=revision)
     config = read_config(directory, task=task)
@@ -192,7 +202,24 @@ def load_sapiens2(
     # import sympy, a third of a second of every worker's start-up.
     weights = {name: _fresh_copy(tensor, device, dtype) for name, tensor in state.items()}
     model.load_state_dict(weights, strict=True, assign=True)
+    model.preprocessing = read_preprocessing(directory, config.task)
     return model.eval().requires_grad_(False)
+
+
+def load_preprocessing(
+    name_or_path: str | os.PathLike,
+    task: str | None = None,
+    input_size: tuple[int, int] | None = None,
+    revision: str | None = None,
+) -> Preprocessing:
+    """How a checkpoint's inputs are prepared: its ``preprocessor_config.json`` where it has one, else the
+    release's defaults for its task (``task`` overrides the one its config names). A given
+    ``input_size`` (height, width) overrides the size. From the Hub only the two small files are fetched.
+    """
+    directory = resolve_checkpoint(name_or_path, revision=revision, files=(CONFIG_NAME, PREPROCESSOR_NAME))
+    if task is None and not (directory / PREPROCESSOR_NAME).is_file():
+        task = read_config(directory).task  # the defaults depend on the task
+    return read_preprocessing(directory, task, input_size)
 
 
 def _fresh_copy(tensor: torch.Tensor, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:

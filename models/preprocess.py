@@ -8,7 +8,7 @@ and crop pixel ``(W - 1, H - 1)`` on its bottom-right corner, so with ``a = wind
     frame_x = a_x * crop_x + (centre_x - window_w / 2)      (the same for y)
 
 which is ``CropBatch.crop_to_frame``. Everything outside the frame reads as black (zero border), then the
-crop is ImageNet-normalised.
+crop is normalised (ImageNet, or the checkpoint's own ``Preprocessing``).
 
 How the sampling differs from transformers' ``crop_and_resize`` (same geometry, same zero border):
 
@@ -31,6 +31,7 @@ warp does). ``backend="auto"`` picks ``opencv`` for CPU frames.
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -39,21 +40,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-DEFAULT_INPUT_SIZE = (1024, 768)
+from models.processor_config import DEFAULT_INPUT_SIZE, Preprocessing
+from models.processor_config import IMAGENET_MEAN as IMAGENET_MEAN  # re-exported for callers
+from models.processor_config import IMAGENET_STD as IMAGENET_STD
+
 DEFAULT_PADDING = 1.25
 MAX_SUPERSAMPLE = 8
 # Upper bound on bilinear taps evaluated at once (x 3 channels floats); bounds peak memory of a warp.
 _MAX_TAPS_PER_CHUNK = 24_000_000
 BACKENDS = ("auto", "torch", "opencv")  # of the crop warp and of the DARK full blur
+_RELEASE_NORMALISATION = Preprocessing()
 
 
 @dataclass
 class CropBatch:
     """Person crops ready for the model and the affines that map their pixels back to the frames."""
 
-    pixel_values: torch.Tensor  # (N, 3, H, W) float32, ImageNet-normalised
+    pixel_values: torch.Tensor  # (N, 3, H, W) float32, normalised (ImageNet unless told otherwise)
     crop_to_frame: torch.Tensor  # (N, 2, 3) float32: crop pixel (x, y, 1) -> frame pixel
     frame_index: torch.Tensor  # (N,) int64: frame of each crop
 
@@ -73,13 +76,6 @@ def _check_frames(frames: Sequence[torch.Tensor]) -> None:
             raise ValueError(f"frame {i} must be a uint8 tensor, got {getattr(frame, 'dtype', type(frame))}")
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.shape[0] < 2 or frame.shape[1] < 2:
             raise ValueError(f"frame {i} must have shape (H, W, 3) with H, W >= 2, got {tuple(frame.shape)}")
-
-
-def _normalise(pixels: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) float in 0..255 -> ImageNet-normalised, in place."""
-    mean = torch.tensor(IMAGENET_MEAN, device=pixels.device, dtype=pixels.dtype).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(IMAGENET_STD, device=pixels.device, dtype=pixels.dtype).view(1, 3, 1, 1) * 255.0
-    return pixels.sub_(mean).div_(std)
 
 
 def box_to_crop_window(
@@ -203,6 +199,7 @@ def crop_and_warp(
     padding: float = DEFAULT_PADDING,
     antialias: bool = True,
     backend: str = "auto",
+    normalisation: Preprocessing | None = None,
 ) -> CropBatch:
     """Warp every person box of ``frames`` to a normalised model input, on the frames' device.
 
@@ -215,6 +212,8 @@ def crop_and_warp(
         padding: crop window size relative to the box.
         antialias: area-average when shrinking (default); False samples one bilinear tap per pixel.
         backend: ``"torch"``, ``"opencv"`` (CPU frames only) or ``"auto"`` (opencv on CPU, else torch).
+        normalisation: the checkpoint's ``Preprocessing``, whose rescaling and mean/std apply to the crops
+            (as the processor normalises its box crops); None is the release's ImageNet normalisation.
     """
     out_hw = _check_input_size(input_size)
     if len(frames) == 0:
@@ -245,7 +244,8 @@ def crop_and_warp(
         pixels = _warp_opencv(frames, affine, frame_index, out_hw, taps, enlarging)
     else:
         pixels = _warp_torch(frames, affine, frame_index, out_hw, taps, enlarging)
-    return CropBatch(pixel_values=_normalise(pixels), crop_to_frame=affine, frame_index=frame_index)
+    pixel_values = (normalisation or _RELEASE_NORMALISATION).normalise(pixels)
+    return CropBatch(pixel_values=pixel_values, crop_to_frame=affine, frame_index=frame_index)
 
 
 def pick_backend(backend: str, device: torch.device, what: str) -> str:
@@ -323,29 +323,73 @@ def _warp_opencv(
 def prepare_full_frame(
     frames: Sequence[torch.Tensor], input_size: Sequence[int] = DEFAULT_INPUT_SIZE, keep_aspect: bool = False
 ) -> torch.Tensor:
-    """Whole frames -> (F, 3, H, W) normalised model inputs, as the official full-frame demo feeds them.
+    """``prepare_frames`` with the release's resampling and normalisation at ``input_size``.
 
-    ``keep_aspect=False`` stretches each frame to the input size (segmentation). ``keep_aspect=True`` fits
-    it inside the input size and pads the rest with black, centred, as the reference processor's
-    ``do_pad`` does for normals, pointmaps and matting. Resizing is bilinear and antialiased, as the
-    reference's, and the result is rounded to 8 bits as the reference's uint8 resize does.
+    ``keep_aspect=False`` stretches each frame to the input size (segmentation); ``keep_aspect=True`` is
+    the processor's ``do_pad`` (normals and pointmaps).
     """
-    out_h, out_w = _check_input_size(input_size)
+    return prepare_frames(frames, Preprocessing(input_size=_check_input_size(input_size), do_pad=keep_aspect))
+
+
+# Interpolation of each resampling filter, as torchvision resizes tensors for the processor.
+_INTERPOLATION = {"nearest": "nearest-exact", "bilinear": "bilinear", "bicubic": "bicubic"}
+
+
+def prepare_frames(frames: Sequence[torch.Tensor], preprocessing: Preprocessing) -> torch.Tensor:
+    """Whole frames -> (F, 3, H, W) model inputs, as the checkpoint's processor prepares them.
+
+    Without ``do_pad`` each frame is stretched to the input size. With it the frame is fitted inside the
+    input size, aspect kept, and the rest padded with black, centred; ``padding_window`` locates it again
+    for the post-processing. Bilinear and bicubic resizing are antialiased, as torchvision's, and the
+    result is rounded to 8 bits as the processor's uint8 resize does; then rescaled and normalised.
+    """
+    mode = _INTERPOLATION.get(preprocessing.resample)
+    if mode is None:
+        raise ValueError(
+            f"resample {preprocessing.resample!r} is not supported for tensors; "
+            f"expected one of {sorted(_INTERPOLATION)}"
+        )
+    out_h, out_w = _check_input_size(preprocessing.input_size)
     if len(frames) == 0:
         raise ValueError("frames is empty")
     _check_frames(frames)
     out = torch.zeros(len(frames), 3, out_h, out_w, dtype=torch.float32, device=frames[0].device)
     for i, frame in enumerate(frames):
-        image = frame.permute(2, 0, 1).unsqueeze(0).float()
         top, left, new_h, new_w = 0, 0, out_h, out_w
-        if keep_aspect:
+        if preprocessing.do_pad:
             new_h, new_w = fit_inside(tuple(frame.shape[:2]), (out_h, out_w))
             top, left = (out_h - new_h) // 2, (out_w - new_w) // 2
-        resized = F.interpolate(
-            image, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True
-        )
-        out[i, :, top : top + new_h, left : left + new_w] = resized[0].round_().clamp_(0.0, 255.0)
-    return _normalise(out)
+        out[i, :, top : top + new_h, left : left + new_w] = _resize_frame(frame, (new_h, new_w), mode)
+    return preprocessing.normalise(out)
+
+
+def _native_uint8_resize(mode: str, device: torch.device) -> bool:
+    """Whether torchvision resizes a uint8 image with ``mode`` on ``device`` without going to float."""
+    if mode == "nearest-exact":
+        return True
+    if device.type != "cpu":
+        return False
+    vector_bilinear = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+    return mode == "bicubic" or vector_bilinear or platform.machine() in ("aarch64", "arm64")
+
+
+def _resize_frame(frame: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, h, w) float holding 8-bit values, as torchvision's ``resize`` computes it.
+
+    Where torchvision resizes uint8 images natively (CPU: nearest, bicubic, and bilinear on AVX2/AVX512
+    or ARM) the same kernel runs here, fixed-point rounding and all; elsewhere it resizes in float and
+    rounds. (torchvision itself is not imported: its transforms pull in torch's compiler stack, seconds
+    of every worker's start-up.)
+    """
+    image = frame.permute(2, 0, 1).unsqueeze(0)
+    if tuple(image.shape[-2:]) == size:
+        return image[0].float()
+    native = _native_uint8_resize(mode, frame.device)
+    if not native:
+        image = image.float()
+    smoothing = {} if mode == "nearest-exact" else {"align_corners": False, "antialias": True}
+    resized = F.interpolate(image, size=size, mode=mode, **smoothing)[0]
+    return resized.float() if native else resized.clamp_(0.0, 255.0).round_()
 
 
 def fit_inside(frame_hw: Sequence[int], input_size: Sequence[int]) -> tuple[int, int]:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.config import HEAD_TASKS, Sapiens2Config
+from models.processor_config import release_preprocessing
 
 _ACTIVATIONS = {
     "silu": nn.SiLU,
@@ -377,19 +378,24 @@ class InstanceNorm(nn.Module):
         return F.group_norm(x, x.shape[1], eps=self.eps)
 
 
-def _conv_norm_act(conv: nn.Module, channels: int, act: str, pixel_shuffle: bool = False) -> list[nn.Module]:
-    """conv [-> pixel shuffle] -> InstanceNorm (no affine) -> activation, as flat modules."""
+# The head's convolutions are followed by SiLU whatever the config's ``hidden_act`` is, as transformers
+# builds them; ``hidden_act`` reaches the backbone MLP and the pointmap scale MLP only.
+HEAD_CONV_ACTIVATION = "silu"
+
+
+def _conv_norm_act(conv: nn.Module, pixel_shuffle: bool = False) -> list[nn.Module]:
+    """conv [-> pixel shuffle] -> InstanceNorm (no affine) -> SiLU, as flat modules."""
     layers = [conv] + ([nn.PixelShuffle(2)] if pixel_shuffle else [])
-    return layers + [InstanceNorm(), make_activation(act)]
+    return layers + [InstanceNorm(), make_activation(HEAD_CONV_ACTIVATION)]
 
 
-def _upsample_block(in_ch: int, out_ch: int, kernel: int, pixel_shuffle: bool, act: str) -> list[nn.Module]:
+def _upsample_block(in_ch: int, out_ch: int, kernel: int, pixel_shuffle: bool) -> list[nn.Module]:
     """x2 upsampling: a transposed conv (stride 2) or a conv to 4x channels followed by pixel shuffle."""
     if pixel_shuffle:
         conv = nn.Conv2d(in_ch, out_ch * 4, kernel, padding=(kernel - 1) // 2)
     else:
         conv = nn.ConvTranspose2d(in_ch, out_ch, kernel, stride=2, padding=1, bias=False)
-    return _conv_norm_act(conv, out_ch, act, pixel_shuffle)
+    return _conv_norm_act(conv, pixel_shuffle)
 
 
 _PREDICTOR_NAMES = {
@@ -413,17 +419,17 @@ class Sapiens2DecodeHead(nn.Module):
 
     def __init__(self, config: Sapiens2Config) -> None:
         super().__init__()
-        head, act = config.head_config, config.hidden_act
+        head = config.head_config
         pixel_shuffle = bool(head.use_pixel_shuffle)
         dim = config.hidden_size
         self.input_conv = (
-            nn.Sequential(*_conv_norm_act(nn.Conv2d(dim, dim, 3, padding=1), dim, act))
+            nn.Sequential(*_conv_norm_act(nn.Conv2d(dim, dim, 3, padding=1)))
             if pixel_shuffle
             else nn.Identity()
         )
         in_channels = [dim] + head.upsample_out_channels[:-1]
         blocks = [
-            _upsample_block(i, o, k, pixel_shuffle, act)
+            _upsample_block(i, o, k, pixel_shuffle)
             for i, o, k in zip(
                 in_channels, head.upsample_out_channels, head.upsample_kernel_sizes, strict=True
             )
@@ -440,7 +446,7 @@ class Sapiens2DecodeHead(nn.Module):
         convs = []
         for out_ch, kernel in zip(head.conv_out_channels, head.conv_kernel_sizes, strict=True):
             padding = (kernel - 1) // 2 if pixel_shuffle else 0
-            convs += _conv_norm_act(nn.Conv2d(channels, out_ch, kernel, padding=padding), out_ch, act)
+            convs += _conv_norm_act(nn.Conv2d(channels, out_ch, kernel, padding=padding))
             channels = out_ch
         self.conv_layers = nn.Sequential(*convs)
         self.predictor_name = _PREDICTOR_NAMES[config.task]
@@ -453,16 +459,16 @@ class Sapiens2DecodeHead(nn.Module):
                 head.scale_conv_out_channels, head.scale_conv_kernel_sizes, strict=True
             ):
                 conv = nn.Conv2d(channels, out_ch, kernel, stride=2, padding=(kernel - 1) // 2)
-                scale_convs += _conv_norm_act(conv, out_ch, act)
+                scale_convs += _conv_norm_act(conv)
                 channels = out_ch
             self.scale_conv_layers = nn.Sequential(*scale_convs)
             hidden1, hidden2 = head.scale_final_hidden_sizes
             self.scale_final_layer = nn.Sequential(
                 nn.Flatten(),
                 nn.Linear(head.scale_final_input_size, hidden1),
-                make_activation(act),
+                make_activation(config.hidden_act),
                 nn.Linear(hidden1, hidden2),
-                make_activation(act),
+                make_activation(config.hidden_act),
                 nn.Linear(hidden2, 1),
             )
 
@@ -562,7 +568,8 @@ def build_sapiens2(
     dtype: torch.dtype | None = None,
     init: bool = True,
 ) -> nn.Module:
-    """A randomly initialised model for ``config.task``, in eval mode, with ``.config`` and ``.task``.
+    """A randomly initialised model for ``config.task``, in eval mode, with ``.config``, ``.task`` and
+    ``.preprocessing`` (the release's input preparation for the task).
 
     ``init=False`` skips the random initialisation, for a model whose weights are loaded next.
     """
@@ -575,4 +582,5 @@ def build_sapiens2(
     if init:
         init_weights(model)
     model.to(device=device, dtype=dtype)
+    model.preprocessing = release_preprocessing(config.task)
     return model.eval().requires_grad_(False)

@@ -68,6 +68,9 @@ class PipelineConfig:
     workers: str = "ipc"
     queue_frames: int = 4  # high-water mark of frame queues (messages)
     progress: bool = True
+    segment_time: float | None = None  # live: start new output files every this many seconds
+    label_maps: bool | None = None  # write segmentation label maps; None = offline yes, live no
+    publish: str | None = None  # stream each source's video to this URL or playlist ({name}: the source)
     banner: str | None = None  # text stamped on every output frame (the demo's untrained warning)
     random_weights: bool = False  # build models with random weights (demo fallback only)
     ray: str | None = None  # run on a Ray cluster: local, auto, ray://HOST:PORT or HOST:PORT
@@ -97,11 +100,14 @@ class PipelineConfig:
         for name in ("serve", "metrics"):
             if getattr(self, name) is not None:
                 parse_host_port(getattr(self, name), name)
-        for name in ("stall_timeout", "webcam_fps"):
+        for name in ("stall_timeout", "webcam_fps", "segment_time"):
             value = getattr(self, name)
             number = isinstance(value, (int, float)) and not isinstance(value, bool)
             if value is not None and not (number and value > 0):
                 raise ConfigError(f"{name} must be a positive number, got {value!r}")
+        if self.segment_time is not None and self.segment_time < 1:
+            # Parts are named by their start second: shorter parts would share names.
+            raise ConfigError(f"segment_time must be at least 1 second, got {self.segment_time!r}")
         if self.webcam_size is not None:
             _parse_webcam_size(self.webcam_size)
         _check_cluster(self.ray, self.shards)

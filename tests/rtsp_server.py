@@ -5,10 +5,12 @@ gir1.2-gst-rtsp-server-1.0, gstreamer1.0-plugins-ugly for x264enc):
 
     /usr/bin/python3 tests/rtsp_server.py --port 8554 [--user U --password P] [--duration 120]
 
-It serves a generated, endlessly moving test picture as H.264 at rtsp://127.0.0.1:PORT/MOUNT, prints
-``READY <url without credentials>`` once listening, and stops by itself after ``--duration`` seconds, on
-SIGTERM/SIGINT, or when its parent process goes away. It binds loopback addresses only. Killing it is how
-the tests take a camera "down"; starting it again on the same port brings the camera "back".
+It serves a generated, endlessly moving test picture as H.264 at rtsp://127.0.0.1:PORT/MOUNT (with
+``--record FILE`` it instead accepts a stream published to it, RTSP RECORD as FFmpeg publishes, into
+FILE), prints ``READY <url without credentials>`` once listening, and stops by itself after
+``--duration`` seconds, on SIGTERM/SIGINT, or when its parent process goes away. It binds loopback
+addresses only. Killing it is how the tests take a camera "down"; starting it again on the same port
+brings the camera "back".
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--user", default=None, help="require basic authentication with this user")
     parser.add_argument("--password", default=None)
     parser.add_argument("--duration", type=float, default=120.0, help="seconds before exiting by itself")
+    parser.add_argument("--record", default=None, metavar="FILE",
+                        help="instead of serving, accept a published H.264 stream (RTSP RECORD) into FILE "
+                        "(MPEG-TS, readable while written)")
     args = parser.parse_args(argv)
     if not ipaddress.ip_address(args.host).is_loopback:
         parser.error(f"--host must be a loopback address, got {args.host}")
@@ -88,8 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     server.set_address(args.host)
     server.set_service(str(args.port))
     factory = GstRtspServer.RTSPMediaFactory()
-    factory.set_launch(launch_line(args))
-    factory.set_shared(True)  # every client sees the same live picture, like a camera
+    if args.record:
+        # What a publisher announces is depayloaded and written as it arrives.
+        factory.set_transport_mode(GstRtspServer.RTSPTransportMode.RECORD)
+        sink = f"filesink location={args.record}"
+        factory.set_launch(f"( rtph264depay name=depay0 ! h264parse ! mpegtsmux ! {sink} )")
+    else:
+        factory.set_launch(launch_line(args))
+        factory.set_shared(True)  # every client sees the same live picture, like a camera
     if args.user is not None:
         add_basic_auth(server, factory, args.user, args.password)
     server.get_mount_points().add_factory(args.mount, factory)
@@ -154,7 +165,7 @@ class RtspServerProcess:
         self.port = port or free_port()
         self.user, self.password = user, password
         self.duration = duration
-        self.options = options  # width, height, fps, keyint, pattern, mount
+        self.options = options  # width, height, fps, keyint, pattern, mount, record
         self.process: subprocess.Popen | None = None
 
     @property

@@ -99,3 +99,21 @@ def test_cut_short_file_keeps_what_was_decoded_and_exits_non_zero(tmp_path: Path
     assert 0 < len(lines) < 60 and len(frames) == len(lines)
     assert f"after {len(lines)} of 60" in line
     assert main(["run", str(whole), *argv[2:]]) == 0  # the whole file is not reported
+
+
+def test_malformed_boxes_file_is_refused_before_the_run(tmp_path: Path) -> None:
+    from stream.media.synth import moving_squares, write_clip
+
+    clip = tmp_path / "clip.mp4"
+    write_clip(clip, moving_squares(3, (64, 48)), fps=25)
+    boxes = tmp_path / "boxes.jsonl"
+    boxes.write_text('{"frame": 0, "boxes": [[10, 10, 5, 5, 0.9]]}\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "stream", "run", str(clip), "--detector", f"boxes:{boxes}", "--out",
+         str(tmp_path / "out"), "--no-progress"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"sapiens-stream: error: {boxes}:1: box 0 has x2 < x1 or y2 < y1: [10, 10, 5, 5, 0.9]"
+    ]

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.detector import DetectorError, load_boxes_file, make_detector
+from models.boxes import load_boxes_file
+from models.detector import DetectorError, make_detector
 
 # The COCO class list of every trained YOLO detector, with "person" moved off index 0 so the test
 # proves the person class is found by name, not assumed to be 0.

@@ -166,8 +166,8 @@ HEADS = {
 SHAPES = [((64, 48), (64, 48), 2), ((32, 64), (32, 64), 3), ((128, 96), (48, 80), 2)]
 
 
-def hf_config(task: str, variant: int) -> transformers.Sapiens2Config:
-    backbone = dict(BACKBONES[variant])
+def hf_config(task: str, variant: int, **overrides) -> transformers.Sapiens2Config:
+    backbone = dict(BACKBONES[variant], **overrides)
     image_size, _, _ = SHAPES[variant]
     kwargs = dict(backbone, image_size=list(image_size))
     if task in HEADS:
@@ -251,6 +251,28 @@ def test_our_checkpoint_loads_strictly_into_transformers(tmp_path, task, variant
     }
     assert not problems
     pixel_values = inputs(variant, task)
+    with torch.no_grad():
+        assert_same_outputs(ours(pixel_values), theirs(pixel_values), task)
+
+
+HEAD_TASKS = ["pose", "seg", "normal", "pointmap", "matting"]
+ACTIVATIONS = ["silu", "gelu", "relu", "gelu_pytorch_tanh"]
+
+
+@pytest.mark.parametrize("task", HEAD_TASKS)
+@pytest.mark.parametrize("hidden_act", ACTIVATIONS)
+def test_heads_match_transformers_for_every_hidden_act(tmp_path, task, hidden_act):
+    """transformers' head convolutions use SiLU whatever ``hidden_act`` says; only the backbone MLP and
+    the pointmap scale MLP follow it. Variant 0 has a transposed-conv head for pose and seg, and a
+    pixel-shuffle head (input conv, scale branch for the pointmap) for the others."""
+    torch.manual_seed(30)
+    theirs = HF_CLASSES[task](hf_config(task, 0, hidden_act=hidden_act)).eval()
+    randomize(theirs, seed=30)
+    theirs.save_pretrained(tmp_path)
+
+    ours = load_sapiens2(tmp_path)
+    assert ours.config.hidden_act == hidden_act
+    pixel_values = inputs(0, task)
     with torch.no_grad():
         assert_same_outputs(ours(pixel_values), theirs(pixel_values), task)
 

@@ -15,9 +15,11 @@ from models.preprocess import (
     IMAGENET_STD,
     crop_and_warp,
     crop_to_frame_affine,
+    prepare_frames,
     prepare_full_frame,
     valid_box_mask,
 )
+from models.processor_config import Preprocessing, read_preprocessing
 
 torch.set_num_threads(2)
 MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
@@ -266,3 +268,67 @@ def test_prepare_full_frame_matches_the_reference_processor(keep_aspect):
         difference = ((ours[i : i + 1] - reference) * STD).abs()
         assert difference.max() <= 1.01
         assert difference.mean() < 0.3
+
+
+# Processor settings a checkpoint may carry, at a 64x48 input.
+FULL_FRAME_PROCESSORS = {
+    "padded_bilinear": dict(do_pad=True),
+    "stretched_bilinear": dict(do_pad=False),
+    "padded_bicubic": dict(do_pad=True, resample=3),
+    "stretched_bicubic": dict(resample=3),
+    "padded_nearest": dict(do_pad=True, resample=0),
+    "own_normalisation": dict(do_pad=True, image_mean=[120.0, 110.0, 100.0], image_std=[60.0, 55.0, 50.0],
+                              do_rescale=False),
+    "unnormalised": dict(do_normalize=False, rescale_factor=1 / 128),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(FULL_FRAME_PROCESSORS))
+def test_prepare_frames_equals_the_processor_as_its_file_configures_it(tmp_path, variant):
+    """Frames wider, taller, smaller and the size of the input, through the preparation read from the file
+    the processor writes: the same pixel values, 8-bit resize rounding included."""
+    processor = Sapiens2ImageProcessor(size={"height": 64, "width": 48}, **FULL_FRAME_PROCESSORS[variant])
+    processor.save_pretrained(tmp_path)
+    preprocessing = read_preprocessing(tmp_path, task=None)
+    frames = [
+        _noise_frame(90, 160, seed=1),
+        _smooth_frame(200, 120, seed=2),
+        _smooth_frame(30, 20, seed=3, cell=4),
+        _noise_frame(33, 50, seed=4),
+        _noise_frame(64, 48, seed=5),
+    ]
+    ours = prepare_frames(frames, preprocessing)
+    scale = torch.tensor(preprocessing.scale_shift()[0]).view(3, 1, 1)
+    for i, frame in enumerate(frames):
+        reference = processor(frame.permute(2, 0, 1), return_tensors="pt")["pixel_values"][0]
+        assert ((ours[i] - reference) / scale).abs().max() < 1e-3, f"frame {tuple(frame.shape)}"
+
+
+def test_prepare_frames_refuses_resampling_it_cannot_follow():
+    with pytest.raises(ValueError, match="resample 'lanczos' is not supported"):
+        prepare_frames([_noise_frame(20, 20)], Preprocessing(input_size=(16, 16), resample="lanczos"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_crops_take_the_checkpoints_normalisation_as_the_processor_does(tmp_path, backend):
+    """The processor's box crops with its own mean, std and rescaling; single-tap crops of a smooth frame."""
+    normalisation = dict(image_mean=[0.3, 0.5, 0.7], image_std=[0.1, 0.2, 0.4], rescale_factor=1 / 200)
+    processor = Sapiens2ImageProcessor(size={"height": 64, "width": 48}, **normalisation)
+    processor.save_pretrained(tmp_path)
+    preprocessing = read_preprocessing(tmp_path, task=None)
+    frame = _smooth_frame(240, 320, seed=9)
+    boxes = BOXES[:2] * 0.5
+    batch = crop_and_warp(
+        [frame], boxes, torch.zeros(2, dtype=torch.long), (64, 48), antialias=False, backend=backend,
+        normalisation=preprocessing,
+    )
+    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1)
+    reference = processor(frame.permute(2, 0, 1), boxes=[xywh.tolist()], return_tensors="pt")["pixel_values"]
+    scale, shift = (torch.tensor(v).view(1, 3, 1, 1) for v in preprocessing.scale_shift())
+    # In grey levels; the reference keeps bicubic overshoot beyond 0..255 where ours saturates.
+    ours, theirs = (batch.pixel_values - shift) / scale, ((reference - shift) / scale).clamp(0, 255)
+    difference = (ours - theirs).abs()
+    assert difference.max() < TOLERANCE[backend] and difference.mean() < 0.3
+    default = crop_and_warp([frame], boxes, torch.zeros(2, dtype=torch.long), (64, 48), antialias=False,
+                            backend=backend)
+    assert (default.pixel_values - batch.pixel_values).abs().max() > 1.0  # the normalisation did change

@@ -74,9 +74,10 @@ def pick_video_codec(codec: str = "auto") -> str:
     return codec
 
 
-def _encoder_options(codec: str, crf: int, preset: str) -> dict[str, str]:
+def _encoder_options(codec: str, crf: int, preset: str, low_latency: bool = False) -> dict[str, str]:
     if codec == _X264:
-        return {"crf": str(crf), "preset": preset}
+        # A published stream: no frame delay in the encoder, so viewers see frames as they are made.
+        return {"crf": str(crf), "preset": preset, **({"tune": "zerolatency"} if low_latency else {})}
     if codec == _NVENC:
         # nvenc has its own preset names (p1 fastest .. p7 best); constant quality is "cq".
         return {"preset": preset if preset in _NVENC_PRESETS else "p4", "rc": "vbr", "cq": str(crf)}
@@ -105,6 +106,9 @@ class VideoSink(_Sink):
     bottom, a copy of the last column or row (``encoded_size`` tells the result). A frame whose size
     differs from ``(width, height)`` (a live source that changed resolution) is resized to it.
 
+    Streams: with ``stream_format`` (``rtsp``, ``flv``, ``hls``) ``path`` is a URL or playlist published to
+    as it is written (see ``stream.edges.publish``), encoded for low latency.
+
     Pixels: every encoder is given BT.601 limited-range yuv420p, untagged (swscale's default for RGB),
     converted by ``stream.media.color.rgb_to_yuv420p_frame``; images are only read, so read-only views (a
     shared-memory frame slot) go in without a copy.
@@ -122,6 +126,8 @@ class VideoSink(_Sink):
         preset: str = "veryfast",
         fragmented: bool = False,
         keyframe_s: float = 1.0,
+        stream_format: str | None = None,
+        stream_options: dict[str, str] | None = None,
     ):
         if width < 1 or height < 1:
             raise ValueError(f"video size must be positive, got {width}x{height}")
@@ -147,24 +153,28 @@ class VideoSink(_Sink):
         self._resync = False
         self._closed = False
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        container_options = {}
-        if self.path.suffix.lower() in (".mp4", ".mov", ".m4v"):
+        container_options = dict(stream_options or {})
+        if stream_format is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        if stream_format is None and self.path.suffix.lower() in (".mp4", ".mov", ".m4v"):
             # mp4 otherwise rounds time bases below 1/10000 up and writes the start offset in ms.
             timescale = str(self.time_base.denominator)
             container_options = {"video_track_timescale": timescale, "movie_timescale": timescale}
             if fragmented:
                 container_options["movflags"] = "frag_keyframe+empty_moov+default_base_moof"
                 container_options["flush_packets"] = "1"  # each fragment reaches the file at once
-        self._container = av.open(str(self.path), mode="w", options=container_options)
+        target = str(path) if stream_format is not None else str(self.path)  # a URL stays as given
+        self._container = av.open(target, mode="w", format=stream_format, options=container_options)
         try:
             self._stream = self._container.add_stream(self.codec, rate=frame_rate)
             self._stream.width, self._stream.height = self.encoded_size
             self._stream.pix_fmt = "yuv420p"
             self._stream.time_base = self.time_base
             self._stream.codec_context.time_base = self.time_base
-            self._stream.options = _encoder_options(self.codec, crf, preset)
-            if fragmented:
+            streaming = stream_format is not None
+            self._stream.options = _encoder_options(self.codec, crf, preset, low_latency=streaming)
+            if fragmented or streaming:
+                # Fragments and stream viewers both start at keyframes: one a second.
                 self._stream.codec_context.gop_size = max(1, round(float(frame_rate) * keyframe_s))
         except Exception:
             self._container.close()

@@ -93,6 +93,13 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     add("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
     add("--ray", metavar="ADDRESS", help="run on a Ray cluster: local, auto or ray://HOST:PORT")
     add("--shards", type=int, help="Ray: shard actors (default: one per GPU)")
+    add("--segment-time", type=float, metavar="SECONDS",
+        help="live: start new output files every SECONDS, named <name>_<UTC start>.mp4/.jsonl")
+    add("--label-maps", action=argparse.BooleanOptionalAction, default=None,
+        help="write segmentation label maps (default: offline yes, live no)")
+    add("--publish", metavar="URL",
+        help="also stream each source's video: rtsp://..., rtmp://... or DIR/{name}.m3u8 (HLS); "
+        "{name} is the source's name")
 
 
 def config_values(args: argparse.Namespace) -> dict:

@@ -29,7 +29,9 @@ from pathlib import Path
 import msgpack
 import zmq
 
+from models.boxes import load_boxes_file
 from stream.config import PipelineConfig
+from stream.edges.publish import check_publish_target
 from stream.edges.sources import SourceInfo, missing_frames, probe_source, unique_names
 from stream.runtime.messages import to_decoded_frame
 from stream.runtime.stage import CONTROL_HWM, EVENTS_HWM, SourcePlan, WorkerSpec, run_worker
@@ -96,15 +98,16 @@ def plan_sources(cfg: PipelineConfig) -> list[SourcePlan]:
 
 
 def check_inputs(cfg: PipelineConfig) -> None:
-    """Refuse, before starting anything, model and detector paths that do not exist."""
+    """Refuse, before starting anything, model and detector paths that do not exist and boxes files
+    that do not parse."""
     models = ([("pose", cfg.pose_model)] if cfg.pose else []) + ([("seg", cfg.seg_model)] if cfg.seg else [])
     for task, spec in models:
         if not cfg.random_weights and _looks_like_path(spec) and not Path(spec).exists():
             raise FileNotFoundError(f"{task} model not found: {spec}")
     if cfg.detector.startswith("boxes:"):
-        path = Path(cfg.detector[len("boxes:") :])
-        if not path.is_file():
-            raise FileNotFoundError(f"boxes file not found: {path}")
+        load_boxes_file(cfg.detector[len("boxes:") :])  # a malformed file is bad input, refused here
+    if cfg.publish is not None:
+        check_publish_target(cfg.publish, len(cfg.sources))
     elif _looks_like_path(cfg.detector) and not Path(cfg.detector).exists():
         raise FileNotFoundError(f"detector weights not found: {cfg.detector}")
 

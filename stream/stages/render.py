@@ -11,6 +11,7 @@ closed too, with whatever was written.
 from __future__ import annotations
 
 import time
+from datetime import datetime, timezone
 from fractions import Fraction
 from pathlib import Path
 
@@ -31,7 +32,12 @@ PREVIEW_HWM = 2  # the preview shows the newest frames; older ones are dropped, 
 
 
 class SourceOutputs:
-    """A source's sinks: annotated video, JSONL and (for segmentation) label maps."""
+    """A source's sinks: annotated video, JSONL and (for segmentation) label maps.
+
+    Live runs with ``segment_time`` rotate them: every ``segment_time`` seconds of capture time the files
+    are closed and new ones opened, named ``<name>_<UTC start time>`` (``cam_20261202T153000Z.mp4``), so
+    a run of days keeps bounded files that can be archived or deleted one by one.
+    """
 
     def __init__(self, spec: WorkerSpec, plan: SourcePlan) -> None:
         from stream.drawing.overlay import Renderer
@@ -44,12 +50,17 @@ class SourceOutputs:
         self.renderer = Renderer(
             keypoint_threshold=cfg.keypoint_threshold, draw_boxes=cfg.draw_boxes, seg_alpha=cfg.seg_alpha
         )
-        self.jsonl = JsonlSink(self.out / f"{plan.name}.jsonl")
+        self.rotate_after = cfg.segment_time if plan.live else None
+        self.label_maps = cfg.label_maps if cfg.label_maps is not None else not plan.live
+        self.stem = plan.name
+        self.part_start: float | None = None
+        self.jsonl = None if self.rotate_after else JsonlSink(self.out / f"{self.stem}.jsonl")
         self.video = None
         self.video_size: tuple[int, int] | None = None
         self.video_start: float | None = None  # live: the first frame's time, the recording's zero
         self.segment = 0
         self.labels = None
+        self.publisher = self._publisher() if cfg.publish else None
         self.frames_written = 0
         self.lines = 0
         self.skipped = 0
@@ -62,6 +73,7 @@ class SourceOutputs:
         """
         from stream.edges.sinks import jsonl_record
 
+        self._start_part_if_due(frame_msg.capture)
         frame = to_decoded_frame(frame_msg) if frame_msg.kind == FRAME else None
         if frame_msg.kind == SKIP or result_msg.kind == SKIP or frame is None:
             skipped = (
@@ -76,7 +88,7 @@ class SourceOutputs:
         result = to_frame_result(result_msg) if result_msg.kind == RESULTS else FrameResult.empty()
         self.jsonl.write(jsonl_record(self.plan.name, frame, result))
         self.lines += 1
-        if result.seg_labels is not None:
+        if result.seg_labels is not None and self.label_maps:
             self._label_sink().write(frame.index, result.seg_labels)
         if self.renderer.draws_on(result, banner=self.cfg.banner):
             image = self.renderer(frame.image, result, banner=self.cfg.banner)
@@ -94,6 +106,8 @@ class SourceOutputs:
             self.video_size = (self.video.width, self.video.height)
         elif frame_msg.segment != self.segment:
             self.video.start_segment()  # a jump or reconnect leaves no gap and no backwards step
+            if self.publisher is not None:
+                self.publisher.new_segment()
         self.segment = frame_msg.segment
         pts = self._video_pts(frame_msg)
         size = (image.shape[1], image.shape[0])
@@ -104,6 +118,8 @@ class SourceOutputs:
                 # A resolution change mid-source: one playable file at the first size.
                 image = cv2.resize(image, self.video_size, interpolation=cv2.INTER_AREA)
             self.video.write(image, pts)
+        if self.publisher is not None:
+            self.publisher.write(image, frame_msg.timestamp)
         self.frames_written += 1
 
     def _open_video(self, image: np.ndarray, frame_msg: Message):
@@ -120,7 +136,7 @@ class SourceOutputs:
         # so that a killed process leaves a playable file.
         time_base = LIVE_TIME_BASE if self.plan.live else frame_msg.time_base
         return VideoSink(
-            self.out / f"{self.plan.name}.mp4",
+            self.out / f"{self.stem}.mp4",
             width,
             height,
             frame_rate,
@@ -130,6 +146,13 @@ class SourceOutputs:
             preset=self.cfg.preset,
             fragmented=self.plan.live,
         )
+
+    def _publisher(self):
+        from stream.edges.metrics import redact_url
+        from stream.edges.publish import Publisher
+
+        rate = self.plan.info.frame_rate or Fraction(self.cfg.folder_fps).limit_denominator(1001)
+        return Publisher(self.cfg.publish, self.plan.name, rate, redact_url(self.cfg.publish))
 
     def _video_pts(self, frame_msg: Message) -> int | None:
         """The frame's pts in the video's time base (None: one frame after the previous one)."""
@@ -145,20 +168,44 @@ class SourceOutputs:
         if self.labels is None:
             from stream.edges.sinks import LabelMapSink
 
-            self.labels = LabelMapSink(self.out / f"{self.plan.name}_seg")
+            self.labels = LabelMapSink(self.out / f"{self.stem}_seg")
         return self.labels
 
-    def close(self) -> None:
+    def _start_part_if_due(self, capture: float) -> None:
+        """When rotating: open the first part's files, or close the current part's and open the next."""
+        from stream.edges.sinks import JsonlSink
+
+        if self.rotate_after is None:
+            return
+        due = self.part_start is not None and capture - self.part_start >= self.rotate_after
+        if self.jsonl is not None and not due:
+            return
+        if self.jsonl is not None:
+            self._close_files()
+            self.video = self.labels = None
+            self.video_start = None
+        self.part_start = capture
+        stamp = datetime.fromtimestamp(capture, timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        self.stem = f"{self.plan.name}_{stamp}"
+        self.jsonl = JsonlSink(self.out / f"{self.stem}.jsonl")
+
+    def _close_files(self) -> None:
         for sink in (self.video, self.jsonl, self.labels):
             if sink is not None:
                 sink.close()
 
+    def close(self) -> None:
+        self._close_files()
+        if self.publisher is not None:
+            self.publisher.close()
+
     def outputs(self) -> dict[str, str]:
-        paths = {"jsonl": str(self.out / f"{self.plan.name}.jsonl")}
+        """The current (last) part's files."""
+        paths = {"jsonl": str(self.out / f"{self.stem}.jsonl")}
         if self.video is not None:
-            paths["video"] = str(self.out / f"{self.plan.name}.mp4")
+            paths["video"] = str(self.out / f"{self.stem}.mp4")
         if self.labels is not None:
-            paths["seg"] = str(self.out / f"{self.plan.name}_seg")
+            paths["seg"] = str(self.out / f"{self.stem}_seg")
         return paths
 
 
