@@ -106,10 +106,10 @@ def check_inputs(cfg: PipelineConfig) -> None:
             raise FileNotFoundError(f"{task} model not found: {spec}")
     if cfg.detector.startswith("boxes:"):
         load_boxes_file(cfg.detector[len("boxes:") :])  # a malformed file is bad input, refused here
-    if cfg.publish is not None:
-        check_publish_target(cfg.publish, len(cfg.sources))
     elif _looks_like_path(cfg.detector) and not Path(cfg.detector).exists():
         raise FileNotFoundError(f"detector weights not found: {cfg.detector}")
+    if cfg.publish is not None:
+        check_publish_target(cfg.publish, len(cfg.sources))
 
 
 def _looks_like_path(spec: str) -> bool:
