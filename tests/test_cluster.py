@@ -4,6 +4,7 @@ when complete, and the one-line error without Ray."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -12,7 +13,10 @@ from pathlib import Path
 
 import pytest
 from pipeline_fixtures import INPUT_SIZE, save_tiny_model, two_people, write_boxes, write_test_clip
+from rtsp_server import RtspServerProcess, server_unavailable_reason
 
+from stream.cluster import run_cluster
+from stream.config import build_config
 from stream.front.cli import main
 
 ray = pytest.importorskip("ray")
@@ -111,3 +115,58 @@ def test_without_ray_the_option_is_one_error_line(material, tmp_path) -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("sapiens-stream: error: ")
     assert "pip install sapiens-stream[ray]" in lines[0]
+
+
+def _lines(path: Path) -> list[dict]:
+    """The complete lines of a growing JSONL file (a line still being written is left out)."""
+    text = path.read_text() if path.exists() else ""
+    return [json.loads(line) for line in text.split("\n")[:-1]]
+
+
+def _parts(out: Path, name: str) -> list[Path]:
+    return sorted(out.glob(f"{name}_*.jsonl"))
+
+
+def _wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+@pytest.mark.needs_system(what="RTSP test server", missing=server_unavailable_reason())
+def test_two_cameras_over_two_shards_survive_the_loss_of_one(cluster, material, tmp_path) -> None:
+    out = tmp_path / "out"
+    boxes = write_boxes(tmp_path / "boxes.jsonl", {i: [[10.0, 8.0, 50.0, 60.0, 0.9]] for i in range(6000)})
+    north = RtspServerProcess(mount="/north", width=160, height=120, fps=30).start()
+    south = RtspServerProcess(mount="/south", width=160, height=120, fps=30, pattern="smpte").start()
+    config = build_config({
+        "sources": [north.url, south.url], "out": str(out), "pose_model": str(material["pose"]),
+        "detector": f"boxes:{boxes}", "input_size": SIZE, "workers": "inproc", "progress": False,
+        "mode": "live", "ray": "auto", "shards": 2,
+    })  # fmt: skip
+    stop, result = threading.Event(), {}
+    runner = threading.Thread(target=lambda: result.update(report=run_cluster(config, stop)), daemon=True)
+    runner.start()
+    try:
+        running = lambda name: _parts(out, name) and len(_lines(_parts(out, name)[-1])) >= 5  # noqa: E731
+        _wait_for(lambda: running("north") and running("south"), 120, "both cameras to be annotated")
+        # The first camera was placed on the first shard: kill that actor's process.
+        victim = next(n for n in ray.util.list_named_actors() if n.endswith("-shard-1"))
+        ray.kill(ray.get_actor(victim))
+        south_before = len(_lines(_parts(out, "south")[-1]))
+        _wait_for(lambda: len(_parts(out, "north")) == 2 and running("north"), 60, "north on another shard")
+        _wait_for(lambda: len(_lines(_parts(out, "south")[-1])) > south_before + 10, 60, "south to go on")
+    finally:
+        stop.set()
+        runner.join(120)
+        north.stop()
+        south.stop()
+    report = result["report"]
+    assert report.lost_shards == 1
+    assert report.placement == {"north": "shard-1, then shard-2", "south": "shard-2"}
+    assert len(_parts(out, "south")) == 1  # never interrupted
+    for part in (*_parts(out, "north"), *_parts(out, "south")):
+        frames = [line["frame"] for line in _lines(part)]
+        # Each segment is read from its start, in order (a live reader may skip a frame it lost).
+        assert frames and frames[0] == 0 and frames == sorted(set(frames))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import sys
 import threading
 import time
 import uuid
@@ -34,6 +35,9 @@ INSTALL_HINT = "pip install sapiens-stream[ray]"
 MAX_ATTEMPTS = 3  # runs of one file before the run gives up on it (each on a new shard)
 MAX_FILES_PER_CALL = 4  # files one shard takes at once: they share its GPU worker's batches
 POLL_S = 0.5
+LIVE_SEGMENT_S = 3600.0  # live recordings on a cluster rotate at least hourly
+MAX_CAMERAS_PER_SHARD = 256  # threads of a shard actor: one per live camera, plus its own calls
+STOP_WAIT_S = 60.0  # after a stop: how long live cameras get to drain and close their files
 
 
 def require_ray():
@@ -76,13 +80,20 @@ def run_cluster(config: PipelineConfig, stop: threading.Event | None = None) -> 
     config = _absolute_paths(config)
     plans = plan_sources(config)  # bad input is refused here, before anything is placed
     check_inputs(config)
-    if any(plan.live for plan in plans):
-        raise ConfigError("--ray runs files and image folders; live sources run on one host for now")
+    live = {plan.live for plan in plans}
+    if len(live) > 1:
+        raise ConfigError("--ray: run live cameras and files in separate runs")
+    if True in live and config.segment_time is None:
+        # A camera moved to another shard starts new files named by their start time: never the same
+        # name as the files its dead shard left.
+        config = replace(config, segment_time=LIVE_SEGMENT_S)
     Path(config.out).mkdir(parents=True, exist_ok=True)
     started = connect(ray, config.ray)
     try:
-        driver = _Driver(ray, config, [(p.info.spec, p.name) for p in plans], stop)
-        return driver.run()
+        sources = [(p.info.spec, p.name) for p in plans]
+        if True in live:
+            return _LiveDriver(ray, config, sources, stop).run()
+        return _Driver(ray, config, sources, stop).run()
     finally:
         if started:
             ray.shutdown()
@@ -143,7 +154,8 @@ class _Driver:
         gpus = self.ray.cluster_resources().get("GPU", 0)
         # One GPU per shard; without GPUs (CPU clusters, tests) one CPU reserves the actor's place.
         resources = {"num_gpus": 1} if gpus else {"num_cpus": 1}
-        actor_class = self.ray.remote(**resources, max_restarts=0)(Shard)
+        options = {**resources, "max_restarts": 0, "max_concurrency": MAX_CAMERAS_PER_SHARD}
+        actor_class = self.ray.remote(**options)(Shard)
         # Named after its side directory (``.partial/<run>/<label>-<call>``), so it can be found.
         actor = actor_class.options(
             name=f"sapiens-stream-{self.run_id}-{label}", runtime_env={"env_vars": self.curve.to_env()}
@@ -217,3 +229,82 @@ def _task_error(exc) -> Exception:
     if isinstance(cause, Exception):
         return cause
     return PipelineError(str(exc).strip().splitlines()[-1])
+
+
+class _LiveDriver(_Driver):
+    """Live cameras: each runs on one shard until the run stops; when its shard dies it moves, within
+    a poll, to the least loaded shard still alive and starts a new segment there."""
+
+    def run(self) -> ClusterReport:
+        from ray.exceptions import RayActorError, RayTaskError
+
+        start = time.monotonic()
+        self.alive = dict(self._new_shard() for _ in range(self.count))
+        self.load: dict[str, set[str]] = {label: set() for label in self.alive}
+        self.pending: dict = {}  # object ref -> (label, spec, name)
+        interrupted = False
+        try:
+            for spec, name in self.queue:
+                self._place(spec, name)
+            try:
+                while self.pending and not (self.stop is not None and self.stop.is_set()):
+                    self._wait(RayActorError, RayTaskError, POLL_S)
+            except KeyboardInterrupt:
+                interrupted = True
+            if self.pending:
+                interrupted = True
+                print("stopping: draining every camera (press Ctrl+C again to abort)", file=sys.stderr)
+                for actor in self.alive.values():
+                    actor.stop.remote()
+                deadline = time.monotonic() + STOP_WAIT_S
+                while self.pending and time.monotonic() < deadline:
+                    self._wait(RayActorError, RayTaskError, POLL_S, move=False)
+        finally:
+            for actor in self.actors:
+                self.ray.kill(actor)
+        sources = {name: self.reports[name] for name in self.order if name in self.reports}
+        return ClusterReport(
+            sources, time.monotonic() - start, interrupted, placement=self.placement, shards=self.made,
+            lost_shards=self.lost,
+        )  # fmt: skip
+
+    def _place(self, spec: str, name: str) -> None:
+        if not self.alive:
+            label, actor = self._new_shard()
+            self.alive[label] = actor
+            self.load[label] = set()
+        label = min(self.alive, key=lambda key: len(self.load[key]))
+        self.load[label].add(name)
+        self.pending[self.alive[label].run_live.remote(spec, name)] = (label, spec, name)
+        where = self.placement.get(name)
+        self.placement[name] = f"{where}, then {label}" if where else label
+
+    def _wait(self, actor_error, task_error, timeout: float, move: bool = True) -> None:
+        done, _ = self.ray.wait(list(self.pending), num_returns=1, timeout=timeout)
+        for ref in done:
+            label, spec, name = self.pending.pop(ref)
+            self.load.get(label, set()).discard(name)
+            try:
+                report = self.ray.get(ref)
+            except task_error as exc:
+                raise _task_error(exc) from None
+            except actor_error:
+                if self.alive.pop(label, None) is not None:
+                    self.lost += 1
+                    print(f"{label} lost: moving its cameras to the other shards", file=sys.stderr)
+                if move:
+                    self._place(spec, name)
+                continue
+            self._add(report)
+
+    def _add(self, report: SourceReport) -> None:
+        """A camera's placements add up: frames and lines of every segment; outputs of the last."""
+        before = self.reports.get(report.name)
+        if before is not None:
+            report.frames_decoded += before.frames_decoded
+            report.frames_written += before.frames_written
+            report.lines += before.lines
+            report.skipped += before.skipped
+            for cause, count in before.drops.items():
+                report.drops[cause] = report.drops.get(cause, 0) + count
+        self.reports[report.name] = report

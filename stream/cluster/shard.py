@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,6 +29,10 @@ class Shard:
         self.config = config
         self.run_id = run_id
         self.calls = 0
+        # Live cameras run side by side, each its own pipeline in its own thread of this actor (Ray's
+        # threaded actor), so a camera moved here from a dead shard starts without stopping the others.
+        self.stops: dict[str, threading.Event] = {}
+        self.lock = threading.Lock()
 
     def where(self) -> dict:
         """Which process and host this shard is, for the run summary and for tests."""
@@ -52,6 +57,31 @@ class Shard:
             results.append(source)
         shutil.rmtree(partial, ignore_errors=True)
         return results
+
+
+    def run_live(self, spec: str, name: str) -> SourceReport:
+        """Run one live camera until ``stop`` (or until its stream ends for good). Its recordings go
+        straight to ``out``: live files are fragmented and rotate (``segment_time``), so they are
+        playable up to the last fragment whatever happens to this shard, and a restart elsewhere starts
+        new files named by their start time instead of overwriting these."""
+        stop = threading.Event()
+        with self.lock:
+            self.stops[name] = stop
+        config = replace(self.config, sources=[spec], ray=None, progress=False)
+        try:
+            report = run_pipeline(config, stop=stop)
+        finally:
+            with self.lock:
+                self.stops.pop(name, None)
+        source = next(iter(report.sources.values()))
+        source.name = name
+        return source
+
+    def stop(self) -> None:
+        """Stop every live camera of this shard: each drains and closes its files."""
+        with self.lock:
+            for event in self.stops.values():
+                event.set()
 
 
 def publish(outputs: dict[str, str], name: str, out: Path, final: str) -> dict[str, str]:
