@@ -75,6 +75,7 @@ class PipelineConfig:
     random_weights: bool = False  # build models with random weights (demo fallback only)
     ray: str | None = None  # run on a Ray cluster: local, auto, ray://HOST:PORT or HOST:PORT
     shards: int | None = None  # shard actors of a Ray run (default: one per GPU, 1 without GPUs)
+    control: str | None = None  # HOST:PORT (loopback) of the HTTP API that adds and removes live sources
 
     def __post_init__(self) -> None:
         self.validate()
@@ -110,7 +111,7 @@ class PipelineConfig:
             raise ConfigError(f"segment_time must be at least 1 second, got {self.segment_time!r}")
         if self.webcam_size is not None:
             _parse_webcam_size(self.webcam_size)
-        _check_cluster(self.ray, self.shards)
+        _check_cluster(self.ray, self.shards, self.control)
         if not isinstance(self.sources, list) or not all(isinstance(s, str) for s in self.sources):
             raise ConfigError("sources must be a list of paths or URLs")
 
@@ -155,13 +156,17 @@ def _choice(name: str, value, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
 
 
-def _check_cluster(address, shards) -> None:
+def _check_cluster(address, shards, control) -> None:
     if address is not None:
         special = address in ("local", "auto") or str(address).startswith("ray://")
         if not isinstance(address, str) or not (special or ":" in address):
             raise ConfigError(f"ray must be local, auto, ray://HOST:PORT or HOST:PORT, got {address!r}")
     if shards is not None and (isinstance(shards, bool) or not isinstance(shards, int) or shards < 1):
         raise ConfigError(f"shards must be a positive integer, got {shards!r}")
+    if control is not None:
+        parse_host_port(control, "control")
+        if address is None:
+            raise ConfigError("control: the control API serves runs on Ray for now; add --ray local")
 
 
 def _parse_webcam_size(value) -> tuple[int, int]:

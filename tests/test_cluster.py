@@ -9,11 +9,13 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 from pipeline_fixtures import INPUT_SIZE, save_tiny_model, two_people, write_boxes, write_test_clip
-from rtsp_server import RtspServerProcess, server_unavailable_reason
+from rtsp_server import RtspServerProcess, free_port, server_unavailable_reason
 
 from stream.cluster import run_cluster
 from stream.config import build_config
@@ -170,3 +172,61 @@ def test_two_cameras_over_two_shards_survive_the_loss_of_one(cluster, material, 
         frames = [line["frame"] for line in _lines(part)]
         # Each segment is read from its start, in order (a live reader may skip a frame it lost).
         assert frames and frames[0] == 0 and frames == sorted(set(frames))
+
+
+def _http(method: str, url: str, body: dict | bytes | None = None) -> tuple[int, object]:
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.mark.needs_system(what="RTSP test server", missing=server_unavailable_reason())
+def test_the_control_api_adds_and_removes_a_camera_while_another_runs(cluster, material, tmp_path) -> None:
+    out = tmp_path / "out"
+    boxes = write_boxes(tmp_path / "boxes.jsonl", {i: [[10.0, 8.0, 50.0, 60.0, 0.9]] for i in range(6000)})
+    yard = RtspServerProcess(mount="/yard", width=160, height=120, fps=30).start()
+    door = RtspServerProcess(mount="/door", width=160, height=120, fps=30, user="u", password="s3cret")
+    door.start()
+    port = free_port()
+    config = build_config({
+        "sources": [yard.url], "out": str(out), "pose_model": str(material["pose"]),
+        "detector": f"boxes:{boxes}", "input_size": SIZE, "workers": "inproc", "progress": False,
+        "mode": "live", "ray": "auto", "shards": 2, "control": f"127.0.0.1:{port}",
+    })  # fmt: skip
+    api = f"http://127.0.0.1:{port}/sources"
+    stop, result = threading.Event(), {}
+    runner = threading.Thread(target=lambda: result.update(report=run_cluster(config, stop)), daemon=True)
+    runner.start()
+    running = lambda name: _parts(out, name) and len(_lines(_parts(out, name)[-1])) >= 5  # noqa: E731
+    try:
+        _wait_for(lambda: running("yard"), 120, "the first camera")
+        assert _http("POST", api, b"not json")[0] == 400
+        assert _http("POST", api, {"name": "clip", "url": str(material["clips"][0])})[0] == 400  # a file
+        status, added = _http("POST", api, {"name": "door", "url": door.url})
+        assert status == 201 and added["state"] == "running"
+        assert _http("POST", api, {"name": "door", "url": door.url})[0] == 409
+        _wait_for(lambda: running("door"), 120, "the added camera")
+        status, listed = _http("GET", api)
+        assert status == 200 and {row["name"]: row["state"] for row in listed} == {"yard": "running",
+                                                                                   "door": "running"}
+        assert "s3cret" not in json.dumps(listed)
+        yard_before = len(_lines(_parts(out, "yard")[-1]))
+        assert _http("DELETE", f"{api}/door")[0] == 202
+        assert _http("DELETE", f"{api}/nobody")[0] == 404
+        removed = lambda: {r["name"]: r["state"] for r in _http("GET", api)[1]}["door"] == "removed"  # noqa: E731
+        _wait_for(removed, 60, "the removed camera to drain")
+        door_lines = len(_lines(_parts(out, "door")[-1]))
+        _wait_for(lambda: len(_lines(_parts(out, "yard")[-1])) > yard_before + 10, 60, "yard to go on")
+        assert len(_lines(_parts(out, "door")[-1])) == door_lines  # nothing more after its removal
+    finally:
+        stop.set()
+        runner.join(120)
+        yard.stop()
+        door.stop()
+    report = result["report"]
+    assert report.sources["door"].complete and report.sources["door"].lines == door_lines
+    assert len(_parts(out, "yard")) == 1 and len(_parts(out, "door")) == 1

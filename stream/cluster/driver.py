@@ -232,67 +232,91 @@ def _task_error(exc) -> Exception:
 
 
 class _LiveDriver(_Driver):
-    """Live cameras: each runs on one shard until the run stops; when its shard dies it moves, within
-    a poll, to the least loaded shard still alive and starts a new segment there."""
+    """Live cameras: each runs on one shard until the run stops (or it is removed through the control
+    API); when its shard dies it moves, within a poll, to the least loaded shard still alive and starts
+    a new segment there."""
 
     def run(self) -> ClusterReport:
         from ray.exceptions import RayActorError, RayTaskError
 
         start = time.monotonic()
+        self.lock = threading.RLock()  # the control API's threads and this loop share the state below
         self.alive = dict(self._new_shard() for _ in range(self.count))
         self.load: dict[str, set[str]] = {label: set() for label in self.alive}
         self.pending: dict = {}  # object ref -> (label, spec, name)
+        self.urls: dict[str, str] = {}
+        self.removed: set[str] = set()
+        errors = (RayActorError, RayTaskError)
         interrupted = False
+        server = None
         try:
             for spec, name in self.queue:
                 self._place(spec, name)
+            if self.config.control:
+                from stream.cluster.control import ControlServer
+
+                server = ControlServer(self, self.config.control)
+                print(f"control: {server.url}", file=sys.stderr, flush=True)
             try:
-                while self.pending and not (self.stop is not None and self.stop.is_set()):
-                    self._wait(RayActorError, RayTaskError, POLL_S)
+                while (self.pending or server) and not (self.stop is not None and self.stop.is_set()):
+                    self._wait(*errors, POLL_S)
             except KeyboardInterrupt:
                 interrupted = True
+            if server is not None:
+                server.close()
             if self.pending:
                 interrupted = True
                 print("stopping: draining every camera (press Ctrl+C again to abort)", file=sys.stderr)
-                for actor in self.alive.values():
+                for actor in list(self.alive.values()):
                     actor.stop.remote()
                 deadline = time.monotonic() + STOP_WAIT_S
                 while self.pending and time.monotonic() < deadline:
-                    self._wait(RayActorError, RayTaskError, POLL_S, move=False)
+                    self._wait(*errors, POLL_S, move=False)
         finally:
+            if server is not None:
+                server.close()
             for actor in self.actors:
                 self.ray.kill(actor)
-        sources = {name: self.reports[name] for name in self.order if name in self.reports}
+        sources = {name: self.reports[name] for name in self.urls if name in self.reports}
         return ClusterReport(
             sources, time.monotonic() - start, interrupted, placement=self.placement, shards=self.made,
             lost_shards=self.lost,
         )  # fmt: skip
 
     def _place(self, spec: str, name: str) -> None:
-        if not self.alive:
-            label, actor = self._new_shard()
-            self.alive[label] = actor
-            self.load[label] = set()
-        label = min(self.alive, key=lambda key: len(self.load[key]))
-        self.load[label].add(name)
-        self.pending[self.alive[label].run_live.remote(spec, name)] = (label, spec, name)
-        where = self.placement.get(name)
-        self.placement[name] = f"{where}, then {label}" if where else label
+        with self.lock:
+            if not self.alive:
+                label, actor = self._new_shard()
+                self.alive[label] = actor
+                self.load[label] = set()
+            label = min(self.alive, key=lambda key: len(self.load[key]))
+            self.load[label].add(name)
+            self.urls[name] = spec
+            self.pending[self.alive[label].run_live.remote(spec, name)] = (label, spec, name)
+            where = self.placement.get(name)
+            self.placement[name] = f"{where}, then {label}" if where else label
 
     def _wait(self, actor_error, task_error, timeout: float, move: bool = True) -> None:
-        done, _ = self.ray.wait(list(self.pending), num_returns=1, timeout=timeout)
+        with self.lock:
+            refs = list(self.pending)
+        if not refs:
+            time.sleep(timeout)
+            return
+        done, _ = self.ray.wait(refs, num_returns=1, timeout=timeout)
         for ref in done:
-            label, spec, name = self.pending.pop(ref)
-            self.load.get(label, set()).discard(name)
+            with self.lock:
+                label, spec, name = self.pending.pop(ref)
+                self.load.get(label, set()).discard(name)
             try:
                 report = self.ray.get(ref)
             except task_error as exc:
                 raise _task_error(exc) from None
             except actor_error:
-                if self.alive.pop(label, None) is not None:
-                    self.lost += 1
-                    print(f"{label} lost: moving its cameras to the other shards", file=sys.stderr)
-                if move:
+                with self.lock:
+                    if self.alive.pop(label, None) is not None:
+                        self.lost += 1
+                        print(f"{label} lost: moving its cameras to the other shards", file=sys.stderr)
+                if move and name not in self.removed:
                     self._place(spec, name)
                 continue
             self._add(report)
@@ -308,3 +332,49 @@ class _LiveDriver(_Driver):
             for cause, count in before.drops.items():
                 report.drops[cause] = report.drops.get(cause, 0) + count
         self.reports[report.name] = report
+
+    # --- the control API (stream.cluster.control) -----------------------------------------------------
+
+    def list_sources(self) -> list[dict]:
+        from stream.edges.metrics import redact_url
+
+        with self.lock:
+            running = {name: label for label, _, name in self.pending.values()}
+            rows = []
+            for name, spec in self.urls.items():
+                if name in running:
+                    state = "stopping" if name in self.removed else "running"
+                else:
+                    state = "removed" if name in self.removed else "ended"
+                row = {"name": name, "url": redact_url(spec), "state": state, "shard": running.get(name)}
+                rows.append(row)
+            return rows
+
+    def add_source(self, name: str | None, url: str) -> dict:
+        from stream.cluster.control import Conflict
+        from stream.edges.sources import SourceError, probe_source
+
+        try:
+            info = probe_source(url)
+        except SourceError as exc:
+            raise ValueError(str(exc)) from None
+        if info.kind != "live":
+            raise ValueError("the control API adds live sources (cameras, streams)")
+        name = name or info.name
+        with self.lock:
+            if name in {n for _, _, n in self.pending.values()}:
+                raise Conflict(f"a source named {name!r} is running")
+            self.removed.discard(name)
+            self._place(url, name)
+        return next(row for row in self.list_sources() if row["name"] == name)
+
+    def remove_source(self, name: str) -> dict:
+        with self.lock:
+            running = {n: label for label, _, n in self.pending.values()}
+            if name not in running or name in self.removed:
+                raise KeyError(name)
+            self.removed.add(name)
+            actor = self.alive.get(running[name])
+            if actor is not None:  # else its shard just died: it is not moved, so it is gone
+                actor.stop_one.remote(name)
+        return next(row for row in self.list_sources() if row["name"] == name)

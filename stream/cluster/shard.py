@@ -44,9 +44,8 @@ class Shard:
         self.calls += 1
         out = Path(self.config.out)
         partial = out / PARTIAL_DIR / self.run_id / f"{self.label}-{self.calls}"
-        config = replace(
-            self.config, sources=[spec for spec, _ in sources], out=str(partial), ray=None, progress=False
-        )
+        specs = [spec for spec, _ in sources]
+        config = replace(self.config, sources=specs, out=str(partial), ray=None, control=None, progress=False)
         report = run_pipeline(config)
         if report.interrupted:
             raise PipelineError(f"{self.label} was stopped before its sources ended")
@@ -67,7 +66,7 @@ class Shard:
         stop = threading.Event()
         with self.lock:
             self.stops[name] = stop
-        config = replace(self.config, sources=[spec], ray=None, progress=False)
+        config = replace(self.config, sources=[spec], ray=None, control=None, progress=False)
         try:
             report = run_pipeline(config, stop=stop)
         finally:
@@ -76,6 +75,14 @@ class Shard:
         source = next(iter(report.sources.values()))
         source.name = name
         return source
+
+    def stop_one(self, name: str) -> bool:
+        """Stop one live camera (it drains and closes its files); False if it is not running here."""
+        with self.lock:
+            event = self.stops.get(name)
+        if event is not None:
+            event.set()
+        return event is not None
 
     def stop(self) -> None:
         """Stop every live camera of this shard: each drains and closes its files."""
