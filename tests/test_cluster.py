@@ -170,8 +170,9 @@ def test_two_cameras_over_two_shards_survive_the_loss_of_one(cluster, material, 
     assert len(_parts(out, "south")) == 1  # never interrupted
     for part in (*_parts(out, "north"), *_parts(out, "south")):
         frames = [line["frame"] for line in _lines(part)]
-        # Each segment is read from its start, in order (a live reader may skip a frame it lost).
-        assert frames and frames[0] == 0 and frames == sorted(set(frames))
+        # Each segment in order. (Its first frames may be missing: a live pipeline drops frames that
+        # go stale while it starts, and those before a part's first written frame leave no line.)
+        assert frames and frames == sorted(set(frames))
 
 
 def _http(method: str, url: str, body: dict | bytes | None = None) -> tuple[int, object]:
