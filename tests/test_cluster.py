@@ -14,7 +14,14 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from pipeline_fixtures import INPUT_SIZE, save_tiny_model, two_people, write_boxes, write_test_clip
+from pipeline_fixtures import (
+    INPUT_SIZE,
+    read_jsonl,
+    save_tiny_model,
+    two_people,
+    write_boxes,
+    write_test_clip,
+)
 from rtsp_server import RtspServerProcess, free_port, server_unavailable_reason
 
 from stream.cluster import run_cluster
@@ -231,3 +238,31 @@ def test_the_control_api_adds_and_removes_a_camera_while_another_runs(cluster, m
     report = result["report"]
     assert report.sources["door"].complete and report.sources["door"].lines == door_lines
     assert len(_parts(out, "yard")) == 1 and len(_parts(out, "door")) == 1
+
+
+def test_a_run_on_a_cluster_started_for_it(material, tmp_path) -> None:
+    # The real command in its own process: `--ray local` starts a cluster, runs, and shuts it down.
+    out = tmp_path / "out"
+    args = _args(material, out, material["clips"][:2], "--ray", "local", "--shards", "1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "stream", *args],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "cluster: 1 shards, 0 lost" in proc.stdout
+    assert [len(read_jsonl(out / f"{name}.jsonl")) for name in ("a", "b")] == [10, 10]
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--ray", "nowhere"], "ray must be local, auto"),
+        (["--ray", "local", "--shards", "0"], "shards must be a positive integer"),
+        (["--control", "127.0.0.1:8765"], "control API serves runs on Ray"),
+        (["--ray", "local", "--control", "0.0.0.0:8765"], "control must bind a loopback address"),
+    ],
+)
+def test_bad_cluster_options_are_one_error_line(material, tmp_path, capsys, option, message) -> None:
+    assert main(_args(material, tmp_path / "o", material["clips"][:1], *option)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sapiens-stream: error: ") and message in err[0]

@@ -83,6 +83,12 @@ def run_cluster(config: PipelineConfig, stop: threading.Event | None = None) -> 
     live = {plan.live for plan in plans}
     if len(live) > 1:
         raise ConfigError("--ray: run live cameras and files in separate runs")
+    if config.control:
+        from stream.cluster.control import check_control_address
+
+        check_control_address(config.control)
+        if True not in live:
+            raise ConfigError("control: the control API adds and removes live cameras; this run has files")
     if True in live and config.segment_time is None:
         # A camera moved to another shard starts new files named by their start time: never the same
         # name as the files its dead shard left.
