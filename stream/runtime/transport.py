@@ -53,10 +53,11 @@ class Topology:
     def __post_init__(self) -> None:
         if self.transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {self.transport!r}")
-        if self.transport == "tcp" and not _is_loopback(self.host):
+        if self.transport == "tcp" and not _is_loopback(self.host) and CurveKeys.from_env() is None:
+            # Off loopback every link is CURVE (stream.runtime.curve): without the run's keys, refuse.
             raise ValueError(
                 f"tcp transport on {self.host} would expose frames to the network; "
-                "bind 127.0.0.1 (CURVE-authenticated remote links are not set up by this runtime)"
+                "bind 127.0.0.1, or run with CURVE keys (links off loopback are CURVE-only)"
             )
 
     def endpoint(self, name: str) -> str:
