@@ -266,3 +266,35 @@ def test_bad_cluster_options_are_one_error_line(material, tmp_path, capsys, opti
     assert main(_args(material, tmp_path / "o", material["clips"][:1], *option)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("sapiens-stream: error: ") and message in err[0]
+
+
+def test_a_stopped_run_leaves_only_finished_files_under_final_names(cluster, material, tmp_path) -> None:
+    sources = [material["long"], *material["clips"][:3]]
+    names = [Path(s).stem for s in sources]
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    assert main(_args(material, single, sources)) == 0
+    config = build_config({
+        "sources": [str(s) for s in sources], "out": str(sharded), "pose_model": str(material["pose"]),
+        "detector": f"boxes:{material['boxes']}", "input_size": SIZE, "max_wait_ms": 2.0,
+        "workers": "inproc", "progress": False, "ray": "auto", "shards": 2,
+    })  # fmt: skip
+    stop = threading.Event()
+
+    def stop_at_first_output() -> None:
+        _wait_for(lambda: any(sharded.glob("*.jsonl")), 120, "a finished file")
+        stop.set()
+
+    watcher = threading.Thread(target=stop_at_first_output, daemon=True)
+    watcher.start()
+    report = run_cluster(config, stop)
+    watcher.join(10)
+    assert report.interrupted
+    finished = set(report.sources)
+    assert finished and finished != set(names)  # the long clip's shard was still at work
+    for name in names:
+        final = sorted(p.name for p in sharded.glob(f"{name}.*"))
+        if name in finished:
+            assert (sharded / f"{name}.jsonl").read_bytes() == (single / f"{name}.jsonl").read_bytes()
+        else:
+            assert final == []
+    assert not (sharded / ".partial").exists()

@@ -177,17 +177,25 @@ class _Driver:
         start = time.monotonic()
         idle = [self._new_shard() for _ in range(self.count)]
         pending: dict = {}  # object ref -> (label, actor, files)
+        interrupted = False
         try:
             while self.queue or pending:
                 if self.stop is not None and self.stop.is_set():
-                    raise PipelineError("stopped before every file was done; finished files are in place")
+                    interrupted = True
+                    break
                 while self.queue and idle:
                     label, actor = idle.pop()
                     files = [self.queue.popleft() for _ in range(min(self.per_call, len(self.queue)))]
                     for _, name in files:
                         self.attempts[name] += 1
                     pending[actor.run.remote(files)] = (label, actor, files)
-                done, _ = self.ray.wait(list(pending), num_returns=1, timeout=POLL_S)
+                try:
+                    done, _ = self.ray.wait(list(pending), num_returns=1, timeout=POLL_S)
+                except KeyboardInterrupt:
+                    # Ctrl+C: files finished so far are in place; the others leave nothing under a
+                    # final name (their shards are killed below).
+                    interrupted = True
+                    break
                 for ref in done:
                     label, actor, files = pending.pop(ref)
                     try:
@@ -204,12 +212,14 @@ class _Driver:
             # Shards hold GPUs: none outlives the run, on a cluster that does.
             for actor in self.actors:
                 self.ray.kill(actor)
-            if not pending and not self.queue:
-                shutil.rmtree(Path(self.config.out) / ".partial" / self.run_id, ignore_errors=True)
+            shutil.rmtree(Path(self.config.out) / ".partial" / self.run_id, ignore_errors=True)
+            partial = Path(self.config.out) / ".partial"
+            if partial.is_dir() and not any(partial.iterdir()):
+                partial.rmdir()
         elapsed = time.monotonic() - start
-        sources = {name: self.reports[name] for name in self.order}
+        sources = {name: self.reports[name] for name in self.order if name in self.reports}
         return ClusterReport(
-            sources, elapsed, placement=self.placement, shards=self.made, lost_shards=self.lost
+            sources, elapsed, interrupted, placement=self.placement, shards=self.made, lost_shards=self.lost
         )
 
     def _requeue(self, label: str, files: list[tuple[str, str]]) -> None:
