@@ -13,7 +13,7 @@ SYSTEM_PACKAGES := python3-gi python3-gst-1.0 gir1.2-gst-rtsp-server-1.0 gstream
 	chromium xvfb openssl
 SYSTEM_STAMP := .system-deps.installed
 
-.PHONY: demo test lint bench system-deps clean
+.PHONY: demo test lint bench system-deps clean gpu-suite gpu-wheels
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,7 @@ demo: $(STAMP)
 
 test: $(STAMP) $(SYSTEM_STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
@@ -57,6 +58,22 @@ BENCHMARKS := model_throughput postprocess pipeline tracking smoothing render_en
 
 bench: $(STAMP) $(SYSTEM_STAMP)
 	for b in $(BENCHMARKS); do $(PY) -m benchmarks.$$b || exit 1; done
+
+# The GPU suite (benchmarks/gpu_suite.py): GPU tests, model throughput, pipeline and live latency in one
+# run of at most 8 minutes, results in GPU_OUT. It runs through benchmarks/gpu_launch.sh, which installs
+# nothing but the wheels in .whl/ (never torch), so it also runs on a bare GPU machine without .venv.
+GPU_OUT ?= benchmarks/results/gpu_suite
+gpu-suite:
+	PYTHON=$$(test -x $(PY) && echo $(PY) || echo $(PYTHON)) benchmarks/gpu_launch.sh $(GPU_OUT)
+
+# Wheels of what the suite imports and a GPU machine with torch and transformers lacks (CPython 3.12,
+# manylinux x86_64), for benchmarks/gpu_launch.sh to install there. Downloaded here, never committed.
+GPU_WHEELS := av==18.1.0 pyzmq==27.3.0
+GPU_PLATFORMS := manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 \
+	manylinux1_x86_64
+gpu-wheels: $(STAMP)
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		$(addprefix --platform ,$(GPU_PLATFORMS)) -d .whl $(GPU_WHEELS)
 
 clean:
 	rm -rf $(VENV) $(SYSTEM_STAMP) .pytest_cache

@@ -20,7 +20,14 @@ included) to its exit: nothing is warm, no fork server or model is shared betwee
     tiny weights, same boxes, same clip, both cold. Ratio = pipeline fps / loop fps over the whole
     command, and the pipeline's steady state over the loop's whole command.
 
+(c) against the model alone on the same clip: (b)'s pipeline fps over the fps of the bare forwards of the
+    same number of crops (frames x persons, in batches of the pipeline's ``max_batch``, random pixels
+    already on the device, flip-TTA as one 2B forward when on), also a cold process. Target >= 0.9: the
+    pipeline keeps the model busy. ``--flip`` also runs (b)'s pipeline and (c) with flip-TTA on (the
+    loop has no flip).
+
     .venv/bin/python -m benchmarks.pipeline [--frames 600] [--size 1920x1080] [--loop-frames 300] [--out FILE]
+    python -m benchmarks.pipeline --device cuda --arch 0.4b --input-size 1024x768 --flip   # GPU
 """
 
 from __future__ import annotations
@@ -41,9 +48,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import write_results  # noqa: E402
+from stream.config import PipelineConfig  # noqa: E402
 from stream.media.synth import moving_squares, write_clip  # noqa: E402
 
-SIDES = ("pipeline", "same_io", "decode_encode", "transformers_loop")
+SIDES = ("pipeline", "same_io", "decode_encode", "transformers_loop", "model_only")
 CRF, PRESET = 20, "veryfast"
 TINY_INPUT = (256, 192)
 
@@ -80,14 +88,52 @@ def ratios(pipeline: dict, baseline: dict) -> dict:
     }
 
 
-def tiny_checkpoint(directory: Path) -> Path:
+def pose_checkpoint(directory: Path, arch: str = "tiny", input_size: tuple[int, int] = TINY_INPUT) -> Path:
+    """A pose checkpoint with random weights (seed 0): the tiny test architecture or an official size."""
     from models import Sapiens2Config, build_sapiens2, save_sapiens2
 
     torch.manual_seed(0)
-    save_sapiens2(
-        build_sapiens2(Sapiens2Config.from_arch("tiny", task="pose", image_size=TINY_INPUT)), directory
-    )
+    config = Sapiens2Config.from_arch(arch, task="pose", image_size=input_size)
+    save_sapiens2(build_sapiens2(config), directory)
     return directory
+
+
+def model_only(
+    model_dir: Path, device: str, input_size: tuple[int, int], frames: int, persons: int, max_batch: int,
+    flip: bool,
+) -> dict:
+    """Frames per second of the model alone over ``frames * persons`` crops, in the pipeline's batches and
+    precision (bf16 on CUDA, fp32 on CPU), after one untimed forward of each batch size."""
+    from models import flip_tta, load_sapiens2
+
+    torch_device = torch.device(device)
+    cuda = torch_device.type == "cuda"
+    model = load_sapiens2(model_dir, device=torch_device, dtype=torch.bfloat16 if cuda else torch.float32)
+    dtype = next(model.parameters()).dtype
+    crops = frames * persons
+    sizes = [max_batch] * (crops // max_batch) + ([crops % max_batch] if crops % max_batch else [])
+    pixels = torch.randn(max_batch, 3, *input_size, device=torch_device, dtype=dtype)
+
+    def forward(batch: int) -> None:
+        with torch.inference_mode():
+            flip_tta(model, pixels[:batch]) if flip else model(pixels[:batch])
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(torch_device)
+
+    for batch in sorted(set(sizes)):
+        forward(batch)
+    sync()
+    start = time.perf_counter()
+    for batch in sizes:
+        forward(batch)
+    sync()
+    seconds = time.perf_counter() - start
+    return {
+        "crops": crops, "forward_s": round(seconds, 3), "steady_fps": round(frames / seconds, 3),
+        "crops_per_s": round(crops / seconds, 3), "flip": flip, "max_batch": max_batch,
+    }
 
 
 def person_boxes(num_frames: int, size: tuple[int, int], persons: int) -> dict[int, list[list[float]]]:
@@ -108,7 +154,9 @@ def write_boxes(path: Path, boxes: dict[int, list[list[float]]]) -> Path:
     return path
 
 
-def pipeline_side(clip: Path, out: Path, boxes: Path, model: Path, device: str, max_batch=None) -> dict:
+def pipeline_side(
+    clip: Path, out: Path, boxes: Path, model: Path, device: str, input_size, flip: bool, max_batch=None
+) -> dict:
     """The pipeline as the CLI runs it (``run_pipeline``, default process workers)."""
     from stream.config import build_config
     from stream.pipeline.coordinator import run_pipeline
@@ -120,9 +168,9 @@ def pipeline_side(clip: Path, out: Path, boxes: Path, model: Path, device: str, 
             "out": str(out),
             "pose_model": str(model),
             "detector": f"boxes:{boxes}",
-            "input_size": TINY_INPUT,
+            "input_size": input_size,
             "device": device,
-            "flip": False,
+            "flip": flip,
             "crf": CRF,
             "preset": PRESET,
             "codec": "libx264",
@@ -156,7 +204,8 @@ def transcode_side(clip: Path, out: Path, to_rgb: bool) -> dict:
 
 
 def naive_loop(
-    clip: Path, out: Path, boxes: dict[int, list[list[float]]], model_dir: Path, device: str
+    clip: Path, out: Path, boxes: dict[int, list[list[float]]], model_dir: Path, device: str,
+    input_size: tuple[int, int] = TINY_INPUT,
 ) -> dict:
     """The per-frame loop from the transformers Sapiens2 page, with the outputs the pipeline writes: the
     skeleton in the official colours drawn with cv2, the keypoints as JSON lines, the video through PyAV."""
@@ -166,7 +215,7 @@ def naive_loop(
     from models.meta import pose_meta
 
     meta = pose_meta()
-    processor = Sapiens2ImageProcessor(size={"height": TINY_INPUT[0], "width": TINY_INPUT[1]})
+    processor = Sapiens2ImageProcessor(size={"height": input_size[0], "width": input_size[1]})
     model = Sapiens2ForPoseEstimation.from_pretrained(str(model_dir)).eval().to(device)
     frames = 0
     with (
@@ -217,9 +266,11 @@ def draw_person(canvas, meta, box, points, scores, threshold: float = 0.3) -> No
             cv2.circle(canvas, (int(x), int(y)), 2, (255, 0, 0), -1)
 
 
-def run_side(side: str, args: argparse.Namespace, **paths: Path) -> dict:
+def run_side(side: str, args: argparse.Namespace, flip: bool = False, **paths: Path) -> dict:
     """``side`` in a fresh interpreter; its whole-command time is that process's wall time."""
-    command = [sys.executable, "-m", "benchmarks.pipeline", "--side", side, "--device", args.device]
+    command = [sys.executable, "-m", "benchmarks.pipeline", "--side", side, "--device", args.device,
+               "--input-size", args.input_size, "--loop-frames", str(args.loop_frames),
+               "--persons", str(args.persons), *(["--flip"] if flip else [])]
     for key, value in paths.items():
         command += [f"--{key}", str(value)]
     if args.max_batch:
@@ -245,19 +296,31 @@ def child(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     work = Path(args.work)
+    input_size = _size(args.input_size)
     if args.side == "pipeline":
         result = pipeline_side(Path(args.clip), work / "out", Path(args.boxes), Path(args.model), args.device,
-                               args.max_batch)
+                               input_size, args.flip, args.max_batch)
+    elif args.side == "model_only":
+        max_batch = args.max_batch or PipelineConfig().max_batch
+        result = model_only(Path(args.model), args.device, input_size, args.loop_frames, args.persons,
+                            max_batch, args.flip)
+        result["frames"] = args.loop_frames
     elif args.side in ("same_io", "decode_encode"):
         result = transcode_side(Path(args.clip), work / f"{args.side}.mp4", to_rgb=args.side == "same_io")
     else:
         boxes = {int(k): v for k, v in json.loads(Path(args.boxes).read_text()).items()}
-        result = naive_loop(Path(args.clip), work / "loop.mp4", boxes, Path(args.model), args.device)
+        loop_out = work / "loop.mp4"
+        result = naive_loop(Path(args.clip), loop_out, boxes, Path(args.model), args.device, input_size)
     result["child_s"] = time.perf_counter() - started
     print(json.dumps(result))
 
 
-def main() -> None:
+def _size(text: str) -> tuple[int, int]:
+    height, width = (int(v) for v in text.lower().split("x"))
+    return height, width
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=600, help="frames of the overhead clip")
     parser.add_argument("--size", default="1920x1080", help="overhead clip WxH")
@@ -266,10 +329,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-batch", type=int, help="the pipeline's --max-batch (default: its own default)")
     parser.add_argument("--out", default=None, help="JSON path (default: results/pipeline_<device>.json)")
+    parser.add_argument("--arch", default="tiny", help="pose model size, random weights (default tiny)")
+    parser.add_argument("--input-size", default="x".join(map(str, TINY_INPUT)), help="model input HxW")
+    parser.add_argument("--flip", action="store_true", help="also run (b)'s pipeline and (c) with flip-TTA")
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # one side, in a child process
     for name in ("clip", "boxes", "model", "work"):
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.side:
         child(args)
         return
@@ -277,7 +343,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         tmp = Path(tmp)
-        model = tiny_checkpoint(tmp / "pose_tiny")
+        input_size = _size(args.input_size)
+        model = pose_checkpoint(tmp / f"pose_{args.arch}", args.arch, input_size)
+        model_name = f"{args.arch} Sapiens2 pose, random weights, input {input_size[0]}x{input_size[1]}"
 
         # (a) overhead on a clip with no persons.
         clip = tmp / "empty.mp4"
@@ -309,7 +377,7 @@ def main() -> None:
         ours = run_side("pipeline", args, clip=clip_b, boxes=boxes_file, model=model, work=tmp / "b")
         versus = {
             "clip": f"{size[0]}x{size[1]}, {args.loop_frames} frames, {args.persons} persons per frame",
-            "model": f"tiny Sapiens2 pose, input {TINY_INPUT[0]}x{TINY_INPUT[1]}, no flip (both)",
+            "model": f"{model_name}, no flip (both)",
             "compared": "each side a cold run in its own process; whole command = that process's wall time",
             "transformers_loop": loop,
             "pipeline": ours,
@@ -319,8 +387,24 @@ def main() -> None:
             "target": ">= 3 (CPU), >= 5 (GPU)",
         }
 
+        # (c) against the model alone on the same clip, flip-TTA off (and on); both sides cold.
+        versus_model = {}
+        for flip in (False, True) if args.flip else (False,):
+            run = ours if not flip else run_side(
+                "pipeline", args, flip=True, clip=clip_b, boxes=boxes_file, model=model, work=tmp / "c"
+            )
+            alone = run_side("model_only", args, flip=flip, model=model, work=tmp)
+            versus_model["flip" if flip else "no_flip"] = {
+                "clip": versus["clip"], "model": model_name, "model_only": alone, "pipeline": run,
+                "ratio_whole_command": round(run["fps"] / alone["steady_fps"], 3),
+                "ratio_steady": None if run["steady_fps"] is None
+                else round(run["steady_fps"] / alone["steady_fps"], 3),
+                "target": ">= 0.9 (steady)",
+            }
+
     name = "pipeline_cpu" if args.device == "cpu" else "pipeline_gpu"
-    write_results(name, {"overhead": overhead, "versus_transformers_loop": versus}, args.out)
+    payload = {"overhead": overhead, "versus_transformers_loop": versus, "versus_model_only": versus_model}
+    write_results(name, payload, args.out)
 
 
 if __name__ == "__main__":

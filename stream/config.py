@@ -110,7 +110,7 @@ class PipelineConfig:
             # Parts are named by their start second: shorter parts would share names.
             raise ConfigError(f"segment_time must be at least 1 second, got {self.segment_time!r}")
         if self.webcam_size is not None:
-            _parse_webcam_size(self.webcam_size)
+            parse_webcam_size(self.webcam_size)
         _check_cluster(self.ray, self.shards, self.control)
         if not isinstance(self.sources, list) or not all(isinstance(s, str) for s in self.sources):
             raise ConfigError("sources must be a list of paths or URLs")
@@ -129,20 +129,6 @@ class PipelineConfig:
     @property
     def seg(self) -> bool:
         return "seg" in self.task
-
-    def live_options(self):
-        """How live sources connect: transport, stall timer and what to ask of a webcam."""
-        from stream.edges.live import LiveOptions
-
-        width, height = _parse_webcam_size(self.webcam_size) if self.webcam_size else (None, None)
-        return LiveOptions(
-            rtsp_transport=self.rtsp_transport,
-            stall_timeout=float(self.stall_timeout),
-            width=width,
-            height=height,
-            fps=self.webcam_fps,
-            pixel_format=self.webcam_format,
-        )
 
     def replace(self, **changes) -> PipelineConfig:
         return dataclasses.replace(self, **changes)
@@ -169,7 +155,7 @@ def _check_cluster(address, shards, control) -> None:
             raise ConfigError("control: the control API serves runs on Ray for now; add --ray local")
 
 
-def _parse_webcam_size(value) -> tuple[int, int]:
+def parse_webcam_size(value) -> tuple[int, int]:
     """``"1280x720"`` -> (1280, 720): width first, as cameras are described."""
     try:
         width, height = (int(v) for v in str(value).lower().split("x"))
@@ -205,7 +191,10 @@ def parse_size(value) -> tuple[int, int]:
 
 
 def parse_host_port(value: str, name: str = "address") -> tuple[str, int]:
-    host, _, port = str(value).rpartition(":")
+    """``"127.0.0.1:9100"`` or ``"[::1]:9100"`` -> (host, port). The host is required: nothing is
+    exposed on an address the user did not name."""
+    host, _, port = str(value).strip().rpartition(":")
+    host = host.strip("[]")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"{name} must be HOST:PORT like 127.0.0.1:8080, got {value!r}")
     return host, int(port)

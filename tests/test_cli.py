@@ -117,3 +117,34 @@ def test_malformed_boxes_file_is_refused_before_the_run(tmp_path: Path) -> None:
     assert done.stderr.strip().splitlines() == [
         f"sapiens-stream: error: {boxes}:1: box 0 has x2 < x1 or y2 < y1: [10, 10, 5, 5, 0.9]"
     ]
+
+
+def test_print_topology_prints_the_runs_wiring_and_starts_nothing(tmp_path: Path) -> None:
+    from stream.media.synth import moving_squares, write_clip
+
+    for name in ("left", "right"):
+        write_clip(tmp_path / f"{name}.mp4", moving_squares(3, (64, 48)), fps=25)
+    out = tmp_path / "o"
+    # The real command, in its own process, as a user would type it.
+    proc = subprocess.run(
+        [sys.executable, "-m", "stream", "run", str(tmp_path / "left.mp4"), str(tmp_path / "right.mp4"),
+         "--out", str(out), "--print-topology", "--workers", "tcp", "--serve", "127.0.0.1:8099"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = {}
+    for line in proc.stdout.splitlines():
+        rows.setdefault(line.split()[0], []).append(line)
+    # Every link once, per-source links once per source, each with both ends and their buffer limits.
+    links = {"events": 1, "control": 1, "frames": 1, "render_frames": 2, "results": 2, "tracked": 2}
+    links["preview"] = 1  # --serve
+    assert {name: len(rows.get(name, [])) for name in links} == links
+    (frames,) = rows["frames"]
+    assert "decode PUSH hwm=4 (queue_frames)" in frames
+    assert "infer PULL hwm=8 (queue_frames*sources)" in frames and "tcp://127.0.0.1:" in frames
+    assert any("track.right" in line for line in rows["results"])
+    assert "coordinator PUB" in rows["control"][0] and " sender " in rows["control"][0]
+    workers = proc.stdout.splitlines()[-1].split(": ")[1].split()
+    assert workers.index("infer[all]") < workers.index("decode[left]")  # receivers bind first
+    assert workers.index("render[left]") < workers.index("track[left]") < workers.index("infer[all]")
+    assert not out.exists()  # nothing was started

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from stream.config import ConfigError, PipelineConfig, build_config, load_yaml, parse_size
+from stream.config import ConfigError, PipelineConfig, build_config, load_yaml, parse_host_port, parse_size
+from stream.edges.live import live_options
 from stream.front.cli import build_parser, config_values
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -92,7 +93,7 @@ def test_live_options_carry_the_stall_timer_and_webcam_request() -> None:
         ["run", "/dev/video0", "--stall-timeout", "2.5", "--webcam-size", "1280x720", "--webcam-fps", "30",
          "--webcam-format", "mjpeg", "--rtsp-transport", "udp"]
     )
-    options = build_config(config_values(args)).live_options()
+    options = live_options(build_config(config_values(args)))
     assert (options.stall_timeout, options.width, options.height, options.fps, options.pixel_format) == (
         2.5, 1280, 720, 30.0, "mjpeg",
     )
@@ -107,3 +108,17 @@ def test_live_options_carry_the_stall_timer_and_webcam_request() -> None:
 def test_bad_live_options_name_the_option(values: dict, option: str) -> None:
     with pytest.raises(ConfigError, match=option):
         build_config({"sources": ["rtsp://camera/stream"], **values})
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("127.0.0.1:9100", ("127.0.0.1", 9100)), ("0.0.0.0:80", ("0.0.0.0", 80)), ("[::1]:8080", ("::1", 8080))],
+)
+def test_parse_host_port(value: str, expected: tuple[str, int]) -> None:
+    assert parse_host_port(value) == expected
+
+
+@pytest.mark.parametrize("value", ["localhost:http", "127.0.0.1:70000", "host:", ":9100", "9100"])
+def test_parse_host_port_errors(value: str) -> None:
+    with pytest.raises(ValueError, match="HOST:PORT|out of range"):
+        parse_host_port(value)

@@ -11,7 +11,7 @@ import pytest
 import zmq
 
 from stream.runtime.curve import CurveKeys, is_remote, secure, stop_authenticator
-from stream.runtime.transport import Topology, TransportError, make_socket
+from stream.runtime.transport import Endpoints, TransportError, make_socket
 
 FAILED = (
     zmq.EVENT_HANDSHAKE_FAILED_AUTH,
@@ -107,9 +107,9 @@ def test_keys_travel_through_the_environment_and_loopback_stays_plain() -> None:
     assert [is_remote(e) for e in remote] == [True] * len(remote)
 
 
-def test_a_topology_off_loopback_needs_the_run_keys(monkeypatch) -> None:
+def test_endpoints_off_loopback_need_the_run_keys(monkeypatch) -> None:
     monkeypatch.delenv("SAPIENS_STREAM_CURVE", raising=False)
     with pytest.raises(ValueError, match="CURVE"):
-        Topology(transport="tcp", host="10.0.0.2")
+        Endpoints(transport="tcp", host="10.0.0.2")
     monkeypatch.setenv("SAPIENS_STREAM_CURVE", CurveKeys.generate().to_env()["SAPIENS_STREAM_CURVE"])
-    assert Topology(transport="tcp", host="10.0.0.2").host == "10.0.0.2"
+    assert Endpoints(transport="tcp", host="10.0.0.2").host == "10.0.0.2"

@@ -15,13 +15,13 @@ from stream.runtime.messages import (
     RESULTS,
     ProtocolError,
     control_message,
-    decode,
-    encode,
     follow_up,
     frame_message,
+    pack,
     result_arrays,
     to_decoded_frame,
     to_frame_result,
+    unpack,
 )
 
 
@@ -40,9 +40,9 @@ def _frame(index: int = 7) -> DecodedFrame:
 
 def test_frame_message_round_trip_keeps_pixels_and_timing() -> None:
     frame = _frame()
-    parts = encode(frame_message("cam", 41, frame, session="s1", meta={"rate": [25, 1]}))
+    parts = pack(frame_message("cam", 41, frame, session="s1", meta={"rate": [25, 1]}))
     assert len(parts) == 2  # header + one pixel buffer
-    message = decode(parts)
+    message = unpack(parts)
     assert (message.kind, message.source, message.seq, message.session) == ("frame", "cam", 41, "s1")
     back = to_decoded_frame(message)
     np.testing.assert_array_equal(back.image, frame.image)
@@ -59,9 +59,9 @@ def test_frame_message_round_trip_keeps_pixels_and_timing() -> None:
 
 def test_received_arrays_view_the_buffers_without_copying() -> None:
     frame = _frame()
-    header, pixels = encode(frame_message("cam", 0, frame))
+    header, pixels = pack(frame_message("cam", 0, frame))
     buffer = bytearray(pixels)
-    message = decode([header, buffer])
+    message = unpack([header, buffer])
     image = message.arrays["image"]
     buffer[0] = (buffer[0] + 1) % 256  # a change to the buffer shows through: no copy was made
     assert image[0, 0, 0] == buffer[0]
@@ -78,8 +78,8 @@ def test_results_round_trip_with_affines() -> None:
         seg_labels=rng.integers(0, 29, (48, 64)).astype(np.uint8),
     )
     crops = rng.normal(size=(3, 2, 3)).astype(np.float32)
-    source = decode(encode(frame_message("cam", 5, _frame(5))))
-    message = decode(encode(follow_up(source, RESULTS, result_arrays(result, crops)).stamp("infer")))
+    source = unpack(pack(frame_message("cam", 5, _frame(5))))
+    message = unpack(pack(follow_up(source, RESULTS, result_arrays(result, crops)).stamp("infer")))
     back = to_frame_result(message)
     for name in ("boxes", "scores", "track_ids", "keypoints", "keypoint_scores", "seg_labels"):
         np.testing.assert_array_equal(getattr(back, name), getattr(result, name))
@@ -90,24 +90,24 @@ def test_results_round_trip_with_affines() -> None:
 
 
 def test_empty_results_and_control_messages() -> None:
-    source = decode(encode(frame_message("cam", 3, _frame(3))))
-    back = to_frame_result(decode(encode(follow_up(source, RESULTS, result_arrays(FrameResult.empty())))))
+    source = unpack(pack(frame_message("cam", 3, _frame(3))))
+    back = to_frame_result(unpack(pack(follow_up(source, RESULTS, result_arrays(FrameResult.empty())))))
     assert back.num_persons == 0 and back.keypoints is None
-    eos = decode(encode(control_message(EOS, "cam", 12, final=True)))
+    eos = unpack(pack(control_message(EOS, "cam", 12, final=True)))
     assert (eos.kind, eos.seq, eos.meta["final"], eos.arrays) == ("eos", 12, True, {})
     assert eos.is_control
 
 
 def test_malformed_messages_are_refused() -> None:
-    header, pixels = encode(frame_message("cam", 0, _frame()))
+    header, pixels = pack(frame_message("cam", 0, _frame()))
     with pytest.raises(ProtocolError, match="parts arrived"):
-        decode([header])
+        unpack([header])
     with pytest.raises(ProtocolError, match="do not fill shape"):
-        decode([header, bytes(pixels)[:-3]])
+        unpack([header, bytes(pixels)[:-3]])
     wrong_version = msgpack.packb({"v": PROTOCOL_VERSION + 1, "kind": "frame"})
     with pytest.raises(ProtocolError, match="protocol version"):
-        decode([wrong_version])
+        unpack([wrong_version])
     with pytest.raises(ProtocolError, match="kind"):
-        decode([msgpack.packb({"v": PROTOCOL_VERSION, "kind": "nonsense"})])
+        unpack([msgpack.packb({"v": PROTOCOL_VERSION, "kind": "nonsense"})])
     with pytest.raises(ProtocolError, match="msgpack"):
-        decode([b"\xc1"])
+        unpack([b"\xc1"])

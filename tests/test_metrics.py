@@ -13,8 +13,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from stream.edges.metrics import (
     SourceStats,
     StatsRegistry,
-    StatsReporter,
-    parse_host_port,
     redact_text,
     redact_url,
     start_metrics_server,
@@ -113,21 +111,6 @@ def test_stats_line() -> None:
     assert empty == "cam2: in 0.0 fps, out 0.0 fps, drops 0, latency p50 - ms p95 - ms, reconnects 0"
 
 
-def test_reporter_emits_a_line_per_source_periodically() -> None:
-    registry = StatsRegistry()
-    registry.source("cam1").frame_in()
-    registry.source("cam2").frame_in()
-    lines: list[str] = []
-    reporter = StatsReporter(registry, interval=0.1, emit=lines.append)
-    time.sleep(0.35)
-    reporter.close()
-    assert sum(line.startswith("cam1:") for line in lines) >= 2
-    assert sum(line.startswith("cam2:") for line in lines) >= 2
-    count = len(lines)
-    time.sleep(0.2)
-    assert len(lines) == count, "no lines after close()"
-
-
 def test_prometheus_endpoint_over_http() -> None:
     registry = StatsRegistry()
     cam = registry.source("rtsp://user:secretpw@cam1/live")
@@ -182,16 +165,26 @@ def test_two_registries_do_not_collide_and_ports_are_checked() -> None:
             start_metrics_server(second, port=server.port)
 
 
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [("127.0.0.1:9100", ("127.0.0.1", 9100)), (":9100", ("127.0.0.1", 9100)), ("9100", ("127.0.0.1", 9100)),
-     ("0.0.0.0:80", ("0.0.0.0", 80)), ("[::1]:8080", ("::1", 8080))],
-)
-def test_parse_host_port(value: str, expected: tuple[str, int]) -> None:
-    assert parse_host_port(value) == expected
+def test_live_runs_print_a_stats_line_per_source_at_the_interval(capsys) -> None:
+    from stream.config import build_config
+    from stream.media.frames import SourceInfo
+    from stream.pipeline.report import ProgressDisplay
+    from stream.runtime.stage import SourcePlan
 
-
-@pytest.mark.parametrize("value", ["localhost:http", "127.0.0.1:70000", "host:"])
-def test_parse_host_port_errors(value: str) -> None:
-    with pytest.raises(ValueError, match="HOST:PORT|out of range"):
-        parse_host_port(value)
+    config = build_config({"sources": ["rtsp://cam1/live", "rtsp://cam2/live"], "progress": True})
+    plans = [SourcePlan(name, SourceInfo(f"rtsp://{name}/live", name, "live", None, None, None), True)
+             for name in ("cam1", "cam2")]  # fmt: skip
+    registry = StatsRegistry()
+    registry.source("cam1").frame_in()
+    registry.source("cam2").frame_in()
+    ProgressDisplay(config, plans, registry, interval=3600.0).advance()
+    assert capsys.readouterr().err == ""  # not yet due
+    every_time = ProgressDisplay(config, plans, registry, interval=0.0)
+    every_time.advance()
+    every_time.advance()
+    lines = capsys.readouterr().err.splitlines()
+    assert sum(line.startswith("cam1:") for line in lines) == 2
+    assert sum(line.startswith("cam2:") for line in lines) == 2
+    quiet = ProgressDisplay(config.replace(progress=False), plans, registry, interval=0.0)
+    quiet.advance()
+    assert capsys.readouterr().err == ""  # --no-progress

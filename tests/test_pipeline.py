@@ -257,7 +257,9 @@ def test_ipc_workers_share_frames_through_the_ring_and_match_inproc(material, tm
 
 def test_skipped_frames_are_not_counted_as_output_with_a_latency(material, tmp_path) -> None:
     from stream.config import build_config
-    from stream.pipeline.coordinator import _Coordinator, _Progress, plan_sources
+    from stream.pipeline.coordinator import _Coordinator, plan_sources
+    from stream.pipeline.report import ProgressDisplay
+    from stream.runtime.events import Progress
 
     config = build_config(
         {"sources": [str(material["clip_a"])], "out": str(tmp_path), "workers": "inproc", "progress": False}
@@ -265,10 +267,10 @@ def test_skipped_frames_are_not_counted_as_output_with_a_latency(material, tmp_p
     plans = plan_sources(config)
     coordinator = _Coordinator(config, plans, None)
     try:
-        progress = _Progress(config, plans, coordinator.registry)
+        progress = ProgressDisplay(config, plans, coordinator.registry)
         name = plans[0].name
-        coordinator._handle({"event": "progress", "source": name, "latency": 0.2}, progress)
-        coordinator._handle({"event": "progress", "source": name, "latency": 9.0, "skipped": True}, progress)
+        coordinator._handle(Progress(source=name, latency=0.2), progress)
+        coordinator._handle(Progress(source=name, latency=9.0, skipped=True), progress)
         summary = coordinator.registry.source(name).summary()
         assert summary["frames_out"] == 1
         assert summary["latency_p95"] == pytest.approx(0.2)

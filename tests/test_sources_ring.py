@@ -6,7 +6,6 @@ import threading
 import time
 
 import av
-import msgpack
 import numpy as np
 import pytest
 import zmq
@@ -15,10 +14,12 @@ from stream.config import build_config
 from stream.edges.sources import open_source, probe_source
 from stream.media.frames import I420
 from stream.media.synth import moving_squares, write_clip
+from stream.pipeline.launch import run_worker
+from stream.runtime import events
 from stream.runtime.messages import EOS, FRAME
 from stream.runtime.ring import INFER_READER, READERS, RENDER_READER, FrameRing, release, resolve
-from stream.runtime.stage import SourcePlan, WorkerSpec, run_worker
-from stream.runtime.transport import Topology, make_socket, recv_message
+from stream.runtime.stage import SourcePlan, WorkerSpec
+from stream.runtime.transport import Endpoints, make_socket, recv_message
 
 SIZE = (96, 64)  # W, H
 SHAPE = (64, 96, 3)
@@ -105,7 +106,7 @@ class _Stage:
                 "max_batch": 1,
             }
         )
-        self.topology = Topology("ipc")
+        self.topology = Endpoints("ipc")
         names = ["infer", "render.clip.frames", "events", "control"]
         endpoints = {name: self.topology.endpoint(name) for name in names}
         self.context = zmq.Context()
@@ -128,10 +129,10 @@ class _Stage:
         resolve(message)
         return message
 
-    def command_until_done(self, command: str, timeout_s: float = 10.0) -> None:
+    def command_until_done(self, command: events.Command, timeout_s: float = 10.0) -> None:
         deadline = time.monotonic() + timeout_s
         while self.worker.is_alive() and time.monotonic() < deadline:
-            self.control.send(msgpack.packb({"cmd": command}))
+            self.control.send(events.pack(command))
             self.worker.join(0.1)
         assert not self.worker.is_alive()
 
@@ -172,7 +173,7 @@ def test_offline_decoder_waits_for_a_free_slot_instead_of_sending_pixels_inline(
             release(to_render, RENDER_READER)
             frames += 1
         assert frames == len(plain)
-        stage.command_until_done("finish")
+        stage.command_until_done(events.Finish())
     finally:
         stage.close()
 
@@ -185,7 +186,7 @@ def test_a_decoder_waiting_for_a_slot_still_aborts(tmp_path):
             assert stage.receive(stage.gpu, 5000).kind == FRAME
             assert stage.receive(stage.render, 5000).kind == FRAME
         assert stage.receive(stage.gpu, 300) is None  # waiting for a slot nobody releases
-        stage.command_until_done("abort", timeout_s=5.0)
+        stage.command_until_done(events.Abort(), timeout_s=5.0)
     finally:
         stage.close()
 
@@ -221,6 +222,6 @@ def test_a_source_without_bt601_planes_gets_slots_for_rgb_only(tmp_path):
             release(to_gpu, INFER_READER)
             release(to_render, RENDER_READER)
         assert stage.receive(stage.gpu, 5000).kind == EOS
-        stage.command_until_done("finish")
+        stage.command_until_done(events.Finish())
     finally:
         stage.close()

@@ -13,7 +13,7 @@ from stream.engine.device import DeviceStreams, OverlapScheduler, padded_size, s
 from stream.media.frames import DecodedFrame
 from stream.runtime.messages import control_message, frame_message
 from stream.runtime.reorder import ReorderBuffer
-from stream.runtime.transport import COPY_THRESHOLD, Topology, make_socket, recv_message, send_message
+from stream.runtime.transport import COPY_THRESHOLD, Endpoints, make_socket, recv_message, send_message
 
 
 def _frame(index: int, size: tuple[int, int] = (720, 1280)) -> DecodedFrame:
@@ -23,7 +23,7 @@ def _frame(index: int, size: tuple[int, int] = (720, 1280)) -> DecodedFrame:
 
 @pytest.mark.parametrize("transport", ["inproc", "ipc", "tcp"])
 def test_push_pull_round_trip_of_large_frames(transport: str) -> None:
-    topology = Topology(transport=transport)
+    topology = Endpoints(transport=transport)
     endpoint = topology.endpoint("frames")
     context = zmq.Context()
     try:
@@ -45,7 +45,7 @@ def test_push_pull_round_trip_of_large_frames(transport: str) -> None:
 
 
 def test_high_water_mark_bounds_the_queue() -> None:
-    topology = Topology(transport="inproc")
+    topology = Endpoints(transport="inproc")
     endpoint = topology.endpoint("bounded")
     context = zmq.Context()
     receiver = make_socket(context, zmq.PULL, endpoint, bind=True, hwm=2)
@@ -66,14 +66,14 @@ def test_socket_set_up_errors_are_clear() -> None:
     with pytest.raises(ValueError, match="unbounded"):
         make_socket(context, zmq.PUSH, "inproc://x", bind=True, hwm=0)
     with pytest.raises(ValueError, match="expose frames"):
-        Topology(transport="tcp", host="0.0.0.0")
+        Endpoints(transport="tcp", host="0.0.0.0")
     with pytest.raises(ValueError, match="transport must be"):
-        Topology(transport="udp")
+        Endpoints(transport="udp")
     context.term()
 
 
 def test_ipc_endpoints_live_in_a_private_directory_removed_at_cleanup() -> None:
-    topology = Topology(transport="ipc")
+    topology = Endpoints(transport="ipc")
     a, b = topology.endpoint("infer"), topology.endpoint("render.clip 1.frames")
     assert a.startswith("ipc://") and a != b and " " not in b
     assert topology.endpoint("infer") == a  # stable per run

@@ -22,13 +22,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from stream.config import ConfigError, PipelineConfig
-from stream.pipeline.coordinator import (
-    PipelineError,
-    RunReport,
-    SourceReport,
-    check_inputs,
-    plan_sources,
-)
+from stream.pipeline.coordinator import PipelineError, check_inputs, plan_sources
+from stream.pipeline.report import RunReport, SourceReport
 from stream.runtime.curve import CurveKeys
 
 INSTALL_HINT = "pip install sapiens-stream[ray]"

@@ -16,7 +16,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from stream.config import PipelineConfig
-from stream.pipeline.coordinator import PipelineError, SourceReport, run_pipeline
+from stream.pipeline.coordinator import PipelineError, run_pipeline
+from stream.pipeline.report import SourceReport
 
 PARTIAL_DIR = ".partial"
 

@@ -35,11 +35,11 @@ from urllib.parse import urlsplit
 
 import av
 
+from stream.config import PipelineConfig, parse_webcam_size
 from stream.edges.metrics import SourceStats, redact_text, redact_url
-from stream.edges.sources import SourceError  # one error type for every source that fails for good
 from stream.edges.timeline import Timeline
 from stream.media.color import RgbDecoder
-from stream.media.frames import DecodedFrame
+from stream.media.frames import DecodedFrame, SourceError  # one error type for every failed source
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +152,19 @@ class OpenArgs:
 
 def _microseconds(seconds: float) -> str:
     return str(int(seconds * 1_000_000))
+
+
+def live_options(cfg: PipelineConfig) -> LiveOptions:
+    """How a run's live sources connect: transport, stall timer and what to ask of a webcam."""
+    width, height = parse_webcam_size(cfg.webcam_size) if cfg.webcam_size else (None, None)
+    return LiveOptions(
+        rtsp_transport=cfg.rtsp_transport,
+        stall_timeout=float(cfg.stall_timeout),
+        width=width,
+        height=height,
+        fps=cfg.webcam_fps,
+        pixel_format=cfg.webcam_format,
+    )
 
 
 def open_args(spec: str, options: LiveOptions, platform: str | None = None) -> OpenArgs:

@@ -16,7 +16,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit, urlunsplit
 
@@ -366,47 +366,3 @@ def _url_host(host: str) -> str:
 def start_metrics_server(registry: StatsRegistry, host: str = "127.0.0.1", port: int = 9100) -> MetricsServer:
     """Prometheus exposition of ``registry`` on ``http://host:port/metrics`` (port 0: any free port)."""
     return MetricsServer(registry, host=host, port=port)
-
-
-def parse_host_port(value: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
-    """``"127.0.0.1:9100"``, ``":9100"`` or ``"9100"`` -> (host, port); a clear error otherwise."""
-    text = str(value).strip()
-    host, sep, port_text = text.rpartition(":")
-    if not sep:
-        host, port_text = "", text
-    host = host.strip("[]") or default_host
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ValueError(f"expected HOST:PORT, got {value!r}") from None
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port out of range in {value!r}")
-    return host, port
-
-
-class StatsReporter:
-    """Emits every source's stats line every ``interval`` seconds from a background thread."""
-
-    def __init__(
-        self, registry: StatsRegistry, interval: float = 5.0, emit: Callable[[str], None] | None = None
-    ) -> None:
-        if interval <= 0:
-            raise ValueError(f"stats interval must be positive, got {interval}")
-        self.registry = registry
-        self.interval = float(interval)
-        self.emit = emit or log.info
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="stats-line", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.report()
-
-    def report(self) -> None:
-        for name in self.registry.names():
-            self.emit(self.registry.stats_line(name))
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5.0)

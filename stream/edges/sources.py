@@ -11,16 +11,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 
+from stream.edges.live import LiveOptions, LiveSource, is_live_spec
 from stream.edges.timeline import Timeline
 from stream.media.color import RgbDecoder, frame_to_rgb, opencv_decodes
-from stream.media.frames import I420, DecodedFrame
+from stream.media.frames import I420, DecodedFrame, SourceError, SourceInfo
 from stream.runtime.errors import first_line
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -31,37 +31,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 FrameBuffer = Callable[[int, int, bool], "np.ndarray | None"]
 
 
-class SourceError(ValueError):
-    """A source that does not exist or cannot be decoded (the message is one line for the user)."""
-
-
-@dataclass(frozen=True)
-class SourceInfo:
-    """What the pipeline needs to know about a source before reading it."""
-
-    spec: str
-    name: str
-    kind: str  # "file", "folder", "image" or "live"
-    frame_rate: Fraction | None
-    time_base: Fraction | None
-    num_frames: int | None
-    width: int | None = None
-    height: int | None = None
-    frames_estimated: bool = False  # num_frames comes from the container's duration, not a frame count
-
-    @property
-    def is_live(self) -> bool:
-        return self.kind == "live"
-
-
 def is_live(spec: str) -> bool:
     """True for webcams and network streams (handled by ``stream.edges.live``)."""
-    try:
-        from stream.edges.live import is_live_spec
-    except ImportError:
-        return spec.isdigit() or spec.startswith(
-            ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "/dev/video")
-        )
     return is_live_spec(spec)
 
 
@@ -173,8 +144,6 @@ def open_source(
         paths = list_images(Path(info.spec)) if info.kind == "folder" else [Path(info.spec)]
         yield _decode_images(paths)
     elif info.kind == "live":
-        from stream.edges.live import LiveOptions, LiveSource
-
         source = LiveSource(info.spec, live_options or LiveOptions(), stats=stats)
         try:
             yield iter(source)

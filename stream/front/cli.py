@@ -40,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--export", metavar="FORMAT[,FORMAT]", help="also write the results as coco, coco17 or cvat-video"
     )
+    run.add_argument(
+        "--print-topology",
+        action="store_true",
+        help="print the run's links, roles, endpoints and high-water marks, then exit",
+    )
     _add_run_options(run)
 
     demo = commands.add_parser("demo", help="run the pipeline on a short sample clip")
@@ -124,6 +129,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "export":
             return export(args)
         config = build_config(config_values(args))
+        if args.print_topology:
+            from stream.pipeline.coordinator import describe_run
+
+            print(describe_run(config))
+            return 0
         return run(config, exports=_run_exports(args.export, config))
     except Exception as exc:
         return _fail(exc)

@@ -1,4 +1,5 @@
-"""The unit every source produces: one decoded frame with its timing."""
+"""What sources are and produce: a source's description (``SourceInfo``), its error (``SourceError``),
+one decoded frame with its timing (``DecodedFrame``) and what the models found in it (``FrameResult``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,29 @@ import numpy as np
 # The key under which a video frame's own yuv420p planes travel with it: in ``DecodedFrame.extra``, and in
 # a frame message's meta (a flag: its ring slot holds them after the RGB pixels) and arrays.
 I420 = "i420"
+
+
+class SourceError(ValueError):
+    """A source that does not exist or cannot be decoded (the message is one line for the user)."""
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What the pipeline needs to know about a source before reading it."""
+
+    spec: str
+    name: str
+    kind: str  # "file", "folder", "image" or "live"
+    frame_rate: Fraction | None
+    time_base: Fraction | None
+    num_frames: int | None
+    width: int | None = None
+    height: int | None = None
+    frames_estimated: bool = False  # num_frames comes from the container's duration, not a frame count
+
+    @property
+    def is_live(self) -> bool:
+        return self.kind == "live"
 
 
 @dataclass

@@ -1,2 +1,2 @@
-"""The runtime every stage runs on: message envelope, ZeroMQ transport, frame ring, reorder buffers and
-the stage loop. See docs/architecture.md."""
+"""The runtime every stage runs on: message envelope, events and commands, ZeroMQ transport, the
+topology table, frame ring, reorder buffers and the stage loop. See docs/architecture.md."""

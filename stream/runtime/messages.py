@@ -7,8 +7,7 @@ A message is a ZeroMQ multipart message ``[header, part_0, part_1, ...]``:
   ===========  =================================================================================
   ``v``        protocol version (``PROTOCOL_VERSION``); a mismatch is refused
   ``kind``     ``frame`` (pixels), ``results`` (what the models found), ``eos`` (end of a source's
-               segment or of the source), ``skip`` (a frame was dropped: reorder buffers move on),
-               ``shutdown``
+               segment or of the source), ``skip`` (a frame was dropped: reorder buffers move on)
   ``source``   source id (the output name, e.g. ``clip`` for ``clip.mp4``)
   ``session``  id of the writer's run, so a stale peer's messages are recognisable
   ``seq``      per-source message number, shared by every stage: frame, skip and eos messages each
@@ -52,8 +51,7 @@ FRAME = "frame"
 RESULTS = "results"
 EOS = "eos"
 SKIP = "skip"
-SHUTDOWN = "shutdown"
-KINDS = (FRAME, RESULTS, EOS, SKIP, SHUTDOWN)
+KINDS = (FRAME, RESULTS, EOS, SKIP)
 
 # FrameResult fields that travel as arrays, in a fixed order.
 RESULT_ARRAYS = ("boxes", "scores", "track_ids", "keypoints", "keypoint_scores", "seg_labels")
@@ -65,7 +63,7 @@ class ProtocolError(ValueError):
 
 @dataclass
 class Message:
-    """One decoded envelope: header fields plus named numpy arrays (views on the received buffers)."""
+    """One unpacked envelope: header fields plus named numpy arrays (views on the received buffers)."""
 
     kind: str
     source: str
@@ -103,10 +101,10 @@ class Message:
 
     @property
     def is_control(self) -> bool:
-        return self.kind in (EOS, SHUTDOWN)
+        return self.kind == EOS
 
 
-def encode(message: Message) -> list:
+def pack(message: Message) -> list:
     """The multipart parts for ``message``: the msgpack header, then one buffer per array."""
     if message.kind not in KINDS:
         raise ProtocolError(f"unknown message kind {message.kind!r}")
@@ -137,7 +135,7 @@ def encode(message: Message) -> list:
     return [msgpack.packb(header, use_bin_type=True), *buffers]
 
 
-def decode(parts: list) -> Message:
+def unpack(parts: list) -> Message:
     """Parse multipart ``parts`` (bytes or ``zmq.Frame``) into a Message; arrays are read-only views."""
     if not parts:
         raise ProtocolError("empty multipart message")
@@ -207,7 +205,7 @@ def frame_message(
 
 
 def control_message(kind: str, source: str, seq: int, session: str = "", **meta) -> Message:
-    """An ``eos``, ``skip`` or ``shutdown`` message (no payload)."""
+    """An ``eos`` or ``skip`` message (no payload)."""
     return Message(kind=kind, source=source, seq=seq, session=session, capture=time.time(), meta=meta)
 
 

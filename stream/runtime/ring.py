@@ -7,6 +7,10 @@ place. Each slot has one "in use" byte per reader. The writer sets every reader'
 the slot; each reader clears its own byte once it is done with the frame; the writer reuses a slot only
 when all its bytes are clear. Every byte has a single writer at any time, so no lock is needed.
 
+Rings never outlive their run: a ring's name carries the process id of the run's coordinator, which
+removes its rings when it ends, and every run first removes the rings of runs whose coordinator is
+gone (killed with SIGKILL, a power loss), so nothing accumulates in ``/dev/shm``.
+
 Layout of the file (``/dev/shm`` where it exists)::
 
     [flags: slots x readers uint8, padded to 4 KiB][slot 0 pixels][slot 1 pixels]...
@@ -27,6 +31,7 @@ import numpy as np
 from stream.media.frames import I420
 
 HEADER_ALIGN = 4096
+PREFIX = "ss-ring-"  # ss-ring-<coordinator pid>-<id>-<slots>x<readers>x<slot bytes>
 _attached: dict[str, FrameRing] = {}  # rings this process has mapped, by name (readers reuse them)
 
 
@@ -65,12 +70,15 @@ class FrameRing:
         self.claimed: set[int] = set()  # slots the writer is filling (flags still clear)
 
     @classmethod
-    def create(cls, slot_bytes: int, slots: int, readers: int) -> FrameRing:
-        """A new ring file; memory is reserved up front, so a full tmpfs fails here, not on a write."""
+    def create(cls, slot_bytes: int, slots: int, readers: int, run_pid: int | None = None) -> FrameRing:
+        """A new ring file of the run whose coordinator is ``run_pid`` (default: this process); memory
+        is reserved up front, so a full tmpfs fails here, not on a write."""
         if slot_bytes <= 0 or slots <= 0 or readers <= 0:
             raise ValueError(f"frame ring needs positive sizes, got {slot_bytes=} {slots=} {readers=}")
         header = _header_bytes(slots, readers)
-        path = os.path.join(_directory(), f"ss-ring-{uuid.uuid4().hex[:12]}-{slots}x{readers}x{slot_bytes}")
+        run_pid = os.getpid() if run_pid is None else run_pid
+        name = f"{PREFIX}{run_pid}-{uuid.uuid4().hex[:12]}-{slots}x{readers}x{slot_bytes}"
+        path = os.path.join(_directory(), name)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.posix_fallocate(fd, 0, header + slots * slot_bytes)
@@ -185,6 +193,43 @@ class FrameRing:
 INFER_READER = 0  # reader index of the GPU worker
 RENDER_READER = 1  # reader index of the render stage
 READERS = 2
+
+
+def remove_rings(run_pid: int) -> int:
+    """Remove every ring of the run whose coordinator is ``run_pid``; returns how many."""
+    return sum(_remove(path) for path, pid in _ring_files() if pid == run_pid)
+
+
+def remove_stale_rings() -> int:
+    """Remove the rings of runs whose coordinator no longer exists; returns how many."""
+    return sum(_remove(path) for path, pid in _ring_files() if not _alive(pid))
+
+
+def _ring_files() -> list[tuple[str, int]]:
+    found = []
+    for entry in os.scandir(_directory()):
+        pid = entry.name[len(PREFIX) :].split("-", 1)[0]
+        if entry.name.startswith(PREFIX) and pid.isdigit():
+            found.append((entry.path, int(pid)))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: alive, and not ours to clean up
+    return True
+
+
+def _remove(path: str) -> bool:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def i420_shape(height: int, width: int) -> tuple[int, int]:

@@ -1,33 +1,53 @@
-"""What every stage worker shares: its sockets to the coordinator (events up, control down) and specs.
+"""The stage runtime: one loop that every stage runs, with the stage supplying handlers.
 
 A worker runs either as a thread of the coordinating process (``inproc://``, one shared ZeroMQ
 context) or as a process of its own (``ipc://``/``tcp://``, its own context). Either way it gets a
-``WorkerSpec`` (picklable) and reports over the ``events`` socket: ``ready``, ``progress``, ``drop``,
-``done``, ``error`` (a one-line message) and, from a process of its own, ``usage`` (its CPU seconds).
-The coordinator publishes ``stop`` (sources end, the pipeline drains to EOS) and ``abort`` (stop now,
-close outputs) on the ``control`` socket.
+``WorkerSpec`` (picklable) and talks to the coordinator over two links of the topology: it reports
+``stream.runtime.events`` records on ``events`` and obeys ``Stop``, ``Finish`` and ``Abort`` from
+``control``.
+
+The runtime owns, for every stage: polling its inputs and the control link, stop (sources end, the
+rest drains to EOS), abort (leave at once; outputs are closed), the end of work (``Done``), keeping
+senders connected until every sink has its final EOS, closing, errors (``Error``, one line), and in a
+process of its own the signal set-up and the CPU usage report (``Usage``). A stage supplies:
+
+- ``start()``: set up (sockets are opened in the constructor) and return its ``Ready`` record;
+- ``inputs``: the sockets it reads; ``receive(sock, message)`` handles one message from one of them;
+- ``step()``: called on every turn in which no input had a message (a source reads a frame here, the
+  GPU worker finishes work it holds); ``poll_ms()`` says how long a turn may wait for input;
+- ``stop()``: the coordinator asked the sources to end;
+- ``finished`` (set by the stage) and ``finish()``: the stage's normal end, returning its ``Done``;
+- ``close(finished)``: close everything; ``finished`` says the run ended normally.
 """
 
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import os
+import signal
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import msgpack
 import zmq
 
 from stream.config import PipelineConfig
-from stream.edges.sources import SourceInfo
 from stream.media.color import single_threaded_opencv
+from stream.media.frames import SourceInfo
+from stream.runtime import events, topology
 from stream.runtime.errors import first_line
-from stream.runtime.transport import make_socket
+from stream.runtime.transport import Stopped, recv_message
 
-EVENTS_HWM = 100_000  # events are tiny; the coordinator reads them continuously
-CONTROL_HWM = 1000
-EVENTS_LINGER_MS = 30_000
+EVENTS_LINGER_MS = 30_000  # the coordinator reads events until every worker has exited
+POLL_MS = 100  # how long a turn waits for input; control is looked at between turns
+COORDINATOR_CHECK_S = 1.0  # how often a worker process looks whether its coordinator still runs
+# The signals that ask a run to stop: Ctrl+C, `docker stop` / systemd / Kubernetes, a closed terminal.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_PR_SET_NAME = 15  # prctl option: the process name `ps`, `top` and psutil show
+
+_stop_signals = 0  # stop signals this worker process has received (set by the handler)
 
 # glibc's mallopt parameters (malloc.h) and the values a worker process runs with.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
@@ -48,90 +68,182 @@ class SourcePlan:
 class WorkerSpec:
     """Everything a worker needs to start, in a form that survives pickling into a new process."""
 
-    role: str  # "decode", "infer", "track" or "render"
+    role: str  # one of topology.STAGES, or topology.COORDINATOR
     config: PipelineConfig
     endpoints: dict[str, str]
     sources: list[SourcePlan] = field(default_factory=list)
     session: str = ""
+    coordinator_pid: int = field(default_factory=os.getpid)  # specs are made by the coordinator
 
     @property
     def label(self) -> str:
-        names = ",".join(s.name for s in self.sources) if self.role != "infer" else "all"
+        names = "all" if self.role in topology.SHARED_STAGES else ",".join(s.name for s in self.sources)
         return f"{self.role}[{names}]"
 
 
 class StageLink:
-    """A worker's connection to the coordinator: events go up, stop/abort commands come down."""
+    """A worker's connection to the coordinator: events go up, stop/finish/abort commands come down."""
 
     def __init__(self, context: zmq.Context, spec: WorkerSpec) -> None:
         self.spec = spec
-        self.events = make_socket(context, zmq.PUSH, spec.endpoints["events"], bind=False, hwm=EVENTS_HWM)
-        self.control = make_socket(context, zmq.SUB, spec.endpoints["control"], bind=False, hwm=CONTROL_HWM)
+        self.events = topology.open(context, spec, "events")
+        self.control = topology.open(context, spec, "control")
         self.stop_requested = False
         self.aborted = False
         self.finished = False
+        self.signals_told = 0
+        self.orphaned = False
+        self.in_process = False  # set by run_worker for a worker process of its own
+        self.next_coordinator_check = 0.0
 
     def poll_control(self) -> None:
-        """Apply any pending commands (non-blocking)."""
+        """Apply any pending commands (non-blocking); pass on stop signals this process got; leave when
+        the coordinator is gone (nobody would ever tell this worker to stop)."""
+        if self.in_process:
+            self._pass_on_signals()
+            self._check_coordinator()
         while True:
             try:
-                command = msgpack.unpackb(self.control.recv(zmq.NOBLOCK))
+                command = events.unpack(self.control.recv(zmq.NOBLOCK))
             except zmq.Again:
                 return
-            if command.get("cmd") == "stop":
+            if isinstance(command, events.Stop):
                 self.stop_requested = True
-            elif command.get("cmd") == "finish":
+            elif isinstance(command, events.Finish):
                 self.finished = True
-            elif command.get("cmd") == "abort":
+            elif isinstance(command, events.Abort):
                 self.stop_requested = True
                 self.aborted = True
+
+    def _pass_on_signals(self) -> None:
+        # The coordinator decides for the whole run (a signal to one worker stops every source), so a
+        # worker only tells it; it gets Stop or Abort back like every other stage.
+        if _stop_signals > self.signals_told:
+            self.signals_told = _stop_signals
+            self.emit(events.StopRequested(count=_stop_signals))
+
+    def _check_coordinator(self) -> None:
+        now = time.monotonic()
+        if now < self.next_coordinator_check:
+            return
+        self.next_coordinator_check = now + COORDINATOR_CHECK_S
+        try:
+            os.kill(self.spec.coordinator_pid, 0)
+        except ProcessLookupError:
+            # Orphaned (the coordinator was killed): close the outputs and free the device.
+            self.orphaned = self.stop_requested = self.aborted = True
 
     def wait_for_finish(self) -> None:
         """Keep this stage's connections open until every sink has its final EOS (or the run aborts).
 
         A sender that disconnects while its receiver sits at the high-water mark loses the messages
         still in the kernel's socket buffer (libzmq drops them with the connection), so senders stay
-        connected until the coordinator publishes ``finish``.
+        connected until the coordinator publishes ``Finish``.
         """
         while not (self.finished or self.aborted):
-            if self.control.poll(100, zmq.POLLIN):
+            if self.control.poll(POLL_MS, zmq.POLLIN):
                 self.poll_control()
 
     def should_abort(self) -> bool:
         self.poll_control()
         return self.aborted
 
-    def emit(self, event: str, **fields) -> None:
-        payload = {"event": event, "worker": self.spec.label, "time": time.time(), **fields}
-        self.events.send(msgpack.packb(payload, use_bin_type=True))
+    def emit(self, event: events.Event) -> None:
+        event.worker = self.spec.label
+        self.events.send(events.pack(event))
 
     def close(self) -> None:
         self.control.close(linger=0)
-        # The coordinator reads events until every worker has exited: wait for the final ones to land.
-        self.events.close(linger=EVENTS_LINGER_MS)
+        # The coordinator reads events until every worker has exited: wait for the final ones to land
+        # (unless there is no coordinator left to read them).
+        self.events.close(linger=0 if self.orphaned else EVENTS_LINGER_MS)
 
 
-def run_worker(spec: WorkerSpec, context: zmq.Context | None = None) -> None:
-    """Run the stage ``spec.role`` until its sources end; errors are reported as ``error`` events."""
+class Stage:
+    """The handlers of one stage (see the module's docstring); the defaults do nothing."""
+
+    inputs: Sequence[zmq.Socket] = ()  # a stage without inputs (a source) reads in ``step``
+    finished: bool = False
+
+    def start(self) -> events.Ready:
+        return events.Ready()
+
+    def poll_ms(self) -> int:
+        return POLL_MS
+
+    def receive(self, sock: zmq.Socket, message) -> None:
+        raise NotImplementedError
+
+    def step(self) -> None:
+        """Nothing came in this turn."""
+
+    def stop(self) -> None:
+        """The sources are asked to end; stages downstream of them drain to EOS by themselves."""
+
+    def finish(self) -> events.Done:
+        return events.Done()
+
+    def close(self, finished: bool) -> None:
+        """Close sockets and outputs."""
+
+
+def run_stage(stage: Stage, link: StageLink) -> None:
+    """Run ``stage`` to its end, to an abort, or to an error (raised to the caller after closing)."""
+    try:
+        link.emit(stage.start())
+        poller = zmq.Poller()
+        for sock in stage.inputs:
+            poller.register(sock, zmq.POLLIN)
+        stopping = False
+        while not stage.finished:
+            ready = dict(poller.poll(stage.poll_ms())) if stage.inputs else {}
+            link.poll_control()
+            if link.aborted:
+                return
+            if link.stop_requested and not stopping:
+                stopping = True
+                stage.stop()
+                continue
+            received = [sock for sock in stage.inputs if sock in ready]
+            for sock in received:
+                stage.receive(sock, recv_message(sock))
+            if not received:
+                stage.step()
+        done = stage.finish()
+        done.stage = link.spec.role
+        link.emit(done)
+        link.wait_for_finish()
+    except Stopped:
+        pass
+    finally:
+        stage.close(finished=link.finished)
+
+
+StageFactory = Callable[[zmq.Context, WorkerSpec, StageLink], Stage]
+
+
+def run_worker(spec: WorkerSpec, make_stage: StageFactory, context: zmq.Context | None = None) -> None:
+    """Build the stage with ``make_stage`` and run it; errors are reported as ``Error`` events."""
     own_context = context is None
     if own_context:
         # A process of its own: set it up for a pipeline stage. Threads of the coordinator (inproc)
         # leave the process's settings alone.
-        _ignore_sigint()
+        _worker_signals()
+        _name_process(f"sapiens-{spec.role}")
         retain_freed_memory()
         single_threaded_opencv()
         context = zmq.Context()
     link = StageLink(context, spec)
+    link.in_process = own_context
     try:
-        stage = _stage_function(spec.role)
-        stage(context, spec, link)
+        run_stage(make_stage(context, spec, link), link)
     except Exception as exc:  # reported to the coordinator, which prints it and exits non-zero
-        link.emit("error", message=first_line(exc), detail=traceback.format_exc())
+        link.emit(events.Error(message=first_line(exc), detail=traceback.format_exc()))
     finally:
         if own_context:
             # The CPU this worker process used (its threads' and pools' included), for the run's report.
             times = os.times()
-            link.emit("usage", user_s=round(times.user, 3), system_s=round(times.system, 3))
+            link.emit(events.Usage(user_s=round(times.user, 3), system_s=round(times.system, 3)))
         link.close()
         if own_context:
             context.term()
@@ -155,32 +267,23 @@ def retain_freed_memory() -> bool:
     )
 
 
-def _stage_function(role: str):
-    if role == "decode":
-        from stream.stages.decode import run_decoder
-
-        return run_decoder
-    if role == "infer":
-        from stream.stages.inference import run_inference
-
-        return run_inference
-    if role == "track":
-        from stream.stages.track import run_tracker
-
-        return run_tracker
-    if role == "render":
-        from stream.stages.render import run_renderer
-
-        return run_renderer
-    raise ValueError(f"unknown worker role {role!r}")
-
-
-def _ignore_sigint() -> None:
-    # Ctrl+C reaches the whole process group; only the coordinator reacts, and drains the pipeline.
-    import faulthandler
-    import signal
-
-    # SIGTERM keeps its default so the coordinator can still terminate a worker that hangs.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _worker_signals() -> None:
+    # A stop signal to a worker (alone, or with its whole process group, as `docker stop` and Ctrl+C
+    # send it) is counted and passed on to the coordinator, which stops or aborts the whole run; the
+    # worker itself never dies of it with its outputs open. (A hung worker is ended with SIGKILL.)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _count_stop_signal)
     # `kill -USR1 <pid>` prints where a worker is (diagnosing a stalled pipeline).
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+
+
+def _count_stop_signal(signum, frame) -> None:
+    global _stop_signals
+    _stop_signals += 1
+
+
+def _name_process(name: str) -> None:
+    """Give this process a name that `ps` and `top` show (``sapiens-decode``, ``sapiens-infer``...)."""
+    libc = ctypes.CDLL(None)
+    if hasattr(libc, "prctl"):
+        libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)

@@ -1,12 +1,11 @@
 """ZeroMQ plumbing shared by every stage: endpoints, sockets with explicit limits, send/receive.
 
-Conventions (one rule everywhere keeps the topology simple):
+Which sockets a run has, who binds them and their limits is the table in ``stream.runtime.topology``;
+this module makes them:
 
-- the *receiving* side of a data link binds (a PULL socket), the senders connect (PUSH), so a stage
-  with many producers (the GPU worker) has one socket that fair-queues all of them;
-- every socket gets explicit send and receive high-water marks (messages, not bytes) and a linger; a
-  PUSH blocks when its peer's queue is full, which is how offline backpressure reaches the decoder;
-- endpoints come from a ``Topology``: ``inproc://`` (threads of one process, one shared context),
+- every socket gets explicit send and receive high-water marks (messages, not bytes) and a linger
+  (``make_socket`` refuses 0, which ZeroMQ reads as unbounded);
+- endpoints come from ``Endpoints``: ``inproc://`` (threads of one process, one shared context),
   ``ipc://`` (processes on one host; the default) or ``tcp://`` (loopback unless CURVE is set up).
 """
 
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from stream.runtime.curve import CurveError, CurveKeys, secure
-from stream.runtime.messages import Message, decode, encode
+from stream.runtime.messages import Message, pack, unpack
 
 # Parts smaller than this are copied into libzmq (cheaper than tracking a zero-copy buffer).
 COPY_THRESHOLD = 64 * 1024
@@ -36,7 +35,7 @@ class TransportError(RuntimeError):
 
 
 @dataclass
-class Topology:
+class Endpoints:
     """Where every named endpoint of one run lives.
 
     ``transport`` picks the scheme; ``names`` fixes endpoints explicitly (e.g. a GPU worker on another
@@ -76,6 +75,16 @@ class Topology:
             address = f"tcp://{self.host}:{_free_port(self.host)}"
         self.names[name] = address
         return address
+
+    def pattern(self, name: str) -> str:
+        """What the endpoint for ``name`` will look like, without creating it (for ``--print-topology``)."""
+        if name in self.names:
+            return self.names[name]
+        if self.transport == "inproc":
+            return f"inproc://<run>-{name}"
+        if self.transport == "ipc":
+            return f"ipc://<run dir>/{name}"
+        return f"tcp://{self.host}:<free port>"
 
     def cleanup(self) -> None:
         """Remove the ipc socket directory (after every worker has closed its sockets)."""
@@ -140,7 +149,7 @@ def send_message(
     sock: zmq.Socket, message: Message, flags: int = 0, copy_threshold: int = COPY_THRESHOLD
 ) -> None:
     """Send ``message`` as one multipart message; large parts go zero-copy."""
-    parts = encode(message)
+    parts = pack(message)
     last = len(parts) - 1
     for i, part in enumerate(parts):
         more = zmq.SNDMORE if i < last else 0
@@ -152,7 +161,7 @@ def send_message(
 
 def recv_message(sock: zmq.Socket, flags: int = 0) -> Message:
     """Receive one envelope; payload arrays view the received frames without copying."""
-    return decode(sock.recv_multipart(flags, copy=False))
+    return unpack(sock.recv_multipart(flags, copy=False))
 
 
 def close_sender(sock: zmq.Socket, finished: bool) -> None:

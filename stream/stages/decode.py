@@ -14,17 +14,22 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from contextlib import ExitStack
 from fractions import Fraction
 
 import numpy as np
 import zmq
 
+from stream.edges.live import live_options
+from stream.edges.metrics import SourceStats
 from stream.edges.sources import open_source
 from stream.media.frames import I420, DecodedFrame
+from stream.runtime import topology
+from stream.runtime.events import Done, Drop, FrameIn, Ready, Reconnect
 from stream.runtime.messages import EOS, SKIP, Message, control_message, frame_message
 from stream.runtime.ring import READERS, FrameRing, RingError, i420_shape
-from stream.runtime.stage import SourcePlan, StageLink, WorkerSpec
-from stream.runtime.transport import Stopped, close_sender, make_socket, send_until
+from stream.runtime.stage import SourcePlan, Stage, StageLink, WorkerSpec
+from stream.runtime.transport import Stopped, close_sender, send_until
 
 LIVE_QUEUE_FRAMES = 2  # frames a live source may hold while downstream is busy
 SLOT_WAIT_S = 0.005  # offline, how often a decoder waiting for a free ring slot looks again (the ring
@@ -35,14 +40,12 @@ class FrameSender:
     """Numbers one source's messages and sends each to both the GPU worker and the render stage."""
 
     def __init__(self, context: zmq.Context, spec: WorkerSpec, plan: SourcePlan, link: StageLink) -> None:
-        hwm = spec.config.queue_frames
-        self.gpu = make_socket(context, zmq.PUSH, spec.endpoints["infer"], bind=False, hwm=hwm)
-        self.render = make_socket(
-            context, zmq.PUSH, spec.endpoints[f"render.{plan.name}.frames"], bind=False, hwm=hwm
-        )
+        self.gpu = topology.open(context, spec, "frames")
+        self.render = topology.open(context, spec, "render_frames", source=plan.name)
         self.plan = plan
         self.link = link
         self.session = spec.session
+        self.run_pid = spec.coordinator_pid  # rings are named for the run, so it can remove them
         self.seq = 0
         self.segment = 0
         info = plan.info
@@ -102,7 +105,7 @@ class FrameSender:
             return False
         if self.ring is None:
             try:
-                self.ring = FrameRing.create(slot_bytes, self.ring_slots, READERS)
+                self.ring = FrameRing.create(slot_bytes, self.ring_slots, READERS, self.run_pid)
             except RingError:
                 self.use_ring = False  # no shared memory to spare: inline pixels still work
                 return False
@@ -155,35 +158,63 @@ class FrameSender:
             self.ring.close()
 
 
-def run_decoder(context: zmq.Context, spec: WorkerSpec, link: StageLink) -> None:
-    (plan,) = spec.sources
-    sender = FrameSender(context, spec, plan, link)
-    decoded = 0
-    try:
-        link.emit("ready")
-        if plan.live:
-            decoded = _run_live(spec, plan, sender, link)
+class DecodeStage(Stage):
+    """Reads one source and sends every frame on; the source's end (or a stop) sends the final EOS."""
+
+    def __init__(self, context: zmq.Context, spec: WorkerSpec, link: StageLink) -> None:
+        (plan,) = spec.sources
+        self.plan = plan
+        self.link = link
+        self.sender = FrameSender(context, spec, plan, link)
+        self.sources = ExitStack()  # the open source, closed in every state
+        self.decoded = 0
+        self.live = _LiveReader(spec, plan, self.sender, link) if plan.live else None
+
+    def start(self) -> Ready:
+        # Opened here, inside the runtime's care: a source that fails to open is closed with the rest.
+        if self.live is not None:
+            self.live.start(self.sources)
         else:
-            decoded = _run_offline(plan, sender, link)
-        sender.control(EOS, segment=sender.segment, final=True)
-        link.emit("decoded", source=plan.name, frames=decoded)
-        link.wait_for_finish()
-    except Stopped:
-        pass
-    finally:
-        sender.close(finished=link.finished)
+            source = open_source(self.plan.info, frame_buffer=self.sender.frame_buffer)
+            self.frames = self.sources.enter_context(source)
+        return Ready()
 
+    def poll_ms(self) -> int:
+        return 0  # no inputs: a turn is one frame read (or, live, one wait on the reader's queue)
 
-def _run_offline(plan: SourcePlan, sender: FrameSender, link: StageLink) -> int:
-    decoded = 0
-    with open_source(plan.info, frame_buffer=sender.frame_buffer) as frames:
-        for frame in frames:
-            sender.frame(frame)
-            decoded += 1
-            link.poll_control()
-            if link.stop_requested:
-                break
-    return decoded
+    def step(self) -> None:
+        if self.live is not None:
+            self.finished = self.live.step()
+            return
+        frame = next(self.frames, None)
+        if frame is None:
+            self.finished = True
+            return
+        self.sender.frame(frame)
+        self.decoded += 1
+
+    def stop(self) -> None:
+        self.finished = True
+
+    def finish(self) -> Done:
+        self._close_source()
+        self.sender.control(EOS, segment=self.sender.segment, final=True)
+        decoded = self.live.counts["decoded"] if self.live is not None else self.decoded
+        return Done(source=self.plan.name, frames=decoded)
+
+    def _close_source(self) -> None:
+        if self.live is not None:
+            self.live.stopping.set()
+        # Closing the source unblocks a live reader in any state (connecting, reconnecting, reading).
+        self.sources.close()
+        if self.live is not None and self.live.reader.is_alive():
+            self.live.reader.join(timeout=5.0)
+
+    def close(self, finished: bool) -> None:
+        try:
+            self._close_source()
+        finally:
+            self.sender.close(finished=finished)
 
 
 class _LiveQueue:
@@ -234,71 +265,65 @@ class _LiveQueue:
             return False
 
 
-def _run_live(spec: WorkerSpec, plan: SourcePlan, sender: FrameSender, link: StageLink) -> int:
-    from stream.edges.metrics import SourceStats
+class _LiveReader:
+    """A live source: a reader thread pulls frames into a short queue; each step sends what it holds."""
 
-    cfg = spec.config
-    stats = SourceStats(plan.name)  # the source's own drops and reconnects, forwarded to the coordinator
-    options = cfg.live_options()
-    queue = _LiveQueue(LIVE_QUEUE_FRAMES)
-    counts = {"decoded": 0}
-    reader_error: list[BaseException] = []
+    def __init__(self, spec: WorkerSpec, plan: SourcePlan, sender: FrameSender, link: StageLink) -> None:
+        self.plan = plan
+        self.sender = sender
+        self.link = link
+        self.options = live_options(spec.config)
+        self.stats = SourceStats(plan.name)  # the source's own drops and reconnects, forwarded on
+        self.forwarded = _StatsForwarder(self.stats, link, plan.name)
+        self.queue = _LiveQueue(LIVE_QUEUE_FRAMES)
+        self.counts = {"decoded": 0}
+        self.dropped: deque = deque()
+        self.error: list[BaseException] = []
+        self.stopping = threading.Event()
+        self.reader = threading.Thread(target=self._read, name=f"live-reader-{plan.name}", daemon=True)
 
-    with open_source(plan.info, options, stats) as frames:
+    def start(self, sources: ExitStack) -> None:
+        self.frames = sources.enter_context(open_source(self.plan.info, self.options, self.stats))
+        self.reader.start()
 
-        def read() -> None:
-            try:
-                for frame in frames:
-                    counts["decoded"] += 1
-                    dropped = queue.put(frame)
-                    if dropped is not None:
-                        link_events.append(dropped)
-                    if stopping.is_set():
-                        break
-            except Exception as exc:  # handed to the sender loop, which reports it
-                reader_error.append(exc)
-            finally:
-                queue.finish()
-
-        link_events: deque = deque()
-        stopping = threading.Event()
-        reader = threading.Thread(target=read, name=f"live-reader-{plan.name}", daemon=True)
-        reader.start()
+    def _read(self) -> None:
         try:
-            _send_live(queue, sender, link, link_events, stats)
+            for frame in self.frames:
+                self.counts["decoded"] += 1
+                dropped = self.queue.put(frame)
+                if dropped is not None:
+                    self.dropped.append(dropped)
+                if self.stopping.is_set():
+                    break
+        except Exception as exc:  # handed to the sending side, which raises it
+            self.error.append(exc)
         finally:
-            stopping.set()
-            # Closing the source unblocks the reader in any state (connecting, reconnecting, reading).
-        if reader_error:
-            raise reader_error[0]
-    reader.join(timeout=5.0)
-    return counts["decoded"]
+            self.queue.finish()
 
-
-def _send_live(queue: _LiveQueue, sender: FrameSender, link: StageLink, dropped: deque, stats) -> None:
-    forwarded = _StatsForwarder(stats, link, sender.plan.name)
-    while True:
-        while dropped:
-            link.emit("drop", source=sender.plan.name, cause="behind", frame=dropped.popleft())
-        forwarded.update()
-        link.poll_control()
-        if link.stop_requested:
-            return
-        head = queue.peek(timeout=0.1)
+    def step(self) -> bool:
+        """Send what the queue holds now; True once the source has ended."""
+        name = self.plan.name
+        while self.dropped:
+            self.link.emit(Drop(source=name, cause="behind", frame=self.dropped.popleft()))
+        self.forwarded.update()
+        head = self.queue.peek(timeout=0.1)
         if head is None:
-            if queue.finished:
-                return
-            continue
+            if self.queue.finished:
+                if self.error:
+                    raise self.error[0]
+                return True
+            return False
         if isinstance(head, DecodedFrame):
-            if not sender.writable(timeout_ms=20):
-                continue  # meanwhile the reader may turn this frame into a skip
-            if queue.pop(head):
-                sender.frame(head)
-                link.emit("frame_in", source=sender.plan.name)
-        elif queue.pop(head):
+            if not self.sender.writable(timeout_ms=20):
+                return False  # meanwhile the reader may turn this frame into a skip
+            if self.queue.pop(head):
+                self.sender.frame(head)
+                self.link.emit(FrameIn(source=name))
+        elif self.queue.pop(head):
             _, index, width, height = head
-            sender.control(SKIP, frame=index, width=width, height=height, cause="behind")
-            link.emit("frame_in", source=sender.plan.name)
+            self.sender.control(SKIP, frame=index, width=width, height=height, cause="behind")
+            self.link.emit(FrameIn(source=name))
+        return False
 
 
 class _StatsForwarder:
@@ -321,9 +346,9 @@ class _StatsForwarder:
         for cause, count in summary.get("drops_by_cause", {}).items():
             delta = int(count) - self.drops.get(cause, 0)
             if delta > 0:
-                self.link.emit("drop", source=self.name, cause=cause, count=delta)
+                self.link.emit(Drop(source=self.name, cause=cause, count=delta))
                 self.drops[cause] = int(count)
         reconnects = int(summary.get("reconnects", 0))
         for _ in range(reconnects - self.reconnects):
-            self.link.emit("reconnect", source=self.name)
+            self.link.emit(Reconnect(source=self.name))
         self.reconnects = reconnects

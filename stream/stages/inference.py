@@ -17,75 +17,77 @@ import zmq
 from stream.config import PipelineConfig
 from stream.engine import Group, InferenceEngine
 from stream.engine.runtime import resolve_device, use_all_cores
+from stream.runtime import topology
+from stream.runtime.events import Done, Drop, Ready
 from stream.runtime.messages import EOS, FRAME, SKIP, Message
 from stream.runtime.ring import resolve
-from stream.runtime.stage import StageLink, WorkerSpec
-from stream.runtime.transport import Stopped, close_sender, make_socket, recv_message, send_until
+from stream.runtime.stage import POLL_MS, Stage, StageLink, WorkerSpec
+from stream.runtime.transport import close_sender, recv_message, send_until
 
 
-def run_inference(context: zmq.Context, spec: WorkerSpec, link: StageLink) -> None:
-    cfg = spec.config
-    if cfg.workers != "inproc" and resolve_device(cfg.device).type == "cpu":
-        use_all_cores()  # in-process runs keep the process's settings
-    names = [plan.name for plan in spec.sources]
-    live = any(plan.live for plan in spec.sources)
-    inbox = make_socket(
-        context, zmq.PULL, spec.endpoints["infer"], bind=True, hwm=cfg.queue_frames * max(1, len(names))
-    )
-    outboxes = {
-        name: make_socket(
-            context, zmq.PUSH, spec.endpoints[f"track.{name}"], bind=False, hwm=cfg.queue_frames * 4
-        )
-        for name in names
-    }
-    engine = None
-    try:
-        engine = InferenceEngine(cfg, live=live)
-        engine.warm_up()
-        dtype = str(engine.dtype).replace("torch.", "")
-        link.emit("ready", device=str(engine.device), dtype=dtype, flip=engine.flip)
-        scheduler = engine.scheduler()
-        open_sources = set(names)
-        while open_sources:
-            group = _collect(inbox, cfg, link, wait=not scheduler.has_pending)
-            if group is None:
-                if link.aborted:
-                    return
-                outputs = scheduler.flush()
-            else:
-                outputs = scheduler.submit(group)
-            for messages in outputs:
-                for message in messages:
-                    if message.kind == EOS:
-                        engine.end_segment(message.source, message.segment)
-                        if message.meta.get("final"):
-                            open_sources.discard(message.source)
-                    elif message.kind == SKIP and message.meta.get("cause") == "stale":
-                        link.emit("drop", source=message.source, cause="stale", frame=message.frame)
-                    send_until(outboxes[message.source], message, link.should_abort)
-        link.emit("done", boxes_dropped=engine.dropped_boxes)
-        link.wait_for_finish()
-    except Stopped:
-        pass
-    finally:
-        if engine is not None:
-            engine.close()
-        inbox.close(linger=0)
-        for sock in outboxes.values():
-            close_sender(sock, link.finished)
+class InferenceStage(Stage):
+    """The GPU worker's loop: groups of frames from every decoder in, one results message per frame out."""
+
+    def __init__(self, context: zmq.Context, spec: WorkerSpec, link: StageLink) -> None:
+        cfg = spec.config
+        if cfg.workers != "inproc" and resolve_device(cfg.device).type == "cpu":
+            use_all_cores()  # in-process runs keep the process's settings
+        self.cfg = cfg
+        self.link = link
+        self.live = any(plan.live for plan in spec.sources)
+        self.inbox = topology.open(context, spec, "frames")
+        self.outboxes = {
+            plan.name: topology.open(context, spec, "results", source=plan.name) for plan in spec.sources
+        }
+        self.inputs = [self.inbox]
+        self.open_sources = set(self.outboxes)
+        self.engine: InferenceEngine | None = None
+
+    def start(self) -> Ready:
+        self.engine = InferenceEngine(self.cfg, live=self.live)
+        self.engine.warm_up()
+        self.scheduler = self.engine.scheduler()
+        dtype = str(self.engine.dtype).replace("torch.", "")
+        return Ready(device=str(self.engine.device), dtype=dtype, flip=self.engine.flip)
+
+    def poll_ms(self) -> int:
+        return 0 if self.scheduler.has_pending else POLL_MS  # work held back: finish it when idle
+
+    def receive(self, sock: zmq.Socket, message: Message) -> None:
+        self._send(self.scheduler.submit(_collect(self.inbox, self.cfg, message)))
+
+    def step(self) -> None:
+        if self.scheduler.has_pending:
+            self._send(self.scheduler.flush())
+
+    def _send(self, outputs) -> None:
+        for messages in outputs:
+            for message in messages:
+                if message.kind == EOS:
+                    self.engine.end_segment(message.source, message.segment)
+                    if message.meta.get("final"):
+                        self.open_sources.discard(message.source)
+                elif message.kind == SKIP and message.meta.get("cause") == "stale":
+                    self.link.emit(Drop(source=message.source, cause="stale", frame=message.frame))
+                send_until(self.outboxes[message.source], message, self.link.should_abort)
+        self.finished = not self.open_sources
+
+    def finish(self) -> Done:
+        return Done(boxes_dropped=self.engine.dropped_boxes)
+
+    def close(self, finished: bool) -> None:
+        if self.engine is not None:
+            self.engine.close()
+        self.inbox.close(linger=0)
+        for sock in self.outboxes.values():
+            close_sender(sock, finished)
 
 
-def _collect(inbox: zmq.Socket, cfg: PipelineConfig, link: StageLink, wait: bool) -> Group | None:
-    """Up to ``group_frames`` frames, waiting at most ``max_wait_ms`` after the first; None if none came."""
+def _collect(inbox: zmq.Socket, cfg: PipelineConfig, first: Message) -> Group:
+    """``first`` and what follows it, up to ``group_frames`` frames or ``max_wait_ms`` after the first."""
     group = Group()
-    if wait:
-        while not inbox.poll(100, zmq.POLLIN):
-            if link.should_abort():
-                return None
-    elif not inbox.poll(0, zmq.POLLIN):
-        return None
     deadline = time.monotonic() + cfg.max_wait_ms / 1000.0
-    _add(group, recv_message(inbox))
+    _add(group, first)
     while len(group.frames) < cfg.group_frames:
         remaining_ms = int((deadline - time.monotonic()) * 1000.0)
         if remaining_ms <= 0 or not inbox.poll(remaining_ms, zmq.POLLIN):

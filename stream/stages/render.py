@@ -20,15 +20,25 @@ import numpy as np
 import zmq
 
 from stream.media.frames import I420, FrameResult
-from stream.runtime.messages import EOS, FRAME, RESULTS, SKIP, Message, to_decoded_frame, to_frame_result
+from stream.runtime import topology
+from stream.runtime.events import Done, Progress, SinkClosed
+from stream.runtime.messages import (
+    EOS,
+    FRAME,
+    RESULTS,
+    SKIP,
+    Message,
+    follow_up,
+    to_decoded_frame,
+    to_frame_result,
+)
 from stream.runtime.reorder import ReorderBuffer
 from stream.runtime.ring import RENDER_READER, release, resolve
-from stream.runtime.stage import SourcePlan, StageLink, WorkerSpec
-from stream.runtime.transport import make_socket, recv_message, send_message
+from stream.runtime.stage import SourcePlan, Stage, StageLink, WorkerSpec
+from stream.runtime.transport import send_message
 
 # Live recordings' time base: RTSP's 90 kHz video clock, fine enough for any camera's timestamps.
 LIVE_TIME_BASE = Fraction(1, 90_000)
-PREVIEW_HWM = 2  # the preview shows the newest frames; older ones are dropped, never queued
 
 
 class SourceOutputs:
@@ -234,81 +244,89 @@ class Joiner:
             yield frame, result
 
 
-def run_renderer(context: zmq.Context, spec: WorkerSpec, link: StageLink) -> None:
-    (plan,) = spec.sources
-    cfg = spec.config
-    # The frame queue holds what the GPU path has in flight; it never blocks the decoder for long
-    # because this loop always drains both sockets.
-    frames_in = make_socket(
-        context, zmq.PULL, spec.endpoints[f"render.{plan.name}.frames"], bind=True, hwm=cfg.queue_frames
-    )
-    results_in = make_socket(
-        context, zmq.PULL, spec.endpoints[f"render.{plan.name}.results"], bind=True, hwm=cfg.queue_frames * 4
-    )
-    preview = None
-    if cfg.show or cfg.serve:
-        preview = make_socket(
-            context, zmq.PUSH, spec.endpoints["preview"], bind=False, hwm=PREVIEW_HWM, linger_ms=0
+class RenderStage(Stage):
+    """Joins one source's frames with its results, writes every position to the sinks and shows it."""
+
+    def __init__(self, context: zmq.Context, spec: WorkerSpec, link: StageLink) -> None:
+        (plan,) = spec.sources
+        self.link = link
+        self.source = plan.name
+        self.outputs = SourceOutputs(spec, plan)
+        self.joiner = Joiner()
+        self.closed = False
+        # The frame queue holds what the GPU path has in flight; it never blocks the decoder for long
+        # because the runtime drains both inputs.
+        self.frames_in = topology.open(context, spec, "render_frames", source=plan.name)
+        self.results_in = topology.open(context, spec, "tracked", source=plan.name)
+        self.inputs = [self.frames_in, self.results_in]
+        cfg = spec.config
+        self.preview = topology.open(context, spec, "preview") if cfg.show or cfg.serve else None
+
+    def receive(self, sock: zmq.Socket, message: Message) -> None:
+        if sock is self.frames_in:
+            resolve(message)
+            self.joiner.add_frame(message)
+        else:
+            self.joiner.add_result(message)
+        for frame_msg, result_msg in self.joiner.pairs():
+            if frame_msg.kind == EOS or result_msg.kind == EOS:
+                self.finished = self.finished or bool(frame_msg.meta.get("final"))
+                continue
+            self._write(frame_msg, result_msg)
+
+    def _write(self, frame_msg: Message, result_msg: Message) -> None:
+        image = self.outputs.write(frame_msg, result_msg)
+        latency = time.time() - frame_msg.capture
+        self.link.emit(
+            Progress(
+                source=self.source,
+                frame=frame_msg.frame,
+                skipped=image is None,
+                latency=latency,
+                stamps=result_msg.stamps,
+            )
         )
-    outputs = SourceOutputs(spec, plan)
-    joiner = Joiner()
-    poller = zmq.Poller()
-    poller.register(frames_in, zmq.POLLIN)
-    poller.register(results_in, zmq.POLLIN)
-    link.emit("ready")
-    finished = False
-    try:
-        while not finished:
-            events = dict(poller.poll(100))
-            if link.should_abort():
-                break
-            if frames_in in events:
-                message = recv_message(frames_in)
-                resolve(message)
-                joiner.add_frame(message)
-            if results_in in events:
-                joiner.add_result(recv_message(results_in))
-            for frame_msg, result_msg in joiner.pairs():
-                if frame_msg.kind == EOS or result_msg.kind == EOS:
-                    finished = finished or bool(frame_msg.meta.get("final"))
-                    continue
-                image = outputs.write(frame_msg, result_msg)
-                latency = time.time() - frame_msg.capture
-                link.emit(
-                    "progress",
-                    source=plan.name,
-                    frame=frame_msg.frame,
-                    skipped=image is None,
-                    latency=latency,
-                    stamps=result_msg.stamps,
-                )
-                if preview is not None and image is not None:
-                    if frame_msg.slot is not None and image is frame_msg.arrays.get("image"):
-                        # The slot is released below and reused by the decoder, while a zero-copy
-                        # send may still be reading it: the preview gets its own copy.
-                        image = image.copy()
-                    _publish_preview(preview, plan.name, image, frame_msg)
-                release(frame_msg, RENDER_READER)  # written and shown: the slot may be reused
-    finally:
-        outputs.close()
-        frames_in.close(linger=0)
-        results_in.close(linger=0)
-        if preview is not None:
-            preview.close(linger=0)
-    link.emit(
-        "done",
-        source=plan.name,
-        frames=outputs.frames_written,
-        lines=outputs.lines,
-        skipped=outputs.skipped,
-        outputs=outputs.outputs(),
-        complete=finished,
-    )
+        if self.preview is not None and image is not None:
+            if frame_msg.slot is not None and image is frame_msg.arrays.get("image"):
+                # The slot is released below and reused by the decoder, while a zero-copy
+                # send may still be reading it: the preview gets its own copy.
+                image = image.copy()
+            _publish_preview(self.preview, self.source, image, frame_msg)
+        release(frame_msg, RENDER_READER)  # written and shown: the slot may be reused
+
+    def finish(self) -> Done:
+        self._close_sinks(complete=True)
+        return Done(source=self.source, frames=self.outputs.frames_written)
+
+    def _close_sinks(self, complete: bool) -> None:
+        """Close the sinks once (playable from here on) and tell the coordinator what they hold."""
+        if self.closed:
+            return
+        self.closed = True
+        self.outputs.close()
+        outputs = self.outputs
+        self.link.emit(
+            SinkClosed(
+                source=self.source,
+                frames=outputs.frames_written,
+                lines=outputs.lines,
+                skipped=outputs.skipped,
+                outputs=outputs.outputs(),
+                complete=complete,
+            )
+        )
+
+    def close(self, finished: bool) -> None:
+        try:
+            self._close_sinks(complete=False)
+        finally:
+            self.frames_in.close(linger=0)
+            self.results_in.close(linger=0)
+            if self.preview is not None:
+                self.preview.close(linger=0)
 
 
 def _publish_preview(sock: zmq.Socket, name: str, image: np.ndarray, frame_msg: Message) -> None:
-    from stream.runtime.messages import follow_up
-
     message = follow_up(frame_msg, FRAME, {"image": image})
     message.source = name
     try:

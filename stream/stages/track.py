@@ -10,10 +10,12 @@ from __future__ import annotations
 import numpy as np
 import zmq
 
+from stream.runtime import topology
+from stream.runtime.events import Done
 from stream.runtime.messages import EOS, RESULTS, Message, follow_up, result_arrays, to_frame_result
 from stream.runtime.reorder import ReorderBuffer
-from stream.runtime.stage import StageLink, WorkerSpec
-from stream.runtime.transport import Stopped, close_sender, make_socket, recv_message, send_until
+from stream.runtime.stage import Stage, StageLink, WorkerSpec
+from stream.runtime.transport import close_sender, send_until
 
 
 class SourceTracking:
@@ -63,35 +65,34 @@ class SourceTracking:
             self.boxes.reset()
 
 
-def run_tracker(context: zmq.Context, spec: WorkerSpec, link: StageLink) -> None:
-    (plan,) = spec.sources
-    cfg = spec.config
-    hwm = cfg.queue_frames * 4
-    inbox = make_socket(context, zmq.PULL, spec.endpoints[f"track.{plan.name}"], bind=True, hwm=hwm)
-    outbox = make_socket(
-        context, zmq.PUSH, spec.endpoints[f"render.{plan.name}.results"], bind=False, hwm=hwm
-    )
-    rate = float(plan.info.frame_rate) if plan.info.frame_rate else float(cfg.folder_fps) or 30.0
-    tracking = SourceTracking(rate, cfg.smooth, cfg.keypoint_threshold)
-    order = ReorderBuffer()
-    link.emit("ready")
-    try:
-        finished = False
-        while not finished:
-            while not inbox.poll(100, zmq.POLLIN):
-                if link.should_abort():
-                    return
-            for message in order.push(recv_message(inbox)):
-                if message.kind == RESULTS:
-                    message = tracking(message)
-                elif message.kind == EOS:
-                    tracking.reset()
-                    finished = bool(message.meta.get("final"))
-                send_until(outbox, message, link.should_abort)
-        link.emit("done", source=plan.name)
-        link.wait_for_finish()
-    except Stopped:
-        pass
-    finally:
-        inbox.close(linger=0)
-        close_sender(outbox, link.finished)
+class TrackStage(Stage):
+    """Puts one source's results back in order, tracks and smooths them and passes them to render."""
+
+    def __init__(self, context: zmq.Context, spec: WorkerSpec, link: StageLink) -> None:
+        (plan,) = spec.sources
+        cfg = spec.config
+        self.link = link
+        self.source = plan.name
+        rate = float(plan.info.frame_rate) if plan.info.frame_rate else float(cfg.folder_fps) or 30.0
+        self.tracking = SourceTracking(rate, cfg.smooth, cfg.keypoint_threshold)
+        self.order = ReorderBuffer()
+        self.inbox = topology.open(context, spec, "results", source=plan.name)
+        self.outbox = topology.open(context, spec, "tracked", source=plan.name)
+        self.inputs = [self.inbox]
+
+    def receive(self, sock: zmq.Socket, message: Message) -> None:
+        for ready in self.order.push(message):
+            if ready.kind == RESULTS:
+                ready = self.tracking(ready)
+            elif ready.kind == EOS:
+                self.tracking.reset()
+                self.finished = self.finished or bool(ready.meta.get("final"))
+            send_until(self.outbox, ready, self.link.should_abort)
+
+    def finish(self) -> Done:
+        return Done(source=self.source)
+
+    def close(self, finished: bool) -> None:
+        self.inbox.close(linger=0)
+        close_sender(self.outbox, finished)
+

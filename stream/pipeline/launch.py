@@ -1,0 +1,128 @@
+"""Starting the stage workers: which stage each role runs, as threads (inproc) or processes from a
+fork server, and which of them are still running."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+
+import zmq
+
+from stream.runtime import stage as runtime
+from stream.runtime.stage import StageFactory, WorkerSpec
+
+
+def stage_factory(role: str) -> StageFactory:
+    """The stage class of ``role``. Imported on demand: the coordinator never loads torch itself."""
+    if role == "decode":
+        from stream.stages.decode import DecodeStage
+
+        return DecodeStage
+    if role == "infer":
+        from stream.stages.inference import InferenceStage
+
+        return InferenceStage
+    if role == "track":
+        from stream.stages.track import TrackStage
+
+        return TrackStage
+    if role == "render":
+        from stream.stages.render import RenderStage
+
+        return RenderStage
+    raise ValueError(f"unknown worker role {role!r}")
+
+
+def run_worker(spec: WorkerSpec, context: zmq.Context | None = None) -> None:
+    """A worker's entry point (thread or process target): run the stage of ``spec.role``."""
+    runtime.run_worker(spec, stage_factory(spec.role), context)
+
+
+# Imported once by the fork server, so workers start from a warm interpreter instead of each paying for
+# Python, numpy, PyAV, ZeroMQ and torch (seconds per worker on a small CPU). Nothing here starts threads
+# beyond the BLAS pool, which re-initialises after fork; OpenCV (imported by models.preprocess for the CPU
+# crops) starts its pool on first use, in the worker.
+WORKER_PRELOAD = [
+    "stream.pipeline.worker_server",  # first: the fork server ignores stop signals sent to the group
+    "__main__",
+    "stream.pipeline.launch",
+    "stream.stages.decode",
+    "stream.stages.track",
+    "scipy.optimize",  # the tracker's assignment solver
+    "torch",
+    "stream.stages.inference",
+    "models.sapiens2",
+    "models.loading",
+    "models.detector",
+    "models.preprocess",
+    "models.postprocess",
+    "models.tta",
+]
+
+
+def process_context():
+    """forkserver where the platform has it, else spawn. Never plain fork of the coordinator: it holds
+    ZeroMQ contexts (I/O threads) and maybe CUDA, neither survives fork; the fork server is a clean
+    process that has only imported modules."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(WORKER_PRELOAD)
+        return context
+    return multiprocessing.get_context("spawn")
+
+
+def start_worker_server() -> None:
+    """Start the fork server now, if workers come from one: it imports torch (seconds on a small CPU)
+    while the sources are probed (a camera may take as long to answer) and the coordinator sets up,
+    instead of after. Later runs of this process reuse it."""
+    context = process_context()
+    if context.get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+
+def waits_for_models(spec: WorkerSpec) -> bool:
+    """A live camera's decoder starts once the models are loaded, so it loses no frames to start-up.
+    File decoders start with the other stages: their first frames are decoded while the models load."""
+    return spec.role == "decode" and spec.sources[0].live
+
+
+class Launcher:
+    """Starts workers as threads (inproc) or processes and tells which are still running."""
+
+    def __init__(self, context: zmq.Context, in_process: bool) -> None:
+        self.context = context
+        self.in_process = in_process
+        self.workers: dict[str, threading.Thread | multiprocessing.Process] = {}
+
+    def start(self, spec: WorkerSpec) -> None:
+        if self.in_process:
+            worker = threading.Thread(
+                target=run_worker, args=(spec, self.context), name=spec.label, daemon=True
+            )
+        else:
+            worker = process_context().Process(target=run_worker, args=(spec,), name=spec.label, daemon=True)
+        worker.start()
+        self.workers[spec.label] = worker
+
+    def running(self) -> list[str]:
+        return [label for label, w in self.workers.items() if w.is_alive()]
+
+    def crashed(self) -> list[tuple[str, int]]:
+        """Processes that ended with a non-zero exit code (a crash that could not report itself), with
+        that code (negative: the signal that killed it)."""
+        if self.in_process:
+            return []
+        return [(label, w.exitcode) for label, w in self.workers.items() if w.exitcode not in (None, 0)]
+
+    def join(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for worker in self.workers.values():
+            worker.join(max(0.0, deadline - time.monotonic()))
+        if not self.in_process:
+            for worker in self.workers.values():
+                if worker.is_alive():
+                    worker.kill()  # SIGTERM asks a worker to drain; one that hangs this long is ended
+                    worker.join(5.0)
