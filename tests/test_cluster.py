@@ -48,9 +48,9 @@ def material(tmp_path_factory) -> dict:
     clips = [write_test_clip(root / f"{n}.mp4", 10, (80, 64), fps=25, seed=i) for i, n in enumerate(NAMES)]
     return {
         "pose": save_tiny_model(root / "pose_tiny", "pose"),
-        "boxes": write_boxes(root / "boxes.jsonl", two_people(60)),
+        "boxes": write_boxes(root / "boxes.jsonl", two_people(100)),
         "clips": clips,
-        "long": write_test_clip(root / "long.mp4", 60, (80, 64), fps=25, seed=9),
+        "long": write_test_clip(root / "long.mp4", 100, (80, 64), fps=25, seed=9),
     }
 
 
