@@ -1,5 +1,6 @@
 # One-command set-up: `make demo` runs the pipeline on a sample clip, `make test` runs the tests.
-# Both create .venv when missing and (re)install when pyproject.toml changes.
+# Both create .venv when missing and (re)install when pyproject.toml changes; the test extra and the
+# ray extra are installed, so the tests on a local Ray cluster run too.
 
 PYTHON ?= python3
 VENV := .venv
@@ -17,7 +18,7 @@ SYSTEM_STAMP := .system-deps.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,ray]'
 	touch $(STAMP)
 
 $(SYSTEM_STAMP):

@@ -91,6 +91,9 @@ class PipelineConfig:
     random_weights: bool = False  # build models with random weights (command line only, never YAML)
     allow_remote: bool = False  # let --serve / --metrics bind an address other machines can reach
     max_viewers: int = 4  # browser preview: MJPEG streams served at once; more get HTTP 503
+    ray: str | None = None  # run on a Ray cluster: local, auto, ray://HOST:PORT or HOST:PORT
+    shards: int | None = None  # shard actors of a Ray run (default: one per GPU, 1 without GPUs)
+    control: str | None = None  # HOST:PORT (loopback) of the HTTP API that adds and removes live sources
 
     def __post_init__(self) -> None:
         self.validate()
@@ -109,6 +112,8 @@ class PipelineConfig:
                     f"{name} address {address} is not a loopback address and would be reachable from other "
                     f"machines; add --allow-remote if that is intended"
                 )
+        if self.control is not None and self.ray is None:
+            raise ConfigError("control: the control API serves runs on Ray for now; add --ray local")
 
     @property
     def group_frames(self) -> int:
@@ -309,6 +314,9 @@ _CHECKS = {
     "random_weights": _boolean,
     "allow_remote": _boolean,
     "max_viewers": _integer(1),
+    "ray": _optional(_ray_address),
+    "shards": _optional(_integer(1)),
+    "control": _optional(_host_port),
 }
 
 
@@ -321,6 +329,13 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False  # a name that may resolve to anything
+
+
+def _ray_address(name: str, value) -> str:
+    special = value in ("local", "auto") or str(value).startswith("ray://")
+    if not isinstance(value, str) or not (special or ":" in value):
+        raise ConfigError(f"{name} must be local, auto, ray://HOST:PORT or HOST:PORT, got {value!r}")
+    return value
 
 
 def parse_webcam_size(value) -> tuple[int, int]:

@@ -112,6 +112,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     add("--webcam-format", help="pixel format to request from a webcam, e.g. mjpeg or yuyv422")
     add("--workers", help="inproc (threads), ipc (processes; default) or tcp")
     add("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
+    add("--ray", metavar="ADDRESS", help="run on a Ray cluster: local, auto or ray://HOST:PORT")
+    add("--shards", type=int, help="Ray: shard actors (default: one per GPU)")
+    add("--control", metavar="HOST:PORT", help="HTTP API to list, add and remove live sources (loopback)")
     add("--segment-time", type=float, metavar="SECONDS",
         help="live: start new output files every SECONDS, named <name>_<UTC start>.mp4/.jsonl")
     add("--label-maps", action=argparse.BooleanOptionalAction, default=None,
@@ -177,14 +180,23 @@ def _run_exports(value: str | None, config) -> list[str]:
 def run(config, exports: Sequence[str] = ()) -> int:
     import dataclasses
 
-    import stream.api
+    if config.ray:
+        from stream.cluster import run_cluster
 
-    # The command line is the Python API's ``stream.run`` with the command line's options.
-    report = stream.api.run(**dataclasses.asdict(config))
+        report = run_cluster(config)
+    else:
+        import stream.api
+
+        # The command line is the Python API's ``stream.run`` with the command line's options.
+        report = stream.api.run(**dataclasses.asdict(config))
+    placement = getattr(report, "placement", {})
     for source in report.sources.values():
         drops = sum(source.drops.values())
         extra = f", {source.skipped} skipped, {drops} dropped" if source.mode == "live" else ""
+        extra += f" [{placement[source.name]}]" if source.name in placement else ""
         print(f"{source.name}: {source.lines} frames{extra} -> {', '.join(source.outputs.values())}")
+    if placement:
+        print(f"cluster: {report.shards} shards, {report.lost_shards} lost and replaced")
     note = " (interrupted)" if report.interrupted else ""
     print(f"done in {report.elapsed:.1f} s, {report.fps:.1f} frames/s{note}")
     if report.worker_cpu:

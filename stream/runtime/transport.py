@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
+from stream.runtime.curve import CurveError, CurveKeys, secure
 from stream.runtime.messages import Message, pack, unpack
 
 # Parts smaller than this are copied into libzmq (cheaper than tracking a zero-copy buffer).
@@ -51,10 +52,11 @@ class Endpoints:
     def __post_init__(self) -> None:
         if self.transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {self.transport!r}")
-        if self.transport == "tcp" and not _is_loopback(self.host):
+        if self.transport == "tcp" and not _is_loopback(self.host) and CurveKeys.from_env() is None:
+            # Off loopback every link is CURVE (stream.runtime.curve): without the run's keys, refuse.
             raise ValueError(
                 f"tcp transport on {self.host} would expose frames to the network; "
-                "bind 127.0.0.1 (CURVE-authenticated remote links are not set up by this runtime)"
+                "bind 127.0.0.1, or run with CURVE keys (links off loopback are CURVE-only)"
             )
 
     def endpoint(self, name: str) -> str:
@@ -114,8 +116,10 @@ def make_socket(
     hwm: int,
     linger_ms: int = DEFAULT_LINGER_MS,
     subscribe: bytes | None = None,
+    curve: CurveKeys | None = None,
 ) -> zmq.Socket:
-    """A socket of ``socket_type`` with send/receive HWM ``hwm`` and ``linger_ms``, bound or connected."""
+    """A socket of ``socket_type`` with send/receive HWM ``hwm`` and ``linger_ms``, bound or connected.
+    A ``tcp://`` endpoint off loopback gets CURVE (``curve``, else the run's keys) or is refused."""
     if hwm <= 0:
         raise ValueError(f"high-water mark must be positive (0 means unbounded in ZeroMQ), got {hwm}")
     sock = context.socket(socket_type)
@@ -124,6 +128,11 @@ def make_socket(
     sock.setsockopt(zmq.LINGER, linger_ms)
     if socket_type == zmq.SUB:
         sock.setsockopt(zmq.SUBSCRIBE, subscribe or b"")
+    try:
+        secure(sock, endpoint, bind=bind, keys=curve)
+    except CurveError as exc:
+        sock.close(linger=0)
+        raise TransportError(str(exc)) from None
     try:
         if bind:
             sock.bind(endpoint)
