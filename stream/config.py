@@ -261,6 +261,13 @@ def _sources(name: str, value) -> list[str]:
     return specs
 
 
+def _ray_address(name: str, value) -> str:
+    special = value in ("local", "auto") or str(value).startswith("ray://")
+    if not isinstance(value, str) or not (special or ":" in value):
+        raise ConfigError(f"{name} must be local, auto, ray://HOST:PORT or HOST:PORT, got {value!r}")
+    return value
+
+
 _CHECKS = {
     "sources": _sources,
     "out": _optional(_path),
@@ -329,13 +336,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False  # a name that may resolve to anything
-
-
-def _ray_address(name: str, value) -> str:
-    special = value in ("local", "auto") or str(value).startswith("ray://")
-    if not isinstance(value, str) or not (special or ":" in value):
-        raise ConfigError(f"{name} must be local, auto, ray://HOST:PORT or HOST:PORT, got {value!r}")
-    return value
 
 
 def parse_webcam_size(value) -> tuple[int, int]:
