@@ -40,7 +40,34 @@ def test_small_gaps_and_variable_rates_are_no_jump() -> None:
     # Lost frames (a few intervals), a repeated timestamp and variable frame intervals keep the segment.
     times = [0.0, 0.033, 0.07, 0.1, 0.1, 0.3, 0.333, 0.4]
     assert _segments(times, interval=None) == [0] * len(times)
-    assert _segments([None, None, 0.0, None, 0.04]) == [0] * 5
+    assert _segments([0.0, None, 0.04, None, 0.08]) == [0] * 5
+
+
+def test_timestamps_that_start_after_untimed_frames_start_a_segment() -> None:
+    # An RTSP camera's first frames can arrive before its timing: they are timed by the capture clock
+    # downstream, so the first camera timestamp switches clocks.
+    assert _segments([None, None, 0.1, 0.14, 0.18]) == [0, 0, 1, 1, 1]
+    assert _segments([0.0, None, 0.08]) == [0, 0, 0]  # a gap in a timed stream is no switch
+
+
+def test_time_going_back_within_a_segment_restarts_tracks_instead_of_failing() -> None:
+    import numpy as np
+
+    from stream.media.frames import ModelOutputs
+    from stream.runtime.messages import RESULTS, Message, result_arrays
+    from stream.stages.track import SourceTracking
+
+    tracking = SourceTracking(frame_rate=25.0, smooth=True, keypoint_threshold=0.3)
+    boxes, scores = np.array([[10, 10, 50, 90]], np.float32), np.array([0.9], np.float32)
+    outputs = ModelOutputs(boxes=boxes, scores=scores, track_ids=np.full(1, -1, np.int64))
+
+    def track(seconds: float) -> Message:
+        message = Message(RESULTS, "cam", 0, frame=0, pts=seconds, arrays=result_arrays(outputs))
+        return tracking(message)
+
+    for seconds in (1e9, 1e9 + 0.04, 0.08, 0.12):  # capture-clock times, then the camera's own
+        track(seconds)
+    assert tracking.last_time == 0.12
 
 
 def _joined_ts(tmp_path: Path, frames: int) -> Path:

@@ -26,15 +26,24 @@ class Timeline:
         self.name = name
         self.interval = frame_interval if frame_interval and frame_interval > 0 else None
         self.last: float | None = None
+        self.untimed = False  # frames without a time came first (downstream timed them by the clock)
         self.jumps = 0
 
     def jumped(self, seconds: float | None) -> bool:
-        """True when ``seconds`` does not continue the timeline (the caller starts a new segment)."""
+        """True when ``seconds`` does not continue the timeline (the caller starts a new segment).
+
+        Frames without a time are timed downstream by another clock; the first timed frame after them
+        switches clocks, which is a jump too (a camera whose first frames come before its timing)."""
         if seconds is None:
+            self.untimed = self.last is None
             return False
         last, self.last = self.last, seconds
         if last is None:
-            return False
+            switched, self.untimed = self.untimed, False
+            if switched:
+                self.jumps += 1
+                log.info("%s: timestamps start after untimed frames: new segment", self.name)
+            return switched
         step = seconds - last
         if 0 < step and (self.interval is None or step < self.interval):
             self.interval = step if self.interval is None else min(self.interval, step)
@@ -49,3 +58,4 @@ class Timeline:
     def restart(self) -> None:
         """Forget the last time (a reconnect starts a new segment anyway; its first frame is no jump)."""
         self.last = None
+        self.untimed = False

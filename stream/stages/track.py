@@ -7,6 +7,8 @@ new resolution, or the end of the source) resets every tracker and filter.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import zmq
 
@@ -16,6 +18,8 @@ from stream.runtime.messages import EOS, RESULTS, Message, follow_up, result_arr
 from stream.runtime.reorder import ReorderBuffer
 from stream.runtime.stage import Stage, StageLink, WorkerSpec
 from stream.runtime.transport import close_sender, send_until
+
+log = logging.getLogger(__name__)
 
 
 class SourceTracking:
@@ -36,10 +40,19 @@ class SourceTracking:
         for timestamp in (0.0, 0.04):
             self.tracker.update(box, score, timestamp, keypoints=points, keypoint_scores=point_scores)
         self.tracker.reset(restart_ids=True)
+        self.last_time: float | None = None
 
     def __call__(self, message: Message) -> Message:
         result = to_frame_result(message)
         timestamp = message.timestamp
+        if self.last_time is not None and timestamp < self.last_time:
+            # Sources start a new segment when their clock jumps; a step back that gets here anyway
+            # (a source whose frames mix timed and untimed ones) restarts this source's tracks rather
+            # than ending the run.
+            log.warning("%s: time went back %.3f s within a segment; tracks restart", message.source,
+                        self.last_time - timestamp)
+            self.reset()
+        self.last_time = timestamp
         ids = self.tracker.update(
             result.boxes,
             result.scores,
@@ -59,6 +72,7 @@ class SourceTracking:
         return follow_up(message, RESULTS, result_arrays(result, crops)).stamp("track")
 
     def reset(self) -> None:
+        self.last_time = None
         self.tracker.reset()
         if self.smooth:
             self.keypoints.reset()
