@@ -234,7 +234,7 @@ class _LiveQueue:
             if self.frames >= self.capacity:
                 for i, item in enumerate(self.items):
                     if isinstance(item, DecodedFrame):
-                        self.items[i] = ("skip", item.index, item.width, item.height)
+                        self.items[i] = ("skip", item.index, item.width, item.height, "behind")
                         self.frames -= 1
                         dropped = item.index
                         break
@@ -242,6 +242,12 @@ class _LiveQueue:
             self.frames += 1
             self.lock.notify()
             return dropped
+
+    def skipped(self, index: int, width: int, height: int) -> None:
+        """A frame the source itself dropped before this stage saw it: its ``skip`` keeps its place."""
+        with self.lock:
+            self.items.append(("skip", index, width, height, "source_backlog"))
+            self.lock.notify()
 
     def finish(self) -> None:
         with self.lock:
@@ -290,6 +296,10 @@ class _LiveReader:
         try:
             for frame in self.frames:
                 self.counts["decoded"] += 1
+                # Frames the live source dropped while this stage was behind (already counted as
+                # drops by the source): each still gets its "skipped" line, in order.
+                for gone in frame.extra.pop("dropped_before", ()):
+                    self.queue.skipped(gone["frame"], frame.width, frame.height)
                 dropped = self.queue.put(frame)
                 if dropped is not None:
                     self.dropped.append(dropped)
@@ -320,8 +330,8 @@ class _LiveReader:
                 self.sender.frame(head)
                 self.link.emit(FrameIn(source=name))
         elif self.queue.pop(head):
-            _, index, width, height = head
-            self.sender.control(SKIP, frame=index, width=width, height=height, cause="behind")
+            _, index, width, height, cause = head
+            self.sender.control(SKIP, frame=index, width=width, height=height, cause=cause)
             self.link.emit(FrameIn(source=name))
         return False
 
