@@ -347,7 +347,7 @@ class _LiveDriver(_Driver):
     # --- the control API (stream.cluster.control) -----------------------------------------------------
 
     def list_sources(self) -> list[dict]:
-        from stream.edges.metrics import redact_url
+        from stream.edges.redact import redact
 
         with self.lock:
             running = {name: label for label, _, name in self.pending.values()}
@@ -357,7 +357,7 @@ class _LiveDriver(_Driver):
                     state = "stopping" if name in self.removed else "running"
                 else:
                     state = "removed" if name in self.removed else "ended"
-                row = {"name": name, "url": redact_url(spec), "state": state, "shard": running.get(name)}
+                row = {"name": name, "url": redact(spec), "state": state, "shard": running.get(name)}
                 rows.append(row)
             return rows
 
