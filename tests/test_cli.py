@@ -148,3 +148,43 @@ def test_print_topology_prints_the_runs_wiring_and_starts_nothing(tmp_path: Path
     assert workers.index("infer[all]") < workers.index("decode[left]")  # receivers bind first
     assert workers.index("render[left]") < workers.index("track[left]") < workers.index("infer[all]")
     assert not out.exists()  # nothing was started
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "stream", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def tiny_clip(tmp_path: Path) -> Path:
+    from stream.media.synth import moving_squares, write_clip
+
+    clip = tmp_path / "clip.mp4"
+    write_clip(clip, moving_squares(3, (64, 48)), fps=25)
+    return clip
+
+
+def test_out_naming_a_file_is_one_error_line(tmp_path: Path, tiny_clip: Path) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("not a directory")
+    done = _run_cli("run", str(tiny_clip), "--out", str(taken), "--random-weights", "--no-progress")
+    assert done.returncode == 2
+    expected = f"sapiens-stream: error: out: {taken} exists and is not a directory"
+    assert done.stderr.strip().splitlines() == [expected]
+
+
+def test_a_port_in_use_is_one_error_line_and_debug_keeps_the_traceback(tmp_path: Path, tiny_clip) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        args = ["run", str(tiny_clip), "--out", str(tmp_path / "o"), "--random-weights", "--no-progress",
+                "--workers", "inproc", "--metrics", f"127.0.0.1:{port}"]
+        done = _run_cli(*args)
+        debug = _run_cli("--debug", *args)
+    (line,) = [line for line in done.stderr.splitlines() if "error" in line]
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert line == f"sapiens-stream: error: cannot serve metrics on 127.0.0.1:{port}: Address already in use"
+    assert "Traceback" in debug.stderr and debug.returncode != 0

@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sapiens-stream", description=description)
     commands = parser.add_subparsers(dest="command", required=True)
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    parser.add_argument("--debug", action="store_true", help="on an error, print the whole traceback")
 
     run = commands.add_parser("run", help="annotate videos, image folders or live streams")
     run.add_argument(
@@ -155,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         return run(config, exports=_run_exports(args.export, config))
     except Exception as exc:
+        if args.debug:
+            raise  # the whole traceback, for a bug report
         return _fail(exc)
 
 
@@ -238,8 +241,8 @@ def _fail(exc: Exception) -> int:
         status = 2
     elif isinstance(exc, PipelineError):
         status = 1
-    elif isinstance(exc, (ValueError, FileNotFoundError)):
-        status = 2
+    elif isinstance(exc, (ValueError, OSError)):
+        status = 2  # bad input, or the world refused: a missing file, a port in use, a full disk
     else:
         raise exc
     from stream.edges.redact import redact

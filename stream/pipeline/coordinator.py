@@ -29,7 +29,7 @@ from pathlib import Path
 import zmq
 
 from models.boxes import load_boxes_file
-from stream.config import PipelineConfig, parse_host_port
+from stream.config import ConfigError, PipelineConfig, parse_host_port
 from stream.edges.metrics import StatsRegistry, start_metrics_server
 from stream.edges.publish import check_publish_target
 from stream.edges.sources import SourceInfo, missing_frames, probe_source, unique_names
@@ -80,6 +80,18 @@ def check_inputs(cfg: PipelineConfig) -> None:
         raise FileNotFoundError(f"detector weights not found: {cfg.detector}")
     if cfg.publish is not None:
         check_publish_target(cfg.publish, len(cfg.sources))
+
+
+def prepare_out_dir(out: Path) -> None:
+    """Create ``out`` or refuse it with one line: a file in its place, no permission, a read-only disk."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out: {out} exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"out: cannot create {out}: {exc.strerror or exc}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ConfigError(f"out: cannot write to {out}")
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -418,6 +430,6 @@ def prepare_run(
     plans = plan_sources(config)
     check_inputs(config)
     if config.out is not None:
-        Path(config.out).mkdir(parents=True, exist_ok=True)
+        prepare_out_dir(Path(config.out))
     remove_stale_rings()  # left by runs that were killed before they could clean up
     return _Coordinator(config, plans, stop, context, caller)
