@@ -33,7 +33,8 @@ from av.video.reformatter import VideoReformatter
 from benchmarks._common import time_call, write_results
 from models.meta import pose_meta
 from stream.drawing.overlay import Renderer
-from stream.edges.sinks import JsonlSink, LabelMapSink, VideoSink, jsonl_record
+from stream.edges.map_sinks import LabelMapSink
+from stream.edges.sinks import JsonlSink, VideoSink, jsonl_record
 from stream.media.color import RgbDecoder, rgb_to_yuv420p_frame
 from stream.media.frames import DecodedFrame, ModelOutputs
 from stream.media.synth import moving_squares, write_clip

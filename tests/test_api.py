@@ -26,7 +26,7 @@ from pipeline_fixtures import (
 from rtsp_server import RtspServerProcess, server_unavailable_reason
 
 import stream
-from stream.edges.sinks import read_label_map
+from stream.edges.map_sinks import read_label_map
 from stream.front.cli import main
 from stream.pipeline.launch import start_worker_server
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from stream.config import ConfigError, PipelineConfig, build_config, load_yaml, parse_host_port, parse_size
-from stream.edges.live import live_options
+from stream.edges.live_open import live_options
 from stream.front.cli import build_parser, config_values
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -29,7 +29,7 @@ from transformers import Sapiens2ForImageMatting, Sapiens2ForNormalEstimation, S
 from transformers.models.sapiens2.image_processing_sapiens2 import Sapiens2ImageProcessor
 
 from stream.drawing.dense import Background, composite, depth_to_rgb, normals_to_rgb, parse_color
-from stream.edges.sinks import (
+from stream.edges.map_sinks import (
     encode_alpha,
     encode_depth,
     encode_normals,

@@ -23,15 +23,8 @@ import av
 import numpy as np
 import pytest
 
-from stream.edges.live import (
-    LiveOptions,
-    LiveSource,
-    SourceError,
-    is_live_spec,
-    is_webcam_spec,
-    open_args,
-    webcam_device,
-)
+from stream.edges.live import LiveSource, SourceError
+from stream.edges.live_open import LiveOptions, is_live_spec, is_webcam_spec, open_args, webcam_device
 from stream.edges.metrics import SourceStats
 from stream.media.synth import moving_squares, write_clip
 

@@ -27,7 +27,7 @@ from pipeline_fixtures import (
     write_test_clip,
 )
 
-from stream.edges.sinks import read_label_map
+from stream.edges.map_sinks import read_label_map
 from stream.front.cli import main
 
 SIZE = "x".join(str(v) for v in INPUT_SIZE)
@@ -257,7 +257,8 @@ def test_ipc_workers_share_frames_through_the_ring_and_match_inproc(material, tm
 
 def test_skipped_frames_are_not_counted_as_output_with_a_latency(material, tmp_path) -> None:
     from stream.config import build_config
-    from stream.pipeline.coordinator import _Coordinator, plan_sources
+    from stream.pipeline.coordinator import _Coordinator
+    from stream.pipeline.plan import plan_sources
     from stream.pipeline.report import ProgressDisplay
     from stream.runtime.events import Progress
 

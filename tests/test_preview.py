@@ -19,7 +19,8 @@ import cv2
 import numpy as np
 import pytest
 
-from stream.edges.preview import PreviewServer, PreviewWindow
+from stream.edges.preview import PreviewServer
+from stream.edges.preview_window import PreviewWindow
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from system_deps import command_missing  # noqa: E402

@@ -13,14 +13,8 @@ import numpy as np
 import pytest
 from pipeline_fixtures import read_video
 
-from stream.edges.sinks import (
-    JsonlSink,
-    LabelMapSink,
-    VideoSink,
-    jsonl_record,
-    pick_video_codec,
-    read_label_map,
-)
+from stream.edges.map_sinks import LabelMapSink, read_label_map
+from stream.edges.sinks import JsonlSink, VideoSink, jsonl_record, pick_video_codec
 from stream.media.frames import DecodedFrame, ModelOutputs
 from stream.media.synth import moving_squares, write_clip
 

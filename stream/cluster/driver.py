@@ -22,7 +22,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from stream.config import ConfigError, PipelineConfig
-from stream.pipeline.coordinator import PipelineError, check_inputs, plan_sources
+from stream.pipeline.coordinator import PipelineError
+from stream.pipeline.plan import check_inputs, plan_sources
 from stream.pipeline.report import RunReport, SourceReport
 from stream.runtime.curve import CurveKeys
 

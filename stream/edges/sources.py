@@ -19,7 +19,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-from stream.edges.live import LiveOptions, LiveSource, is_live_spec
+from stream.edges.live import LiveSource
+from stream.edges.live_open import LiveOptions, is_live_spec
 from stream.edges.redact import MASK, redact
 from stream.edges.timeline import Timeline
 from stream.media.color import RgbDecoder, frame_to_rgb, opencv_decodes

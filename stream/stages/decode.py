@@ -20,7 +20,7 @@ from fractions import Fraction
 import numpy as np
 import zmq
 
-from stream.edges.live import live_options
+from stream.edges.live_open import live_options
 from stream.edges.metrics import SourceStats
 from stream.edges.sources import open_source
 from stream.media.frames import I420, DecodedFrame

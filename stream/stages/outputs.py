@@ -190,7 +190,7 @@ class SourceOutputs:
 
     def _label_sink(self):
         if self.labels is None:
-            from stream.edges.sinks import LabelMapSink
+            from stream.edges.map_sinks import LabelMapSink
 
             self.labels = LabelMapSink(self.out / f"{self.stem}_seg")
         return self.labels
@@ -215,8 +215,8 @@ class SourceOutputs:
         self.jsonl = JsonlSink(self.out / f"{self.stem}.jsonl")
 
     def _write_dense(self, frame_index: int, result: ModelOutputs) -> None:
-        """Each dense map as a 16-bit PNG (and the pointmap as .npy when asked): see ``edges.sinks``."""
-        from stream.edges.sinks import encode_alpha, encode_depth, encode_normals
+        """Each dense map as a 16-bit PNG (and the pointmap as .npy when asked): see ``edges.map_sinks``."""
+        from stream.edges.map_sinks import encode_alpha, encode_depth, encode_normals
 
         if result.normals is not None:
             self._dense_sink("normal").write_png(frame_index, encode_normals(result.normals))
@@ -230,7 +230,7 @@ class SourceOutputs:
 
     def _dense_sink(self, task: str):
         if task not in self.dense:
-            from stream.edges.sinks import DenseMapSink
+            from stream.edges.map_sinks import DenseMapSink
 
             self.dense[task] = DenseMapSink(self.out / f"{self.stem}_{task}")
         return self.dense[task]
