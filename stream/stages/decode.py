@@ -217,6 +217,10 @@ class DecodeStage(Stage):
             self.sender.close(finished=finished)
 
 
+# Queue entries for frames the live source dropped itself, before this stage took them.
+SOURCE_BACKLOG = "source_backlog"
+
+
 class _LiveQueue:
     """Frames waiting to be sent; when full, the oldest frame becomes a ``skip`` (dropped, counted)."""
 
@@ -234,7 +238,7 @@ class _LiveQueue:
             if self.frames >= self.capacity:
                 for i, item in enumerate(self.items):
                     if isinstance(item, DecodedFrame):
-                        self.items[i] = ("skip", item.index, item.width, item.height, "behind")
+                        self.items[i] = ("skip", item.index, item.width, item.height)
                         self.frames -= 1
                         dropped = item.index
                         break
@@ -246,7 +250,7 @@ class _LiveQueue:
     def skipped(self, index: int, width: int, height: int) -> None:
         """A frame the source itself dropped before this stage saw it: its ``skip`` keeps its place."""
         with self.lock:
-            self.items.append(("skip", index, width, height, "source_backlog"))
+            self.items.append((SOURCE_BACKLOG, index, width, height))
             self.lock.notify()
 
     def finish(self) -> None:
@@ -330,7 +334,8 @@ class _LiveReader:
                 self.sender.frame(head)
                 self.link.emit(FrameIn(source=name))
         elif self.queue.pop(head):
-            _, index, width, height, cause = head
+            kind, index, width, height = head
+            cause = SOURCE_BACKLOG if kind == SOURCE_BACKLOG else "behind"
             self.sender.control(SKIP, frame=index, width=width, height=height, cause=cause)
             self.link.emit(FrameIn(source=name))
         return False

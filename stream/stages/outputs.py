@@ -74,7 +74,12 @@ class SourceOutputs:
         self.lines = 0
         self.skipped = 0
 
-    def write(self, frame_msg: Message, result_msg: Message) -> Written:
+    def write(self, frame_msg: Message, result_msg: Message) -> np.ndarray | None:
+        """Write one position of the source; returns the rendered image (None for a skipped frame, or
+        when nothing needs an image). See ``write_position``."""
+        return self.write_position(frame_msg, result_msg).image
+
+    def write_position(self, frame_msg: Message, result_msg: Message) -> Written:
         """Write one position of the source.
 
         The image may be the frame message's own pixels (when nothing was drawn): valid only until the

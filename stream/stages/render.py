@@ -97,7 +97,7 @@ class RenderStage(Stage):
             self._write(frame_msg, result_msg)
 
     def _write(self, frame_msg: Message, result_msg: Message) -> None:
-        written = self.outputs.write(frame_msg, result_msg)
+        written = self.outputs.write_position(frame_msg, result_msg)
         image = written.image
         latency = time.time() - frame_msg.capture
         self.link.emit(
