@@ -42,7 +42,6 @@ from pathlib import Path
 
 import av
 import cv2
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -90,6 +89,8 @@ def ratios(pipeline: dict, baseline: dict) -> dict:
 
 def pose_checkpoint(directory: Path, arch: str = "tiny", input_size: tuple[int, int] = TINY_INPUT) -> Path:
     """A pose checkpoint with random weights (seed 0): the tiny test architecture or an official size."""
+    import torch
+
     from models import Sapiens2Config, build_sapiens2, save_sapiens2
 
     torch.manual_seed(0)
@@ -104,6 +105,8 @@ def model_only(
 ) -> dict:
     """Frames per second of the model alone over ``frames * persons`` crops, in the pipeline's batches and
     precision (bf16 on CUDA, fp32 on CPU), after one untimed forward of each batch size."""
+    import torch
+
     from models import flip_tta, load_sapiens2
 
     torch_device = torch.device(device)
@@ -209,6 +212,7 @@ def naive_loop(
 ) -> dict:
     """The per-frame loop from the transformers Sapiens2 page, with the outputs the pipeline writes: the
     skeleton in the official colours drawn with cv2, the keypoints as JSON lines, the video through PyAV."""
+    import torch
     from transformers import Sapiens2ForPoseEstimation
     from transformers.models.sapiens2.image_processing_sapiens2 import Sapiens2ImageProcessor
 
@@ -294,7 +298,12 @@ def run_side(side: str, args: argparse.Namespace, flip: bool = False, **paths: P
 def child(args: argparse.Namespace) -> None:
     """One side, measured inside its own process; prints one JSON line for the parent."""
     started = time.perf_counter()
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    if args.side in ("transformers_loop", "model_only"):
+        # Sides that run torch in this process; the pipeline's own process, like the command's, never
+        # imports torch (its inference worker does, and sets its threads itself).
+        import torch
+
+        torch.set_num_threads(min(2, torch.get_num_threads()))
     work = Path(args.work)
     input_size = _size(args.input_size)
     if args.side == "pipeline":
