@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -188,3 +189,18 @@ def test_a_port_in_use_is_one_error_line_and_debug_keeps_the_traceback(tmp_path:
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert line == f"sapiens-stream: error: cannot serve metrics on 127.0.0.1:{port}: Address already in use"
     assert "Traceback" in debug.stderr and debug.returncode != 0
+
+
+def test_a_named_source_names_its_outputs_and_records(tmp_path: Path, tiny_clip: Path) -> None:
+    out = tmp_path / "out"
+    boxes = tmp_path / "boxes.jsonl"
+    boxes.write_text("")
+    from pipeline_fixtures import save_tiny_model
+
+    model = save_tiny_model(tmp_path / "pose", "pose")
+    argv = ["run", f"door={tiny_clip}", "--out", str(out), "--pose-model", str(model), "--input-size",
+            "64x48", "--detector", f"boxes:{boxes}", "--workers", "inproc", "--no-progress"]
+    assert main(argv) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["door.jsonl", "door.mp4"]
+    lines = [json.loads(line) for line in (out / "door.jsonl").read_text().splitlines()]
+    assert len(lines) == 3 and {line["source"] for line in lines} == {"door"}

@@ -325,3 +325,30 @@ def test_views_and_backgrounds() -> None:
     assert Background("blur")(frame).shape == frame.shape
     with pytest.raises(ValueError, match="background must be"):
         parse_color("teal-ish")
+
+
+def test_a_checkpoints_preprocessor_config_is_followed(material, tmp_path: Path) -> None:
+    """A checkpoint that ships its own ``preprocessor_config.json`` (other mean and std, and no padding)
+    is prepared as its processor says, not by the release's defaults."""
+    import shutil
+
+    model = tmp_path / "normal_own_processor"
+    shutil.copytree(material["normal"], model)
+    processor = Sapiens2ImageProcessor(size={"height": INPUT_SIZE[0], "width": INPUT_SIZE[1]}, do_pad=False,
+                                       image_mean=[0.2, 0.4, 0.6], image_std=[0.5, 0.3, 0.2])
+    processor.save_pretrained(model)
+    out = tmp_path / "out"
+    argv = ["run", str(material["folder"]), "--out", str(out), "--input-size", SIZE, "--task", "normal",
+            "--normal-model", str(model), "--detector", f"boxes:{material['boxes']}", "--workers", "inproc",
+            "--no-progress", "--no-smooth", "--no-flip"]
+    assert main(argv) == 0
+    frame = _frames(material["folder"])[0]
+    reference_model = Sapiens2ForNormalEstimation.from_pretrained(model).eval()
+    pixel_values = Sapiens2ImageProcessor.from_pretrained(model)(
+        torch.from_numpy(frame).permute(2, 0, 1), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        outputs = reference_model(pixel_values)
+    # Without padding there is nothing to remove: the maps are only resized to the frame.
+    reference = processor.post_process_normal_estimation(outputs, target_sizes=[frame.shape[:2]])[0]
+    expected = encode_normals(reference["normals"].permute(1, 2, 0).numpy())
+    _assert_within_one_step(_saved(out, "stills", "normal", 0), expected)

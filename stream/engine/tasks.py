@@ -11,21 +11,16 @@ frame; matte clamped to [0, 1]), then, with smoothing on, blended over time per 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.processor_config import Preprocessing, release_preprocessing
 from stream.config import PipelineConfig
 from stream.engine.state import SourceStates, smoothing_size
 from stream.media.frames import ModelOutputs
 from stream.runtime.messages import Message
-
-# The release's image processors: pad (keep the aspect ratio) for normals and pointmaps, stretch for
-# segmentation and matting. ``preprocessing`` is where a checkpoint's own preprocessor_config.json
-# would be read.
-RELEASE_DO_PAD = {"seg": False, "normal": True, "pointmap": True, "matting": False}
 
 # Model output fields per dense task, in the order the post-processing takes them.
 OUTPUT_FIELDS = {
@@ -37,17 +32,11 @@ OUTPUT_FIELDS = {
 Forward = Callable[[torch.nn.Module, torch.Tensor, tuple[str, ...]], dict[str, torch.Tensor]]
 
 
-@dataclass(frozen=True)
-class Preprocessing:
-    """How a task's full frames become model inputs."""
-
-    input_size: tuple[int, int]  # (H, W)
-    do_pad: bool  # keep the aspect ratio and pad (centred), else stretch
-
-
-def preprocessing(task: str, cfg: PipelineConfig) -> Preprocessing:
-    """The full-frame preprocessing of ``task``: the release's defaults, ``--input-size`` for the size."""
-    return Preprocessing(input_size=tuple(cfg.input_size), do_pad=RELEASE_DO_PAD.get(task, False))
+def preprocessing(task: str, model: torch.nn.Module, cfg: PipelineConfig) -> Preprocessing:
+    """How ``task``'s full frames become inputs: as the checkpoint's ``preprocessor_config.json`` says
+    (mean/std, resampling, padding; the release's defaults without one), at ``--input-size``."""
+    base = getattr(model, "preprocessing", None) or release_preprocessing(task)
+    return base.with_input_size(cfg.input_size)
 
 
 def run_dense(
@@ -61,10 +50,10 @@ def run_dense(
     states: SourceStates,
 ) -> None:
     """One dense task on every frame of a group (one batched forward), its maps stored in ``results``."""
-    from models.preprocess import prepare_full_frame
+    from models.preprocess import prepare_frames
 
-    prep = preprocessing(task, cfg)
-    pixel_values = prepare_full_frame(frames, prep.input_size, keep_aspect=prep.do_pad)
+    prep = preprocessing(task, model, cfg)
+    pixel_values = prepare_frames(frames, prep)
     outputs = forward(model, pixel_values, OUTPUT_FIELDS[task])
     for i, (frame, message, result) in enumerate(zip(frames, messages, results, strict=True)):
         maps = _postprocess(task, {name: value[i : i + 1] for name, value in outputs.items()}, frame, prep)
@@ -140,10 +129,10 @@ def run_frame_seg(
     """Segmentation of the whole frames, stretched to the input as the official demo does; logits
     upsampled to the frame, then argmax (``models.postprocess.segment_full_frame``)."""
     from models.postprocess import segment_full_frame
-    from models.preprocess import prepare_full_frame
+    from models.preprocess import prepare_frames
 
-    prep = preprocessing("seg", cfg)
-    pixel_values = prepare_full_frame(frames, prep.input_size, keep_aspect=prep.do_pad)
+    prep = preprocessing("seg", model, cfg)
+    pixel_values = prepare_frames(frames, prep)
     logits = forward(model, pixel_values, ("logits",))["logits"]
     for frame, message, result, frame_logits in zip(frames, messages, results, logits, strict=True):
         frame_hw = tuple(frame.shape[:2])
