@@ -32,7 +32,7 @@ from av.video.reformatter import VideoReformatter
 
 from benchmarks._common import time_call, write_results
 from models.meta import pose_meta
-from stream.drawing.overlay import Renderer
+from stream.drawing.overlay import OverlayDrawer
 from stream.edges.map_sinks import LabelMapSink
 from stream.edges.sinks import JsonlSink, VideoSink, jsonl_record
 from stream.media.color import RgbDecoder, rgb_to_yuv420p_frame
@@ -75,12 +75,12 @@ def _ms(times: list[float]) -> float:
 def bench_size(width: int, height: int, persons: int, frames: int, workdir: Path) -> dict:
     images = list(moving_squares(frames, (width, height)))
     result = synthetic_result(height, width, persons)
-    renderer = Renderer()
+    overlay = OverlayDrawer()
     stats = ["fps 30.0 | latency 41 ms | persons 3"]
 
-    render_pose = time_call(lambda: renderer(images[0], _without_seg(result), stats), repeats=20)
-    render_all = time_call(lambda: renderer(images[0], result, stats, banner="UNTRAINED WEIGHTS"), repeats=20)
-    rendered = [renderer(image, result, stats) for image in images]
+    render_pose = time_call(lambda: overlay(images[0], _without_seg(result), stats), repeats=20)
+    render_all = time_call(lambda: overlay(images[0], result, stats, banner="UNTRAINED WEIGHTS"), repeats=20)
+    rendered = [overlay(image, result, stats) for image in images]
 
     start = time.perf_counter()
     with VideoSink(workdir / f"{width}x{height}.mp4", width, height, Fraction(30), codec="libx264") as sink:

@@ -1,4 +1,4 @@
-"""Renderer: official skeleton/keypoint/palette colours, thresholds, face dots, boxes, text and banner."""
+"""OverlayDrawer: official skeleton, keypoint and palette colours, thresholds, face dots, boxes, banner."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from models.meta import pose_meta, seg_meta
-from stream.drawing.overlay import DrawSizes, Renderer
+from stream.drawing.overlay import DrawSizes, OverlayDrawer
 from stream.media.frames import ModelOutputs
 
 HEIGHT, WIDTH = 720, 1280
@@ -58,7 +58,7 @@ def test_skeleton_keypoints_and_face_dots_use_the_official_colours():
     assert links_between_visible == [(ankle, knee)]
 
     image = _canvas()
-    out = Renderer(keypoint_threshold=0.3, draw_boxes=False)(image, _pose_result(points))
+    out = OverlayDrawer(keypoint_threshold=0.3, draw_boxes=False)(image, _pose_result(points))
 
     assert (image == GREY).all(), "the input image must not be drawn on"
     link_color = meta.link_colors[_link_index(ankle, knee)]
@@ -88,7 +88,7 @@ def test_line_width_and_radius_grow_with_the_frame():
     def link_width(height, width):
         points = {13: (width * 0.2, height * 0.5, 1.0), 11: (width * 0.8, height * 0.5, 1.0)}
         image = np.zeros((height, width, 3), np.uint8)
-        out = Renderer(draw_boxes=False)(image, _pose_result(points))
+        out = OverlayDrawer(draw_boxes=False)(image, _pose_result(points))
         return int((out[:, width // 2] > 0).any(axis=1).sum())
 
     assert link_width(1440, 2560) > link_width(360, 640)
@@ -105,7 +105,7 @@ def test_segmentation_overlay_follows_the_palette_and_leaves_background_untinted
     result = ModelOutputs.empty()
     result.seg_labels = labels
     image = _canvas()
-    out = Renderer(seg_alpha=alpha)(image, result)
+    out = OverlayDrawer(seg_alpha=alpha)(image, result)
 
     for class_id in range(num_classes):
         pixel = out[HEIGHT // 2, class_id * stripe + stripe // 2].astype(int)
@@ -119,17 +119,17 @@ def test_segmentation_overlay_follows_the_palette_and_leaves_background_untinted
     # A class id outside the palette shows as white rather than failing; all background changes nothing.
     labels[:] = 0
     labels[10:20, 10:20] = 250
-    out = Renderer(seg_alpha=alpha)(image, result)
+    out = OverlayDrawer(seg_alpha=alpha)(image, result)
     assert np.abs(out[15, 15].astype(int) - (GREY + 255) / 2).max() <= 1
     labels[:] = 0
-    assert (Renderer(seg_alpha=alpha)(image, result) == GREY).all()
+    assert (OverlayDrawer(seg_alpha=alpha)(image, result) == GREY).all()
 
 
 def test_segmentation_of_another_size_is_rejected():
     result = ModelOutputs.empty()
     result.seg_labels = np.zeros((10, 10), np.uint8)
     with pytest.raises(ValueError, match="seg_labels must be"):
-        Renderer()(_canvas(), result)
+        OverlayDrawer()(_canvas(), result)
 
 
 def test_boxes_are_drawn_in_the_track_colour_only_when_asked():
@@ -138,27 +138,27 @@ def test_boxes_are_drawn_in_the_track_colour_only_when_asked():
         scores=np.array([0.9], np.float32),
         track_ids=np.array([7], np.int64),
     )
-    with_boxes = Renderer(draw_boxes=True)(_canvas(), result)
+    with_boxes = OverlayDrawer(draw_boxes=True)(_canvas(), result)
     edge = with_boxes[400, 100]
     assert not (edge == GREY).all()
     np.testing.assert_array_equal(with_boxes[400, 400], edge)  # both sides share the track's colour
     assert (with_boxes[400, 250] == GREY).all()  # inside stays clear
-    assert (Renderer(draw_boxes=False)(_canvas(), result) == GREY).all()
+    assert (OverlayDrawer(draw_boxes=False)(_canvas(), result) == GREY).all()
 
 
 def test_banner_and_text_lines():
-    renderer = Renderer()
-    plain = renderer(_canvas(), ModelOutputs.empty())
+    overlay = OverlayDrawer()
+    plain = overlay(_canvas(), ModelOutputs.empty())
     assert (plain == GREY).all()
 
-    with_banner = renderer(_canvas(), ModelOutputs.empty(), banner="UNTRAINED WEIGHTS")
+    with_banner = overlay(_canvas(), ModelOutputs.empty(), banner="UNTRAINED WEIGHTS")
     top = with_banner[: HEIGHT // 20]
     banner_rows = (top == (200, 0, 0)).all(axis=2).mean()
     assert banner_rows > 0.5, "a band in the banner colour across the top"
     assert (with_banner[: HEIGHT // 6] == 255).all(axis=2).sum() > 2000, "big white letters"
     assert (with_banner[HEIGHT // 2 :] == GREY).all()
 
-    with_text = renderer(_canvas(), None, text_lines=["fps 29.9", "latency 40 ms"])
+    with_text = overlay(_canvas(), None, text_lines=["fps 29.9", "latency 40 ms"])
     changed_rows = np.flatnonzero((with_text != GREY).any(axis=(1, 2)))
     changed_cols = np.flatnonzero((with_text != GREY).any(axis=(0, 2)))
     assert changed_rows.max() < HEIGHT // 4 and changed_cols.max() < WIDTH // 3  # a top-left panel
@@ -168,16 +168,16 @@ def test_banner_and_text_lines():
 def test_views_with_negative_strides_are_accepted():
     image = _canvas()
     image[:, : WIDTH // 2] = 0
-    out = Renderer()(image[:, ::-1], None, text_lines=["x"])  # e.g. an RGB view of a BGR frame
+    out = OverlayDrawer()(image[:, ::-1], None, text_lines=["x"])  # e.g. an RGB view of a BGR frame
     assert out.shape == image.shape and out.flags.c_contiguous
     assert (out[HEIGHT - 1, 0] == GREY).all() and (out[HEIGHT - 1, WIDTH - 1] == 0).all()
 
 
 def test_bad_image_is_rejected():
     with pytest.raises(ValueError, match="uint8 RGB image"):
-        Renderer()(np.zeros((10, 10), np.uint8), ModelOutputs.empty())
+        OverlayDrawer()(np.zeros((10, 10), np.uint8), ModelOutputs.empty())
     with pytest.raises(ValueError, match="keypoints must be"):
         result = _pose_result({})
         result.keypoints = result.keypoints[:, :17]
         result.keypoint_scores = result.keypoint_scores[:, :17]
-        Renderer()(_canvas(), result)
+        OverlayDrawer()(_canvas(), result)

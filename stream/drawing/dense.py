@@ -184,22 +184,22 @@ class DenseViews:
         self.first_panel = bool(overlays) or not ({"normal", "pointmap"} & set(self.render))
 
     def __call__(
-        self, renderer, image: np.ndarray, result: ModelOutputs, banner: str | None = None
+        self, overlay, image: np.ndarray, result: ModelOutputs, banner: str | None = None
     ) -> np.ndarray:
         panels = []
         if self.first_panel:
             base = image
             if self.background is not None and result.alpha is not None:
                 base = composite(result.foreground, result.alpha, self.background(image))
-            panels.append(renderer(base, self._overlays(result), banner=banner))
+            panels.append(overlay(base, self._overlays(result), banner=banner))
         if "normal" in self.render and result.normals is not None:
             panels.append(normals_to_rgb(result.normals))
         if "pointmap" in self.render and result.pointmap is not None:
             panels.append(depth_to_rgb(result.pointmap[..., 2]))
         if not panels:  # a frame whose maps are missing (nothing computed): the frame as it is
-            panels.append(renderer(image, None, banner=banner))
+            panels.append(overlay(image, None, banner=banner))
         if not self.first_panel and banner:
-            panels[0] = renderer(panels[0], None, banner=banner)
+            panels[0] = overlay(panels[0], None, banner=banner)
         return panels[0] if len(panels) == 1 else np.ascontiguousarray(np.hstack(panels))
 
     def _overlays(self, result: ModelOutputs) -> ModelOutputs:

@@ -77,12 +77,12 @@ def _banner_band(text: str, height: int, width: int, thickness: int) -> np.ndarr
     return band
 
 
-class Renderer:
+class OverlayDrawer:
     """Draws one ``ModelOutputs`` onto a copy of its frame.
 
     ``keypoint_threshold``: keypoints scoring at or below it are not drawn, nor links touching them.
     ``draw_boxes``: person boxes with their track id. ``seg_alpha``: opacity of the segmentation colours
-    (class 0, background, stays untinted). A renderer keeps work buffers between calls: use one per
+    (class 0, background, stays untinted). An overlay drawer keeps work buffers between calls: use one per
     thread.
     """
 
@@ -132,7 +132,7 @@ class Renderer:
         """A new (H, W, 3) uint8 RGB image with ``result`` drawn on ``image`` (which is left unchanged)."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(
-                f"Renderer expects an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}"
+                f"OverlayDrawer expects an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}"
             )
         image = np.ascontiguousarray(image)  # cv2 cannot take views with negative strides
         height, width = image.shape[:2]

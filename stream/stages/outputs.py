@@ -39,7 +39,7 @@ class SourceOutputs:
     """
 
     def __init__(self, spec: WorkerSpec, plan: SourcePlan) -> None:
-        from stream.drawing.overlay import Renderer
+        from stream.drawing.overlay import OverlayDrawer
         from stream.edges.sinks import JsonlSink
 
         cfg = spec.config
@@ -47,7 +47,7 @@ class SourceOutputs:
         self.plan = plan
         self.files = cfg.out is not None
         self.out = Path(cfg.out) if self.files else None
-        self.renderer = Renderer(
+        self.overlay = OverlayDrawer(
             keypoint_threshold=cfg.keypoint_threshold, draw_boxes=cfg.draw_boxes, seg_alpha=cfg.seg_alpha
         )
         self.rotate_after = cfg.segment_time if plan.live and self.files else None
@@ -111,10 +111,10 @@ class SourceOutputs:
         if not self.draw:
             return Written(frame, result, None)
         if self.views is not None:
-            image = self.views(self.renderer, frame.image, result, banner=self.cfg.banner)
+            image = self.views(self.overlay, frame.image, result, banner=self.cfg.banner)
             self._show(image, frame_msg)
-        elif self.renderer.draws_on(result, banner=self.cfg.banner):
-            image = self.renderer(frame.image, result, banner=self.cfg.banner)
+        elif self.overlay.draws_on(result, banner=self.cfg.banner):
+            image = self.overlay(frame.image, result, banner=self.cfg.banner)
             self._show(image, frame_msg)
         else:
             # Nothing to draw: encode the received frame as it is, without a copy, and from the
