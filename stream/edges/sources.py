@@ -15,12 +15,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import av
 import numpy as np
 
 from stream.edges.live import LiveSource
-from stream.edges.live_open import LiveOptions, is_live_spec
+from stream.edges.live_open import LiveOptions, is_live_spec, open_args
 from stream.edges.redact import MASK, redact
 from stream.edges.timeline import Timeline
 from stream.media.color import RgbDecoder, frame_to_rgb, opencv_decodes
@@ -52,6 +53,7 @@ def probe_source(spec: str) -> SourceInfo:
 
 def _probe(spec: str) -> SourceInfo:
     if is_live(spec):
+        _check_live_url(spec)
         return SourceInfo(spec, _live_name(spec), "live", None, None, None)
     path = Path(spec)
     if not path.exists():
@@ -79,6 +81,21 @@ def split_name(spec: str) -> tuple[str | None, str]:
     if match is None or Path(spec).exists():
         return None, spec
     return match["name"], match["spec"]
+
+
+def _check_live_url(spec: str) -> None:
+    """Refuse, before any worker starts, a live spec FFmpeg could never open (no host, brackets that
+    make no IPv6 address, a port that is no number): one line, secrets masked."""
+    try:
+        parts = urlsplit(spec)
+        parts.port  # noqa: B018 - parsing the port is the check
+        open_args(spec, LiveOptions())
+    except ValueError:
+        # The parser's own message can quote a piece of the password: it is not repeated.
+        raise SourceError(
+            f"not a usable source URL: {redact(spec)} (its host or port cannot be read; in a password, "
+            "percent-encode characters such as @ : # / ? as %40 %3A %23 %2F %3F)"
+        ) from None
 
 
 def _url_like(spec: str) -> bool:
