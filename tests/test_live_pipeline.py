@@ -22,11 +22,9 @@ import av
 import cv2
 import numpy as np
 import pytest
-import torch
-
-from models import Sapiens2Config, build_sapiens2, save_sapiens2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pipeline_fixtures import save_tiny_model
 from rtsp_server import RtspServerProcess, free_port, server_unavailable_reason  # noqa: E402
 
 _RTSP_MISSING = server_unavailable_reason()
@@ -38,11 +36,7 @@ COMMAND = [sys.executable, "-m", "stream", "run"]
 
 @pytest.fixture(scope="module")
 def tiny_pose(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    directory = tmp_path_factory.mktemp("tiny_pose")
-    config = Sapiens2Config.from_arch("tiny", task="pose", image_size=(64, 48))
-    save_sapiens2(build_sapiens2(config), directory)
-    return directory
+    return save_tiny_model(tmp_path_factory.mktemp("tiny_pose"), "pose")
 
 
 @pytest.fixture(scope="module")

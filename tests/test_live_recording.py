@@ -16,10 +16,8 @@ from pathlib import Path
 
 import av
 import pytest
-import torch
+from pipeline_fixtures import save_tiny_model
 from rtsp_server import RtspServerProcess, server_unavailable_reason
-
-from models import Sapiens2Config, build_sapiens2, save_sapiens2
 
 pytestmark = pytest.mark.needs_system(what="RTSP test server", missing=server_unavailable_reason())
 
@@ -28,11 +26,7 @@ CAMERA_FPS = 30  # not the 25 fps a recording falls back to without the camera's
 
 @pytest.fixture(scope="module")
 def tiny_pose(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    directory = tmp_path_factory.mktemp("tiny_pose")
-    config = Sapiens2Config.from_arch("tiny", task="pose", image_size=(64, 48))
-    save_sapiens2(build_sapiens2(config), directory)
-    return directory
+    return save_tiny_model(tmp_path_factory.mktemp("tiny_pose"), "pose")
 
 
 def _start(
