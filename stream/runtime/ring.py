@@ -202,7 +202,7 @@ def remove_rings(run_pid: int) -> int:
 
 def remove_stale_rings() -> int:
     """Remove the rings of runs whose coordinator no longer exists; returns how many."""
-    return sum(_remove(path) for path, pid in _ring_files() if not _alive(pid))
+    return sum(_remove(path) for path, pid in _ring_files() if not process_alive(pid))
 
 
 def _ring_files() -> list[tuple[str, int]]:
@@ -214,13 +214,14 @@ def _ring_files() -> list[tuple[str, int]]:
     return found
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (one of another user counts as alive: not ours to judge)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # another user's process: alive, and not ours to clean up
+        return True
     return True
 
 

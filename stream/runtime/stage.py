@@ -38,6 +38,7 @@ from stream.media.color import single_threaded_opencv
 from stream.media.frames import SourceInfo
 from stream.runtime import events, topology
 from stream.runtime.errors import first_line
+from stream.runtime.ring import process_alive
 from stream.runtime.transport import Stopped, recv_message
 
 EVENTS_LINGER_MS = 30_000  # the coordinator reads events until every worker has exited
@@ -133,9 +134,7 @@ class StageLink:
         if now < self.next_coordinator_check:
             return
         self.next_coordinator_check = now + COORDINATOR_CHECK_S
-        try:
-            os.kill(self.spec.coordinator_pid, 0)
-        except ProcessLookupError:
+        if not process_alive(self.spec.coordinator_pid):
             # Orphaned (the coordinator was killed): close the outputs and free the device.
             self.orphaned = self.stop_requested = self.aborted = True
 
