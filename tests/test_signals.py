@@ -5,11 +5,13 @@ left in /dev/shm."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import av
@@ -58,6 +60,19 @@ def _wait_for_results(run: subprocess.Popen, jsonl: Path, count: int = 20, timeo
     raise AssertionError("no results in time")
 
 
+@contextlib.contextmanager
+def _running(material: dict[str, Path], out: Path) -> Iterator[subprocess.Popen]:
+    """The run, once its first results are written; whatever is left of its process group is killed
+    on the way out."""
+    run = _start(material, out)
+    try:
+        _wait_for_results(run, out / "long.jsonl")
+        yield run
+    finally:
+        if _group_alive(run.pid):
+            os.killpg(run.pid, signal.SIGKILL)
+
+
 def _stage(run: subprocess.Popen, role: str) -> psutil.Process:
     """The worker process of ``role``: workers name themselves ``sapiens-<role>``."""
     children = psutil.Process(run.pid).children(recursive=True)
@@ -84,9 +99,7 @@ def _check_playable(out: Path) -> int:
 def test_a_stop_signal_drains_to_playable_outputs(material, tmp_path, signum, target) -> None:
     before = _rings()
     out = tmp_path / "out"
-    run = _start(material, out)
-    try:
-        _wait_for_results(run, out / "long.jsonl")
+    with _running(material, out) as run:
         if target == "group":
             os.killpg(run.pid, signum)
         elif target == "coordinator":
@@ -94,9 +107,6 @@ def test_a_stop_signal_drains_to_playable_outputs(material, tmp_path, signum, ta
         else:
             _stage(run, target).send_signal(signum)
         stdout, stderr = run.communicate(timeout=60)
-    finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
     assert run.returncode == 0, stderr[-2000:]
     assert "interrupted" in stdout
     assert "Traceback" not in stderr
@@ -107,16 +117,11 @@ def test_a_stop_signal_drains_to_playable_outputs(material, tmp_path, signum, ta
 def test_a_second_signal_aborts_and_still_closes_files(material, tmp_path) -> None:
     before = _rings()
     out = tmp_path / "out"
-    run = _start(material, out)
-    try:
-        _wait_for_results(run, out / "long.jsonl")
+    with _running(material, out) as run:
         os.killpg(run.pid, signal.SIGTERM)
         time.sleep(0.05)
         os.killpg(run.pid, signal.SIGTERM)
         run.communicate(timeout=30)
-    finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
     _check_playable(out)
     assert _rings() <= before
 
@@ -124,14 +129,9 @@ def test_a_second_signal_aborts_and_still_closes_files(material, tmp_path) -> No
 def test_a_killed_stage_ends_the_run_with_one_error_line(material, tmp_path) -> None:
     before = _rings()
     out = tmp_path / "out"
-    run = _start(material, out)
-    try:
-        _wait_for_results(run, out / "long.jsonl")
+    with _running(material, out) as run:
         _stage(run, "track").kill()  # SIGKILL: no chance to say anything
         stdout, stderr = run.communicate(timeout=60)
-    finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
     assert run.returncode != 0
     errors = [line for line in stderr.splitlines() if line.startswith("sapiens-stream: error:")]
     assert len(errors) == 1 and "track" in errors[0], stderr[-2000:]
@@ -143,17 +143,12 @@ def test_a_killed_stage_ends_the_run_with_one_error_line(material, tmp_path) -> 
 def test_workers_exit_when_the_coordinator_is_gone(material, tmp_path) -> None:
     before = _rings()
     out = tmp_path / "out"
-    run = _start(material, out)
-    try:
-        _wait_for_results(run, out / "long.jsonl")
+    with _running(material, out) as run:
         workers = psutil.Process(run.pid).children(recursive=True)
         run.kill()  # the coordinator alone, SIGKILL
         run.wait(timeout=10)
         _, alive = psutil.wait_procs(workers, timeout=20)
         assert not alive, f"workers still running: {[p.name() for p in alive]}"
-    finally:
-        if _group_alive(run.pid):
-            os.killpg(run.pid, signal.SIGKILL)
     assert _rings() <= before
 
 
