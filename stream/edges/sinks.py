@@ -77,7 +77,8 @@ def pick_video_codec(codec: str = "auto") -> str:
 
 def _encoder_options(codec: str, crf: int, preset: str, low_latency: bool = False) -> dict[str, str]:
     if codec == _X264:
-        # A published stream: no frame delay in the encoder, so viewers see frames as they are made.
+        # No frame delay in the encoder: viewers of a stream see frames as they are made, and a live
+        # recording's frames reach the file with the fragment they belong to.
         return {"crf": str(crf), "preset": preset, **({"tune": "zerolatency"} if low_latency else {})}
     if codec == _NVENC:
         # nvenc has its own preset names (p1 fastest .. p7 best); constant quality is "cq".
@@ -173,7 +174,10 @@ class VideoSink(_Sink):
             self._stream.time_base = self.time_base
             self._stream.codec_context.time_base = self.time_base
             streaming = stream_format is not None
-            self._stream.options = _encoder_options(self.codec, crf, preset, low_latency=streaming)
+            # A fragmented (live) recording: no frames held back in the encoder's lookahead either, so a
+            # killed process loses at most the last fragment.
+            low_latency = streaming or fragmented
+            self._stream.options = _encoder_options(self.codec, crf, preset, low_latency=low_latency)
             if fragmented or streaming:
                 # Fragments and stream viewers both start at keyframes: one a second.
                 self._stream.codec_context.gop_size = max(1, round(float(frame_rate) * keyframe_s))
