@@ -59,14 +59,15 @@ class PersonTracker:
         self._next_id = 1
         self.reset()
 
-    def reset(self, restart_ids: bool = False) -> None:
-        """Forget every track (end of stream or of a segment). Ids keep counting unless ``restart_ids``,
-        so a person in a new segment never inherits an id already written for someone else."""
+    def reset(self, restart_ids: bool = False, first_id: int = 1) -> None:
+        """Forget every track (end of stream or of a segment). Ids keep counting unless ``restart_ids``
+        (then they begin at ``first_id``), so a person in a new segment never inherits an id already
+        written for someone else."""
         self._tracks: list[Track] = []
         self._time: float | None = None
         self.camera.reset()
         if restart_ids:
-            self._next_id = 1
+            self._next_id = first_id
 
     @property
     def time(self) -> float | None:

@@ -51,6 +51,7 @@ class SourceStats:
         self.frames_out = 0
         self.reconnects = 0
         self.timestamp_jumps = 0  # new segments because the source's clock jumped
+        self.restarts: dict[str, int] = {}  # stage -> restarts of this source's workers after a crash
         self.state: str | None = None  # set by sources that know it (LiveSource); None otherwise
         self.drops_by_cause: dict[str, int] = {}
         self._in_times: deque[float] = deque(maxlen=max_samples)
@@ -95,6 +96,11 @@ class SourceStats:
         with self._lock:
             self.timestamp_jumps += 1
 
+    def restart(self, stage: str) -> None:
+        """A worker of this source (``stage``: the one that died) was restarted."""
+        with self._lock:
+            self.restarts[stage] = self.restarts.get(stage, 0) + 1
+
     def set_state(self, state: str | None) -> None:
         """The source's connection state (``connecting``, ``streaming``, ``reconnecting``, ...)."""
         with self._lock:
@@ -135,6 +141,7 @@ class SourceStats:
                 "stage_p50": stages,
                 "reconnects": self.reconnects,
                 "timestamp_jumps": self.timestamp_jumps,
+                "restarts": dict(self.restarts),
             }
 
     def latency_histogram(self) -> tuple[list[tuple[str, int]], float]:
@@ -150,7 +157,7 @@ class SourceStats:
 
 
 def format_stats_line(name: str, summary: dict) -> str:
-    """One human-readable line: rates, drops by cause, p50/p95 latency, reconnects."""
+    """One human-readable line: rates, drops by cause, p50/p95 latency, reconnects (and restarts)."""
 
     def ms(value: float | None) -> str:
         return "-" if value is None else f"{value * 1000:.0f}"
@@ -162,6 +169,7 @@ def format_stats_line(name: str, summary: dict) -> str:
         f"{name}{state}: in {summary['fps_in']:.1f} fps, out {summary['fps_out']:.1f} fps, "
         f"drops {drops}, latency p50 {ms(summary['latency_p50'])} ms p95 {ms(summary['latency_p95'])} ms, "
         f"reconnects {summary['reconnects']}"
+        + (f", restarts {sum(summary['restarts'].values())}" if summary.get("restarts") else "")
     )
 
 
@@ -227,6 +235,11 @@ class _StatsCollector(Collector):
             "sapiens_stream_timestamp_jumps", "New segments started because the source's clock jumped",
             labels=["source"],
         )
+        restarts = CounterMetricFamily(
+            "sapiens_stream_stage_restarts",
+            "Restarts of the source's workers after a stage died (live runs), by the stage that died",
+            labels=["source", "stage"],
+        )
         fps = GaugeMetricFamily(
             "sapiens_stream_fps", "Frame rate over the stats window", labels=["source", "direction"]
         )
@@ -256,6 +269,8 @@ class _StatsCollector(Collector):
                 drops.add_metric([name, cause], count)
             reconnects.add_metric([name], summary["reconnects"])
             jumps.add_metric([name], summary["timestamp_jumps"])
+            for stage, count in summary["restarts"].items():
+                restarts.add_metric([name, stage], count)
             fps.add_metric([name, "in"], summary["fps_in"])
             fps.add_metric([name, "out"], summary["fps_out"])
             for label, key in (("0.5", "latency_p50"), ("0.95", "latency_p95")):
@@ -268,7 +283,8 @@ class _StatsCollector(Collector):
             up.add_metric([name], 1.0 if streaming else 0.0)
             buckets, total = stats.latency_histogram()
             latency.add_metric([name], buckets, total)
-        yield from (frames_in, frames_out, drops, reconnects, jumps, fps, quantiles, stage_times, up, latency)
+        yield from (frames_in, frames_out, drops, reconnects, jumps, restarts)
+        yield from (fps, quantiles, stage_times, up, latency)
 
 
 class _LocalHTTPServer(ThreadingHTTPServer):

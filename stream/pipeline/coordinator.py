@@ -34,6 +34,7 @@ from stream.edges.sources import missing_frames
 from stream.pipeline.launch import Launcher, start_worker_server, waits_for_models
 from stream.pipeline.plan import check_inputs, plan_sources, prepare_out_dir
 from stream.pipeline.report import ProgressDisplay, RunReport, SourceReport, stage_times
+from stream.pipeline.supervise import RETIRE_GRACE_S, Restart, Supervisor
 from stream.runtime import events, topology
 from stream.runtime.messages import to_decoded_frame
 from stream.runtime.ring import remove_rings, remove_stale_rings
@@ -156,6 +157,8 @@ class _Coordinator:
         self.last_command: dict[type, float] = {}
         self.sinks_open = {p.name for p in plans}
         self.reached = {p.name: 0 for p in plans}  # frames of each source written so far
+        self.top_ids = {p.name: 0 for p in plans}  # each source's highest track id written so far
+        self.supervisor = Supervisor([])  # replaced by the run's own in run()
         self.signals = _Signals()  # replaced by the run's own in run()
         self.viewers: list = []
         self.metrics_server = None
@@ -194,15 +197,16 @@ class _Coordinator:
             self.start_services()
             images = self.caller is not None and self.caller.images
             specs = worker_specs(self.cfg, self.plans, self.run_topology, self.endpoints, images)
+            self.supervisor = Supervisor(specs)
             decoders = [spec for spec in specs if waits_for_models(spec)]
             for spec in specs:
                 if not waits_for_models(spec):
-                    launcher.start(spec)
+                    self._start(launcher, spec)
             abort_deadline = None
-            while launcher.running():
+            while launcher.running() or self.supervisor.pending:
                 if decoders and (self.device is not None or self.error or signals.count):
                     for spec in decoders:
-                        launcher.start(spec)
+                        self._start(launcher, spec)
                     decoders = []
                 # Once every sink is closed only the workers' exits are awaited: look for them often.
                 self._drain_events(progress, timeout_ms=100 if self.sinks_open else 5)
@@ -212,14 +216,14 @@ class _Coordinator:
                     # Every sink (and the caller) has its final EOS: senders may now disconnect
                     # without losing data.
                     self._command(events.Finish())
-                crashed = launcher.crashed()
-                if crashed and self.error is None:
-                    self.error = self._crash_message(*crashed[0])
+                self._handle_crashes(launcher)
+                self._advance_restarts(launcher)
                 if self.error is not None or signals.count >= 2:
                     self.aborting = True
                 if self.caller is not None and self.caller.abort.is_set():
                     self.aborting = True
                 if self.aborting:
+                    self.supervisor.pending.clear()
                     abort_deadline = abort_deadline or time.monotonic() + ABORT_GRACE_S
                     self._command(events.Abort())
                     if time.monotonic() > abort_deadline:
@@ -246,10 +250,69 @@ class _Coordinator:
         elapsed = time.monotonic() - start
         return RunReport(self.reports, elapsed, interrupted, self.device, first, last, self.worker_cpu)
 
+    def _start(self, launcher: Launcher, spec: WorkerSpec) -> None:
+        launcher.start(spec)
+        self.supervisor.started_now(spec, time.monotonic())
+
+    def _handle_crashes(self, launcher: Launcher) -> None:
+        """A dead worker ends the run (one error line), or in a live run is restarted with its group."""
+        for label, exitcode in launcher.crashed():
+            if self.supervisor.retiring(label):
+                continue  # asked to leave for a restart, and killed: its successor is planned
+            restartable = self.device is not None and not (self.stopping or self.aborting or self.error)
+            if not (restartable and self.supervisor.can_restart(label)):
+                self.error = self.error or self._crash_message(label, exitcode)
+                continue
+            pid = launcher.pid(label)
+            launcher.forget(label)
+            if label.startswith("decode[") and pid is not None:
+                remove_rings(os.getpid(), writer_pid=pid)  # its readers drop frames from them
+            alive = launcher.running()
+            restart = self.supervisor.plan(label, time.monotonic(), alive, dict(self.top_ids))
+            role = label.split("[", 1)[0]
+            restarted = {plan.name for spec in restart.specs for plan in spec.sources}
+            for name in restarted:
+                self.registry.source(name).restart(role)
+            print(
+                f"stage {label} died ({_how(exitcode)}); restarting it with {len(restart.specs) - 1} other "
+                f"worker(s) in {restart.due - time.monotonic():.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def _advance_restarts(self, launcher: Launcher) -> None:
+        """Ask the survivors of each planned restart to leave; start the new workers once they are gone
+        and the backoff has passed (at once when the run is stopping: they drain with the rest)."""
+        now = time.monotonic()
+        for restart in list(self.supervisor.pending):
+            alive = set(launcher.running())
+            for label in [label for label in restart.retiring if label not in alive]:
+                launcher.forget(label)
+                del restart.retiring[label]
+            if restart.retiring:
+                if now - restart.told >= STOP_RESEND_S:
+                    self.control.send(events.pack(events.Abort(workers=list(restart.retiring.values()))))
+                    restart.told = now
+                    restart.asked = restart.asked or now
+                if now - restart.asked > RETIRE_GRACE_S:
+                    for label in restart.retiring:
+                        launcher.kill(label)
+                continue
+            if now < restart.due and not self.stopping:
+                continue
+            self.supervisor.pending.remove(restart)
+            self._start_restart(launcher, restart)
+
+    def _start_restart(self, launcher: Launcher, restart: Restart) -> None:
+        for spec in restart.specs:
+            self._start(launcher, spec)
+            if spec.role == "render":
+                self.sinks_open.update(plan.name for plan in spec.sources)
+
     def _crash_message(self, label: str, exitcode: int) -> str:
         """One line for a worker process that died without reporting: which stage, how, and how far
         each of its sources had got."""
-        how = f"killed by {signal.Signals(-exitcode).name}" if exitcode < 0 else f"exit status {exitcode}"
+        how = _how(exitcode)
         names = label[label.index("[") + 1 : -1].split(",") if "[" in label else []
         names = list(self.reached) if names == ["all"] else names
         where = ", ".join(f"{name} frame {self.reached.get(name, 0)}" for name in names)
@@ -286,6 +349,8 @@ class _Coordinator:
             self._handle(event, progress)
 
     def _handle(self, event: events.Event, progress: ProgressDisplay) -> None:
+        if event.generation < self.supervisor.generation(event.worker):
+            return  # a worker replaced by a restart, still leaving
         source = getattr(event, "source", None)
         report = self.reports.get(source) if source else None
         if isinstance(event, events.Usage):
@@ -303,6 +368,7 @@ class _Coordinator:
         stats = self.registry.source(report.name)
         if isinstance(event, events.Progress):
             self.reached[report.name] = (event.frame or 0) + 1
+            self.top_ids[report.name] = max(self.top_ids[report.name], event.top_id)
             self.last_output = time.monotonic()
             if self.first_output is None:
                 self.first_output = self.last_output
@@ -352,6 +418,10 @@ class _Coordinator:
             self.context.term()
         self.space.cleanup()
         remove_rings(os.getpid())  # whatever its workers left, however they ended
+
+
+def _how(exitcode: int) -> str:
+    return f"killed by {signal.Signals(-exitcode).name}" if exitcode < 0 else f"exit status {exitcode}"
 
 
 def run_pipeline(config: PipelineConfig, stop: threading.Event | None = None) -> RunReport:

@@ -101,6 +101,20 @@ class Launcher:
         worker.start()
         self.workers[spec.label] = worker
 
+    def pid(self, label: str) -> int | None:
+        """The process id of worker ``label`` (None: a thread)."""
+        return None if self.in_process else self.workers[label].pid
+
+    def forget(self, label: str) -> None:
+        """Stop watching worker ``label`` (it died and is dealt with; a new one may take its label)."""
+        self.workers.pop(label, None)
+
+    def kill(self, label: str) -> None:
+        """End worker process ``label`` at once (one that did not leave when asked)."""
+        worker = self.workers.get(label)
+        if worker is not None and not self.in_process and worker.is_alive():
+            worker.kill()
+
     def running(self) -> list[str]:
         return [label for label, w in self.workers.items() if w.is_alive()]
 

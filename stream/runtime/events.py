@@ -5,9 +5,11 @@ coordinator, and everything the coordinator tells the stages, is one of the reco
 msgpack map ``{"v": EVENTS_VERSION, "type": <record type>, <field>: <value>, ...}`` by ``pack`` and
 read back by ``unpack``, which refuses another version or an unknown type.
 
-Events name the ``worker`` that sent them (``decode[clip]``, ``infer[all]``, ...) and its ``time``.
-Commands (on the ``control`` link): ``Stop`` (sources end, the pipeline drains to EOS), ``Finish`` (every
-sink has its final EOS: senders may disconnect) and ``Abort`` (stop now, close outputs).
+Events name the ``worker`` that sent them (``decode[clip]``, ``infer[all]``, ...), its ``generation``
+(how many times that worker was restarted; the coordinator ignores what an older one still sends) and
+the ``time``. Commands (on the ``control`` link): ``Stop`` (sources end, the pipeline drains to EOS),
+``Finish`` (every sink has its final EOS: senders may disconnect) and ``Abort`` (stop now, close
+outputs; every worker, or only the ``workers`` it names).
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ class EventError(ValueError):
 
 @dataclass
 class Event:
-    """What every event carries: the worker that sent it and when (``time.time()``)."""
+    """What every event carries: the worker that sent it, its generation and when (``time.time()``)."""
 
     worker: str = ""
+    generation: int = 0
     time: float = field(default_factory=_time.time)
 
 
@@ -51,6 +54,7 @@ class Progress(Event):
     skipped: bool = False
     latency: float = 0.0  # seconds from capture to written
     stamps: dict[str, float] = field(default_factory=dict)
+    top_id: int = 0  # the highest track id written so far (0: none); a restarted tracker counts on
 
 
 @dataclass
@@ -140,7 +144,10 @@ class Finish(Command):
 
 @dataclass
 class Abort(Command):
-    """Stop at once and close the outputs."""
+    """Stop at once and close the outputs: every worker, or only the ``workers`` named (their
+    ``WorkerSpec.instance``: label and generation), which a live run replaces."""
+
+    workers: list[str] = field(default_factory=list)
 
 
 Record = Event | Command

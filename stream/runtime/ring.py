@@ -7,9 +7,11 @@ place. Each slot has one "in use" byte per reader. The writer sets every reader'
 the slot; each reader clears its own byte once it is done with the frame; the writer reuses a slot only
 when all its bytes are clear. Every byte has a single writer at any time, so no lock is needed.
 
-Rings never outlive their run: a ring's name carries the process id of the run's coordinator, which
-removes its rings when it ends, and every run first removes the rings of runs whose coordinator is
-gone (killed with SIGKILL, a power loss), so nothing accumulates in ``/dev/shm``.
+Rings never outlive their run: a ring's name carries the process ids of the run's coordinator and of
+its writer. The coordinator removes its rings when it ends, and a dead writer's rings when it restarts
+that writer (live runs); every run first removes the rings of runs whose coordinator is gone (killed
+with SIGKILL, a power loss), so nothing accumulates in ``/dev/shm``. A reader drops its mapping of a
+removed ring with ``forget_removed_rings``.
 
 Layout of the file (``/dev/shm`` where it exists)::
 
@@ -31,7 +33,7 @@ import numpy as np
 from stream.media.frames import I420
 
 HEADER_ALIGN = 4096
-PREFIX = "ss-ring-"  # ss-ring-<coordinator pid>-<id>-<slots>x<readers>x<slot bytes>
+PREFIX = "ss-ring-"  # ss-ring-<coordinator pid>-<writer pid>-<id>-<slots>x<readers>x<slot bytes>
 _attached: dict[str, FrameRing] = {}  # rings this process has mapped, by name (readers reuse them)
 
 
@@ -77,7 +79,7 @@ class FrameRing:
             raise ValueError(f"frame ring needs positive sizes, got {slot_bytes=} {slots=} {readers=}")
         header = _header_bytes(slots, readers)
         run_pid = os.getpid() if run_pid is None else run_pid
-        name = f"{PREFIX}{run_pid}-{uuid.uuid4().hex[:12]}-{slots}x{readers}x{slot_bytes}"
+        name = f"{PREFIX}{run_pid}-{os.getpid()}-{uuid.uuid4().hex[:8]}-{slots}x{readers}x{slot_bytes}"
         path = os.path.join(_directory(), name)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -195,22 +197,37 @@ RENDER_READER = 1  # reader index of the render stage
 READERS = 2
 
 
-def remove_rings(run_pid: int) -> int:
-    """Remove every ring of the run whose coordinator is ``run_pid``; returns how many."""
-    return sum(_remove(path) for path, pid in _ring_files() if pid == run_pid)
+def remove_rings(run_pid: int, writer_pid: int | None = None) -> int:
+    """Remove every ring of the run whose coordinator is ``run_pid`` (only those written by
+    ``writer_pid`` when given); returns how many."""
+    return sum(
+        _remove(path)
+        for path, run, writer in _ring_files()
+        if run == run_pid and writer_pid in (None, writer)
+    )
 
 
 def remove_stale_rings() -> int:
     """Remove the rings of runs whose coordinator no longer exists; returns how many."""
-    return sum(_remove(path) for path, pid in _ring_files() if not process_alive(pid))
+    return sum(_remove(path) for path, run, _ in _ring_files() if not process_alive(run))
 
 
-def _ring_files() -> list[tuple[str, int]]:
+def forget_removed_rings() -> int:
+    """Unmap the rings this process reads whose file is gone (their writer died and was replaced), so
+    their memory is freed; returns how many."""
+    gone = [ring for ring in _attached.values() if not ring.owner and not os.path.exists(ring.path)]
+    for ring in gone:
+        ring.close()
+    return len(gone)
+
+
+def _ring_files() -> list[tuple[str, int, int]]:
+    """(path, coordinator pid, writer pid) of every ring file."""
     found = []
     for entry in os.scandir(_directory()):
-        pid = entry.name[len(PREFIX) :].split("-", 1)[0]
-        if entry.name.startswith(PREFIX) and pid.isdigit():
-            found.append((entry.path, int(pid)))
+        pids = entry.name[len(PREFIX) :].split("-", 2)[:2]
+        if entry.name.startswith(PREFIX) and len(pids) == 2 and all(p.isdigit() for p in pids):
+            found.append((entry.path, int(pids[0]), int(pids[1])))
     return found
 
 

@@ -76,6 +76,8 @@ class WorkerSpec:
     session: str = ""
     coordinator_pid: int = field(default_factory=os.getpid)  # specs are made by the coordinator
     caller_images: bool = False  # the caller of ``stream.Pipeline`` asked for the annotated images
+    generation: int = 0  # how many times a live run has restarted this worker (0: the first start)
+    first_track_id: int = 1  # where a restarted tracker's ids begin: above every id already written
 
     @property
     def has_caller(self) -> bool:
@@ -86,6 +88,11 @@ class WorkerSpec:
     def label(self) -> str:
         names = "all" if self.role in topology.SHARED_STAGES else ",".join(s.name for s in self.sources)
         return f"{self.role}[{names}]"
+
+    @property
+    def instance(self) -> str:
+        """This start of the worker: its label and generation (``track[cam]#1``)."""
+        return f"{self.label}#{self.generation}"
 
 
 class StageLink:
@@ -119,8 +126,9 @@ class StageLink:
             elif isinstance(command, events.Finish):
                 self.finished = True
             elif isinstance(command, events.Abort):
-                self.stop_requested = True
-                self.aborted = True
+                if not command.workers or self.spec.instance in command.workers:
+                    self.stop_requested = True
+                    self.aborted = True
 
     def _pass_on_signals(self) -> None:
         # The coordinator decides for the whole run (a signal to one worker stops every source), so a
@@ -155,6 +163,7 @@ class StageLink:
 
     def emit(self, event: events.Event) -> None:
         event.worker = self.spec.label
+        event.generation = self.spec.generation
         self.events.send(events.pack(event))
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ to its source's track stage, in the order the group's messages came.
 
 from __future__ import annotations
 
+import sys
 import time
 
 import zmq
@@ -20,7 +21,7 @@ from stream.engine.runtime import resolve_device, use_all_cores
 from stream.runtime import topology
 from stream.runtime.events import Done, Drop, Ready
 from stream.runtime.messages import EOS, FRAME, SKIP, Message
-from stream.runtime.ring import resolve
+from stream.runtime.ring import RingError, forget_removed_rings, resolve
 from stream.runtime.stage import POLL_MS, Stage, StageLink, WorkerSpec
 from stream.runtime.transport import close_sender, recv_message, send_until
 
@@ -42,6 +43,7 @@ class InferenceStage(Stage):
         self.inputs = [self.inbox]
         self.open_sources = set(self.outboxes)
         self.engine: InferenceEngine | None = None
+        self.sessions: dict[str, str] = {}  # each source's current session (new when restarted)
 
     def start(self) -> Ready:
         self.engine = InferenceEngine(self.cfg, live=self.live)
@@ -54,7 +56,19 @@ class InferenceStage(Stage):
         return 0 if self.scheduler.has_pending else POLL_MS  # work held back: finish it when idle
 
     def receive(self, sock: zmq.Socket, message: Message) -> None:
-        self._send(self.scheduler.submit(_collect(self.inbox, self.cfg, message)))
+        group = _collect(self.inbox, self.cfg, message)
+        for message in group.messages:
+            if self.sessions.setdefault(message.source, message.session) != message.session:
+                self._restarted(message.source, message.session)
+        if group.messages:
+            self._send(self.scheduler.submit(group))
+
+    def _restarted(self, source: str, session: str) -> None:
+        """``source``'s workers were restarted (a live run): its state starts afresh, and the rings of
+        its dead decoder are unmapped."""
+        self.sessions[source] = session
+        self.engine.end_segment(source, sys.maxsize)
+        forget_removed_rings()
 
     def step(self) -> None:
         if self.scheduler.has_pending:
@@ -97,7 +111,11 @@ def _collect(inbox: zmq.Socket, cfg: PipelineConfig, first: Message) -> Group:
 
 
 def _add(group: Group, message: Message) -> None:
-    group.messages.append(message)
     if message.kind == FRAME:
-        resolve(message)
+        try:
+            resolve(message)
+        except RingError:
+            # Its decoder died and was restarted (a live run): nobody waits for this frame any more.
+            return
         group.frames.append(message)
+    group.messages.append(message)

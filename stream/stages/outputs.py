@@ -3,6 +3,7 @@ stream), segmentation label maps and dense maps, rotated into parts on long live
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from fractions import Fraction
@@ -34,8 +35,10 @@ class SourceOutputs:
 
     Live runs with ``segment_time`` rotate them: every ``segment_time`` seconds of capture time the files
     are closed and new ones opened, named ``<name>_<UTC start time>`` (``cam_20261202T153000Z.mp4``), so
-    a run of days keeps bounded files that can be archived or deleted one by one. Without an output
-    directory (``out=None``, the Python API's default) no file is written.
+    a run of days keeps bounded files that can be archived or deleted one by one. A live source's
+    outputs reopened after a crash of its workers are named the same way by their start time, so they
+    never overwrite the files written before. Without an output directory (``out=None``, the Python
+    API's default) no file is written.
     """
 
     def __init__(self, spec: WorkerSpec, plan: SourcePlan) -> None:
@@ -52,7 +55,7 @@ class SourceOutputs:
         )
         self.rotate_after = cfg.segment_time if plan.live and self.files else None
         self.label_maps = self.files and (cfg.label_maps if cfg.label_maps is not None else not plan.live)
-        self.stem = plan.name
+        self.stem = plan.name if spec.generation == 0 else _timed_stem(plan.name, time.time())
         self.part_start: float | None = None
         opened_now = self.files and not self.rotate_after
         self.jsonl = JsonlSink(self.out / f"{self.stem}.jsonl") if opened_now else None
@@ -215,8 +218,7 @@ class SourceOutputs:
             self.dense = {}
             self.video_start = None
         self.part_start = capture
-        stamp = datetime.fromtimestamp(capture, timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        self.stem = f"{self.plan.name}_{stamp}"
+        self.stem = _timed_stem(self.plan.name, capture)
         self.jsonl = JsonlSink(self.out / f"{self.stem}.jsonl")
 
     def _write_dense(self, frame_index: int, result: ModelOutputs) -> None:
@@ -264,3 +266,8 @@ class SourceOutputs:
         for task, sink in self.dense.items():
             paths[task] = str(sink.directory)
         return paths
+
+
+def _timed_stem(name: str, start: float) -> str:
+    """``<name>_<UTC start time>``: the name of a live part's files."""
+    return f"{name}_{datetime.fromtimestamp(start, timezone.utc).strftime('%Y%m%dT%H%M%SZ')}"

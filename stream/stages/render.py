@@ -73,6 +73,8 @@ class RenderStage(Stage):
         self.final_eos: Message | None = None
         self.joiner = Joiner()
         self.closed = False
+        self.session = spec.session
+        self.top_id = 0  # the highest track id written
 
     def poll_ms(self) -> int:
         # Live results waiting for the caller go out as soon as its queue has room.
@@ -83,6 +85,8 @@ class RenderStage(Stage):
             self.caller.flush()
 
     def receive(self, sock: zmq.Socket, message: Message) -> None:
+        if message.session != self.session:
+            return  # sent for this source's workers before they were restarted (its ring is gone)
         if sock is self.frames_in:
             resolve(message)
             self.joiner.add_frame(message)
@@ -100,6 +104,8 @@ class RenderStage(Stage):
         written = self.outputs.write_position(frame_msg, result_msg)
         image = written.image
         latency = time.time() - frame_msg.capture
+        if written.result is not None and written.result.track_ids is not None and written.result.num_persons:
+            self.top_id = max(self.top_id, int(written.result.track_ids.max()))
         self.link.emit(
             Progress(
                 source=self.source,
@@ -107,6 +113,7 @@ class RenderStage(Stage):
                 skipped=written.result is None,
                 latency=latency,
                 stamps=result_msg.stamps,
+                top_id=self.top_id,
             )
         )
         if self.caller is not None:

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 class SourceTracking:
     """One source's tracker and smoothers."""
 
-    def __init__(self, frame_rate: float, smooth: bool, keypoint_threshold: float) -> None:
+    def __init__(self, frame_rate: float, smooth: bool, keypoint_threshold: float, first_id: int = 1) -> None:
         from models.meta import pose_meta
         from trackers import BoxSmoother, KeypointSmoother, PersonTracker
 
@@ -39,7 +39,7 @@ class SourceTracking:
         points, point_scores = np.full((1, k, 2), 4.0, np.float32), np.ones((1, k), np.float32)
         for timestamp in (0.0, 0.04):
             self.tracker.update(box, score, timestamp, keypoints=points, keypoint_scores=point_scores)
-        self.tracker.reset(restart_ids=True)
+        self.tracker.reset(restart_ids=True, first_id=first_id)
         self.last_time: float | None = None
 
     def __call__(self, message: Message) -> Message:
@@ -88,13 +88,16 @@ class TrackStage(Stage):
         self.link = link
         self.source = plan.name
         rate = float(plan.info.frame_rate) if plan.info.frame_rate else float(cfg.folder_fps) or 30.0
-        self.tracking = SourceTracking(rate, cfg.smooth, cfg.keypoint_threshold)
+        self.tracking = SourceTracking(rate, cfg.smooth, cfg.keypoint_threshold, spec.first_track_id)
+        self.session = spec.session
         self.order = ReorderBuffer()
         self.inbox = topology.open(context, spec, "results", source=plan.name)
         self.outbox = topology.open(context, spec, "tracked", source=plan.name)
         self.inputs = [self.inbox]
 
     def receive(self, sock: zmq.Socket, message: Message) -> None:
+        if message.session != self.session:
+            return  # sent for this source's workers before they were restarted
         for ready in self.order.push(message):
             if ready.kind == RESULTS:
                 ready = self.tracking(ready)
