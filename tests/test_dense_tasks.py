@@ -80,9 +80,12 @@ def _metric_scale(directory: Path) -> None:
     save_sapiens2(model, directory)
 
 
-def _run(material, out: Path, source: Path, *extra: str, detector: str = "boxes") -> None:
-    argv = ["run", str(source), "--out", str(out), "--input-size", SIZE, "--detector",
-            f"boxes:{material[detector]}", "--workers", "inproc", "--no-progress", "--max-wait-ms", "2"]
+def _run(
+    material, out: Path, source: Path, *extra: str, detector: str = "boxes", size: str | None = SIZE
+) -> None:
+    argv = ["run", str(source), "--out", str(out), "--detector", f"boxes:{material[detector]}",
+            "--workers", "inproc", "--no-progress", "--max-wait-ms", "2"]
+    argv += ["--input-size", size] if size is not None else []  # None: each checkpoint's own
     for task in ("pose", "seg", *HF_CLASSES):
         argv += [f"--{task}-model", str(material[task])]
     assert main([*argv, *extra]) == 0
@@ -93,10 +96,14 @@ def _frames(folder: Path) -> list[np.ndarray]:
 
 
 def _reference(material, task: str, frame: np.ndarray) -> dict[str, torch.Tensor]:
-    """transformers' processor (as the release configures it for ``task``), model and post-processing."""
-    processor = Sapiens2ImageProcessor(
-        size={"height": INPUT_SIZE[0], "width": INPUT_SIZE[1]}, do_pad=task in ("normal", "pointmap")
-    )
+    """transformers' processor (the checkpoint's preprocessor_config.json, else as the release configures
+    it for ``task``), model and post-processing."""
+    if (material[task] / "preprocessor_config.json").is_file():
+        processor = Sapiens2ImageProcessor.from_pretrained(material[task])
+    else:
+        processor = Sapiens2ImageProcessor(
+            size={"height": INPUT_SIZE[0], "width": INPUT_SIZE[1]}, do_pad=task in ("normal", "pointmap")
+        )
     model = HF_CLASSES[task].from_pretrained(material[task]).eval()
     pixel_values = processor(torch.from_numpy(frame).permute(2, 0, 1), return_tensors="pt")["pixel_values"]
     with torch.no_grad():
@@ -173,6 +180,51 @@ def test_frame_segmentation_equals_transformers(material, tmp_path) -> None:
         reference = processor.post_process_semantic_segmentation(outputs, target_sizes=[frame.shape[:2]])[0]
         saved = read_label_map(out / "stills_seg" / f"{index:06d}.png")
         np.testing.assert_array_equal(saved, reference.numpy())
+
+
+# Checkpoints that carry their own preprocessor_config.json, as the released ones do: an input size other
+# than the tests' 64x48 (the models' own), odd mean/std and, for some, bicubic resampling.
+OWN_SIZE = (80, 48)
+OWN_PROCESSORS = {
+    "seg": dict(image_mean=[0.2, 0.7, 0.4], image_std=[0.3, 0.15, 0.4]),
+    "normal": dict(do_pad=True, resample=3, image_mean=[0.6, 0.3, 0.2], image_std=[0.2, 0.4, 0.25]),
+    "pointmap": dict(do_pad=True, image_mean=[0.1, 0.5, 0.8], image_std=[0.35, 0.2, 0.3]),
+    "matting": dict(resample=3, image_mean=[0.45, 0.45, 0.6], image_std=[0.15, 0.3, 0.2]),
+}
+
+
+@pytest.fixture(scope="module")
+def own_material(material, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("own_preprocessing")
+    size = {"height": OWN_SIZE[0], "width": OWN_SIZE[1]}
+    models = {
+        task: save_tiny_model(root / task, task, 7 + i, image_size=OWN_SIZE, processor=dict(size=size, **p))
+        for i, (task, p) in enumerate(OWN_PROCESSORS.items())
+    }
+    _metric_scale(models["pointmap"])
+    return {**material, **models}
+
+
+def test_each_checkpoints_preprocessor_config_applies_without_input_size(own_material, tmp_path) -> None:
+    """No --input-size: every full-frame task runs at its checkpoint's size with its mean/std, resampling
+    and padding, and its files equal transformers' processor read from the same directory."""
+    from transformers import Sapiens2ForSemanticSegmentation
+
+    out = tmp_path / "out"
+    _run(own_material, out, own_material["folder"], "--task", "seg,normal,pointmap,matting", "--no-smooth",
+         "--no-flip", size=None)  # fmt: skip
+    processor = Sapiens2ImageProcessor.from_pretrained(own_material["seg"])
+    seg = Sapiens2ForSemanticSegmentation.from_pretrained(own_material["seg"]).eval()
+    for index, frame in enumerate(_frames(own_material["folder"])):
+        for task in HF_CLASSES:
+            reference = _encoded_reference(own_material, task, frame)
+            _assert_within_one_step(_saved(out, "stills", task, index), reference)
+        inputs = processor(torch.from_numpy(frame).permute(2, 0, 1), return_tensors="pt")
+        assert inputs["pixel_values"].shape[-2:] == OWN_SIZE
+        with torch.no_grad():
+            logits = seg(inputs["pixel_values"])
+        labels = processor.post_process_semantic_segmentation(logits, target_sizes=[frame.shape[:2]])[0]
+        np.testing.assert_array_equal(read_label_map(out / "stills_seg" / f"{index:06d}.png"), labels.numpy())
 
 
 def test_files_read_back_with_the_documented_formulas(material, tmp_path) -> None:
