@@ -477,6 +477,30 @@ def test_all_tasks_through_the_api_equal_transformers_and_the_files(material, tm
         np.testing.assert_allclose(result.alpha, alpha, atol=1e-4)
 
 
+MAP_FIELDS = {
+    "seg": ("seg",), "normal": ("normals",), "pointmap": ("pointmap", "depth"), "matting": ("alpha",)
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("tasks", ["normal", "pose,pointmap", "seg,matting", "pose,seg,normal"])
+def test_each_result_carries_the_maps_of_the_tasks_run(material, tasks) -> None:
+    """Some combinations through the API: the maps of the tasks that ran, at the frame's size, and no
+    others; keypoints only with pose (person-mode segmentation where seg runs beside pose)."""
+    run = tasks.split(",")
+    options = _api_options(material, task=tasks, seg_mode="person" if "pose" in run else "frame")
+    with stream.Pipeline(material["folder"], **options) as pipe:
+        results = list(pipe)
+    assert [r.frame for r in results] == list(range(NUM_FRAMES))
+    for result in results:
+        for task, fields in MAP_FIELDS.items():
+            for name in fields:
+                value = getattr(result, name)
+                assert (value is not None) == (task in run), (name, tasks)
+                assert value is None or value.shape[:2] == (result.height, result.width)
+        assert len(result.persons) == 1
+        assert (result.persons[0].keypoints is not None) == ("pose" in run)
+
+
 def test_all_tasks_live_through_the_cli(material, tmp_path) -> None:
     """A file read live (as fast as it decodes, dropping what the models cannot keep up with): every
     frame has its line, and every computed one its maps, at the frame's size."""
