@@ -12,7 +12,9 @@
 Options are the command line's, named with underscores (``--max-batch`` is ``max_batch``; every field
 of ``stream.config.PipelineConfig``), with the same defaults but one: ``out`` is None, so nothing is
 written; ``out=DIR`` writes what ``sapiens-stream run --out DIR`` writes. ``render=True`` adds the
-annotated image to every result.
+annotated image to every result. With the dense tasks (``task="pose,seg,normal,pointmap,matting"``) each
+result also carries the frame's maps (``seg``, ``normals``, ``pointmap`` and ``depth``, ``alpha``; see
+``FrameResult``).
 
 The pipeline runs in its worker processes (``workers="ipc"``, the default) and the run's coordinator
 in a thread of this process; results come from the render stages over the topology's ``api`` link, a
@@ -65,7 +67,13 @@ class FrameResult:
 
     ``frame`` is the 0-based decode index and ``pts`` the presentation time in seconds (None for image
     folders), as in the JSONL. A ``skipped`` frame (live: dropped in the pipeline, or not taken by the
-    caller in time) has no persons, no ``seg`` and no ``image``.
+    caller in time) has no persons, no maps and no ``image``.
+
+    The dense maps are the frame's size, in frame coordinates, each present when its task ran: the
+    float values the command line's lossless files hold to 16 bits (``sapiens-stream run`` writes
+    ``round((normals + 1) / 2 * 65535)``, ``round(depth * 1000)`` with 0 for NaN, ``round(alpha * 65535)``;
+    the ``--save-pointmap`` ``.npy`` is ``pointmap`` in float16), smoothed over time as the files are,
+    unless ``smooth=False``.
     """
 
     source: str
@@ -76,6 +84,10 @@ class FrameResult:
     skipped: bool = False
     persons: list[Person] = field(default_factory=list)
     seg: np.ndarray | None = None  # (H, W) uint8 class ids when segmentation ran
+    normals: np.ndarray | None = None  # (H, W, 3) float32 unit camera-space normals (x, y, z), task normal
+    pointmap: np.ndarray | None = None  # (H, W, 3) float32 camera-space XYZ in metres, task pointmap
+    depth: np.ndarray | None = None  # (H, W) float32 metres, the pointmap's Z; NaN where nothing is in front
+    alpha: np.ndarray | None = None  # (H, W) float32 matte in [0, 1], task matting
     image: np.ndarray | None = None  # (H, W, 3) uint8 RGB, annotated, with render=True
 
     def to_dict(self) -> dict:
@@ -263,6 +275,15 @@ def _frame_result(message: Message) -> FrameResult:
         )
     if outputs.seg_labels is not None:
         result.seg = np.array(outputs.seg_labels, np.uint8)
+    if outputs.normals is not None:
+        result.normals = np.array(outputs.normals, np.float32)
+    if outputs.pointmap is not None:
+        result.pointmap = np.array(outputs.pointmap, np.float32)
+        depth = result.pointmap[..., 2].copy()
+        depth[~(np.isfinite(depth) & (depth > 0))] = np.nan  # as the depth files: no depth there
+        result.depth = depth
+    if outputs.alpha is not None:
+        result.alpha = np.array(outputs.alpha, np.float32)
     if "image" in message.arrays:
         result.image = np.array(message.arrays["image"])
     return result

@@ -55,7 +55,9 @@ class PipelineConfig:
     device: str = "auto"  # "auto" = cuda when available, else cpu
     precision: str = "auto"  # auto = bf16 on GPU, fp32 on CPU
     flip: bool | None = None  # None = on offline, off live
-    input_size: tuple[int, int] = (1024, 768)  # model input (H, W)
+    # Model input (H, W) of every model; None: each checkpoint's own (its preprocessor_config.json, else
+    # the release's 1024x768).
+    input_size: tuple[int, int] | None = None
     smooth: bool = True
     mode: str = "auto"  # auto = live for webcams/streams, offline for files and folders
     max_batch: int = 8  # persons (crops) per model forward
@@ -285,7 +287,7 @@ _CHECKS = {
     "device": _device,
     "precision": _choices(*PRECISIONS),
     "flip": _optional(_boolean),
-    "input_size": lambda name, value: parse_size(value),
+    "input_size": _optional(lambda name, value: parse_size(value)),
     "smooth": _boolean,
     "mode": _choices(*MODES),
     "max_batch": _integer(1),

@@ -20,12 +20,24 @@ from stream.runtime.messages import EOS, Message
 INPUT_SIZE = (64, 48)  # the tiny checkpoints' input (H, W)
 
 
-def save_tiny_model(directory: Path, task: str, seed: int = 0) -> Path:
+def save_tiny_model(
+    directory: Path,
+    task: str,
+    seed: int = 0,
+    image_size: tuple[int, int] = INPUT_SIZE,
+    processor: dict | None = None,
+) -> Path:
+    """A tiny random checkpoint in the Hub layout; with ``processor`` (``Sapiens2ImageProcessor``'s
+    arguments) also the ``preprocessor_config.json`` transformers writes for it."""
     from models import Sapiens2Config, build_sapiens2, save_sapiens2
 
     torch.manual_seed(seed)
-    model = build_sapiens2(Sapiens2Config.from_arch("tiny", task=task, image_size=INPUT_SIZE))
+    model = build_sapiens2(Sapiens2Config.from_arch("tiny", task=task, image_size=image_size))
     save_sapiens2(model, directory)
+    if processor is not None:
+        from transformers import Sapiens2ImageProcessor
+
+        Sapiens2ImageProcessor(**processor).save_pretrained(directory)
     return directory
 
 

@@ -256,3 +256,10 @@ def test_servers_print_where_they_listen(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"preview: http://127.0.0.1:{serve}/" in proc.stderr.splitlines()
     assert f"metrics: http://0.0.0.0:{metrics}/metrics" in proc.stderr.splitlines()
+
+
+def test_input_size_defaults_to_each_checkpoints_own() -> None:
+    """None: every model runs at its checkpoint's size (preprocessor_config.json, else the release's);
+    a given size is checked and applies to every model."""
+    assert build_config({"sources": ["a.mp4"]}).input_size is None
+    assert build_config({"sources": ["a.mp4"], "input_size": "512x384"}).input_size == (512, 384)

@@ -25,9 +25,11 @@ from pipeline_fixtures import (
     write_image_folder,
     write_test_clip,
 )
+from rtsp_server import RtspServerProcess, server_unavailable_reason
 from transformers import Sapiens2ForImageMatting, Sapiens2ForNormalEstimation, Sapiens2ForPointmapEstimation
 from transformers.models.sapiens2.image_processing_sapiens2 import Sapiens2ImageProcessor
 
+import stream
 from stream.drawing.dense import Background, composite, depth_to_rgb, normals_to_rgb, parse_color
 from stream.edges.map_sinks import (
     encode_alpha,
@@ -80,9 +82,12 @@ def _metric_scale(directory: Path) -> None:
     save_sapiens2(model, directory)
 
 
-def _run(material, out: Path, source: Path, *extra: str, detector: str = "boxes") -> None:
-    argv = ["run", str(source), "--out", str(out), "--input-size", SIZE, "--detector",
-            f"boxes:{material[detector]}", "--workers", "inproc", "--no-progress", "--max-wait-ms", "2"]
+def _run(
+    material, out: Path, source: Path, *extra: str, detector: str = "boxes", size: str | None = SIZE
+) -> None:
+    argv = ["run", str(source), "--out", str(out), "--detector", f"boxes:{material[detector]}",
+            "--workers", "inproc", "--no-progress", "--max-wait-ms", "2"]
+    argv += ["--input-size", size] if size is not None else []  # None: each checkpoint's own
     for task in ("pose", "seg", *HF_CLASSES):
         argv += [f"--{task}-model", str(material[task])]
     assert main([*argv, *extra]) == 0
@@ -93,10 +98,14 @@ def _frames(folder: Path) -> list[np.ndarray]:
 
 
 def _reference(material, task: str, frame: np.ndarray) -> dict[str, torch.Tensor]:
-    """transformers' processor (as the release configures it for ``task``), model and post-processing."""
-    processor = Sapiens2ImageProcessor(
-        size={"height": INPUT_SIZE[0], "width": INPUT_SIZE[1]}, do_pad=task in ("normal", "pointmap")
-    )
+    """transformers' processor (the checkpoint's preprocessor_config.json, else as the release configures
+    it for ``task``), model and post-processing."""
+    if (material[task] / "preprocessor_config.json").is_file():
+        processor = Sapiens2ImageProcessor.from_pretrained(material[task])
+    else:
+        processor = Sapiens2ImageProcessor(
+            size={"height": INPUT_SIZE[0], "width": INPUT_SIZE[1]}, do_pad=task in ("normal", "pointmap")
+        )
     model = HF_CLASSES[task].from_pretrained(material[task]).eval()
     pixel_values = processor(torch.from_numpy(frame).permute(2, 0, 1), return_tensors="pt")["pixel_values"]
     with torch.no_grad():
@@ -173,6 +182,51 @@ def test_frame_segmentation_equals_transformers(material, tmp_path) -> None:
         reference = processor.post_process_semantic_segmentation(outputs, target_sizes=[frame.shape[:2]])[0]
         saved = read_label_map(out / "stills_seg" / f"{index:06d}.png")
         np.testing.assert_array_equal(saved, reference.numpy())
+
+
+# Checkpoints that carry their own preprocessor_config.json, as the released ones do: an input size other
+# than the tests' 64x48 (the models' own), odd mean/std and, for some, bicubic resampling.
+OWN_SIZE = (80, 48)
+OWN_PROCESSORS = {
+    "seg": dict(image_mean=[0.2, 0.7, 0.4], image_std=[0.3, 0.15, 0.4]),
+    "normal": dict(do_pad=True, resample=3, image_mean=[0.6, 0.3, 0.2], image_std=[0.2, 0.4, 0.25]),
+    "pointmap": dict(do_pad=True, image_mean=[0.1, 0.5, 0.8], image_std=[0.35, 0.2, 0.3]),
+    "matting": dict(resample=3, image_mean=[0.45, 0.45, 0.6], image_std=[0.15, 0.3, 0.2]),
+}
+
+
+@pytest.fixture(scope="module")
+def own_material(material, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("own_preprocessing")
+    size = {"height": OWN_SIZE[0], "width": OWN_SIZE[1]}
+    models = {
+        task: save_tiny_model(root / task, task, 7 + i, image_size=OWN_SIZE, processor=dict(size=size, **p))
+        for i, (task, p) in enumerate(OWN_PROCESSORS.items())
+    }
+    _metric_scale(models["pointmap"])
+    return {**material, **models}
+
+
+def test_each_checkpoints_preprocessor_config_applies_without_input_size(own_material, tmp_path) -> None:
+    """No --input-size: every full-frame task runs at its checkpoint's size with its mean/std, resampling
+    and padding, and its files equal transformers' processor read from the same directory."""
+    from transformers import Sapiens2ForSemanticSegmentation
+
+    out = tmp_path / "out"
+    _run(own_material, out, own_material["folder"], "--task", "seg,normal,pointmap,matting", "--no-smooth",
+         "--no-flip", size=None)  # fmt: skip
+    processor = Sapiens2ImageProcessor.from_pretrained(own_material["seg"])
+    seg = Sapiens2ForSemanticSegmentation.from_pretrained(own_material["seg"]).eval()
+    for index, frame in enumerate(_frames(own_material["folder"])):
+        for task in HF_CLASSES:
+            reference = _encoded_reference(own_material, task, frame)
+            _assert_within_one_step(_saved(out, "stills", task, index), reference)
+        inputs = processor(torch.from_numpy(frame).permute(2, 0, 1), return_tensors="pt")
+        assert inputs["pixel_values"].shape[-2:] == OWN_SIZE
+        with torch.no_grad():
+            logits = seg(inputs["pixel_values"])
+        labels = processor.post_process_semantic_segmentation(logits, target_sizes=[frame.shape[:2]])[0]
+        np.testing.assert_array_equal(read_label_map(out / "stills_seg" / f"{index:06d}.png"), labels.numpy())
 
 
 def test_files_read_back_with_the_documented_formulas(material, tmp_path) -> None:
@@ -352,3 +406,146 @@ def test_a_checkpoints_preprocessor_config_is_followed(material, tmp_path: Path)
     reference = processor.post_process_normal_estimation(outputs, target_sizes=[frame.shape[:2]])[0]
     expected = encode_normals(reference["normals"].permute(1, 2, 0).numpy())
     _assert_within_one_step(_saved(out, "stills", "normal", 0), expected)
+
+
+# --- every task together, offline and live, through the command line and the Python API -----------------
+ALL_TASKS = "pose,seg,normal,pointmap,matting"
+
+
+def _api_options(material, **overrides) -> dict:
+    options = {
+        "task": ALL_TASKS,
+        "detector": f"boxes:{material['boxes']}",
+        "input_size": SIZE,
+        "workers": "inproc",
+        "progress": False,
+        "max_wait_ms": 2,
+        **{f"{task}_model": str(material[task]) for task in ("pose", "seg", *HF_CLASSES)},
+    }
+    return {**options, **overrides}
+
+
+def _assert_result_maps(result: stream.FrameResult) -> None:
+    """Every task's output of a computed frame, at the frame's size, in its value range."""
+    h, w = result.height, result.width
+    assert result.seg.shape == (h, w) and result.seg.dtype == np.uint8
+    assert result.normals.shape == (h, w, 3) and result.normals.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(result.normals, axis=-1), 1.0, atol=1e-4)
+    assert result.pointmap.shape == (h, w, 3) and result.pointmap.dtype == np.float32
+    assert result.depth.shape == (h, w) and result.depth.dtype == np.float32
+    shown = ~np.isnan(result.depth)
+    assert shown.any() and (result.depth[shown] > 0).all()
+    np.testing.assert_array_equal(result.depth[shown], result.pointmap[..., 2][shown])
+    assert not (result.pointmap[..., 2][~shown] > 0).any()  # NaN only where nothing is in front
+    assert result.alpha.shape == (h, w) and result.alpha.dtype == np.float32
+    assert result.alpha.min() >= 0.0 and result.alpha.max() <= 1.0
+    assert all(p.keypoints.shape == (308, 3) for p in result.persons)
+
+
+def _assert_files_hold_the_maps(result: stream.FrameResult, out: Path) -> None:
+    """The run's lossless files of this frame are the result's maps, quantised as documented."""
+    saved = {task: _saved(out, result.source, task, result.frame) for task in HF_CLASSES}
+    np.testing.assert_array_equal(saved["normal"], encode_normals(result.normals))
+    np.testing.assert_array_equal(saved["pointmap"], encode_depth(result.pointmap))
+    np.testing.assert_array_equal(saved["matting"], encode_alpha(result.alpha))
+    depth = read_depth(out / f"{result.source}_pointmap" / f"{result.frame:06d}.png")
+    stored = ~np.isnan(depth)
+    np.testing.assert_allclose(depth[stored], result.depth[stored], atol=0.5 / 1000)
+    # No depth in the file: none in front of the camera, or nearer than the file's half millimetre.
+    assert not (result.depth[~stored] >= 0.5 / 1000).any()
+
+
+def test_all_tasks_through_the_api_equal_transformers_and_the_files(material, tmp_path) -> None:
+    out = tmp_path / "out"
+    options = _api_options(material, out=out, smooth=False, flip=False)
+    with stream.Pipeline(material["folder"], **options) as pipe:
+        results = list(pipe)
+    assert [r.frame for r in results] == list(range(NUM_FRAMES))
+    assert [r.to_dict() for r in results] == read_jsonl(out / "stills.jsonl")
+    for result, frame in zip(results, _frames(material["folder"]), strict=True):
+        assert not result.skipped and len(result.persons) == 1
+        _assert_result_maps(result)
+        _assert_files_hold_the_maps(result, out)
+        labels = read_label_map(out / "stills_seg" / f"{result.frame:06d}.png")
+        np.testing.assert_array_equal(result.seg, labels)
+        # The maps themselves, before any quantisation, are transformers' post-processed outputs.
+        normals = _reference(material, "normal", frame)["normals"].permute(1, 2, 0).numpy()
+        np.testing.assert_allclose(result.normals, normals, atol=1e-4)
+        pointmap = _reference(material, "pointmap", frame)["pointmap"].permute(1, 2, 0).numpy()
+        np.testing.assert_allclose(result.pointmap, pointmap, atol=1e-4, rtol=1e-4)
+        alpha = _reference(material, "matting", frame)["alpha"][0].numpy()
+        np.testing.assert_allclose(result.alpha, alpha, atol=1e-4)
+
+
+MAP_FIELDS = {
+    "seg": ("seg",), "normal": ("normals",), "pointmap": ("pointmap", "depth"), "matting": ("alpha",)
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("tasks", ["normal", "pose,pointmap", "seg,matting", "pose,seg,normal"])
+def test_each_result_carries_the_maps_of_the_tasks_run(material, tasks) -> None:
+    """Some combinations through the API: the maps of the tasks that ran, at the frame's size, and no
+    others; keypoints only with pose (person-mode segmentation where seg runs beside pose)."""
+    run = tasks.split(",")
+    options = _api_options(material, task=tasks, seg_mode="person" if "pose" in run else "frame")
+    with stream.Pipeline(material["folder"], **options) as pipe:
+        results = list(pipe)
+    assert [r.frame for r in results] == list(range(NUM_FRAMES))
+    for result in results:
+        for task, fields in MAP_FIELDS.items():
+            for name in fields:
+                value = getattr(result, name)
+                assert (value is not None) == (task in run), (name, tasks)
+                assert value is None or value.shape[:2] == (result.height, result.width)
+        assert len(result.persons) == 1
+        assert (result.persons[0].keypoints is not None) == ("pose" in run)
+
+
+def test_all_tasks_live_through_the_cli(material, tmp_path) -> None:
+    """A file read live (as fast as it decodes, dropping what the models cannot keep up with): every
+    frame has its line, and every computed one its maps, at the frame's size."""
+    clip = write_test_clip(tmp_path / "clip.mp4", 12, FRAME_WH, fps=25, seed=4)
+    out = tmp_path / "out"
+    _run(material, out, clip, "--task", ALL_TASKS, "--mode", "live")
+    lines = read_jsonl(out / "clip.jsonl")
+    assert [line["frame"] for line in lines] == list(range(12))
+    computed = [line for line in lines if not line.get("skipped")]
+    assert computed
+    for line in lines:
+        for task in HF_CLASSES:
+            assert (out / f"clip_{task}" / f"{line['frame']:06d}.png").exists() == (line in computed)
+    for line in computed:
+        assert all(len(person["keypoints"]) == 308 for person in line["persons"])
+        normals = read_normals(out / "clip_normal" / f"{line['frame']:06d}.png")
+        assert normals.shape == (64, 32, 3)
+        np.testing.assert_allclose(np.linalg.norm(normals, axis=-1), 1.0, atol=1e-3)
+        assert read_depth(out / "clip_pointmap" / f"{line['frame']:06d}.png").shape == (64, 32)
+        assert read_alpha(out / "clip_matting" / f"{line['frame']:06d}.png").shape == (64, 32)
+    video, _, _, _ = read_video(out / "clip.mp4")
+    assert len(video) == len(computed)  # a live recording holds the computed frames
+    assert video[0].shape[:2] == (64, 96)  # composite, normals and depth side by side
+
+
+@pytest.mark.needs_system(what="RTSP test server", missing=server_unavailable_reason())
+def test_all_tasks_live_through_the_api(material, tmp_path) -> None:
+    """A camera, every task: each computed result carries every map, and the files hold the same maps."""
+    out = tmp_path / "out"
+    results = []
+    with RtspServerProcess(width=32, height=64, fps=25, duration=60) as camera:
+        with stream.Pipeline(camera.url, **_api_options(material, out=out)) as pipe:
+            for result in pipe:
+                results.append(result)
+                if sum(not r.skipped for r in results) == 5:
+                    pipe.stop()
+    report = pipe.report.sources[results[0].source]
+    assert report.mode == "live"
+    computed = [r for r in results if not r.skipped]
+    assert len(computed) >= 5
+    for result in computed:
+        assert (result.width, result.height) == (32, 64)
+        _assert_result_maps(result)
+        _assert_files_hold_the_maps(result, out)
+    for result in results:
+        if result.skipped:
+            assert result.normals is None and result.pointmap is None and result.alpha is None
+    assert any(result.persons for result in computed)

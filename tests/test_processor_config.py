@@ -196,3 +196,138 @@ def test_hub_id_reads_the_preprocessor_config_of_its_snapshot_offline(tmp_path):
         [sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
     )
     assert result.stdout.strip() == "(512, 384) True True", result.stderr
+
+
+# --- the pipeline follows the checkpoint's preprocessing ------------------------------------------------
+# Person crops (pose, ``--seg-mode person``) are cut at the checkpoint's size and normalised with its
+# mean/std, as the processor's box crops are; ``--input-size`` overrides the size only when given.
+
+# Odd on purpose: ImageNet's mean/std or the release's 1024x768 in their place would show at once.
+ODD_POSE = dict(size={"height": 80, "width": 48}, image_mean=[0.3, 0.6, 0.1], image_std=[0.5, 0.15, 0.35])
+ODD_SEG = dict(size={"height": 64, "width": 64}, image_mean=[0.7, 0.2, 0.5], image_std=[0.3, 0.45, 0.12])
+FRAME_HW = (96, 128)
+# Boxes whose crop windows lie inside the frame and are smaller than the inputs, so the crops are
+# enlarged: there transformers' crop_and_resize and our warp sample alike (bicubic), within the grey
+# level the OpenCV warp rounds to. (Shrinking, we average the footprint where the reference takes one
+# tap; at a frame's edge, bicubic overshoots below 0, which we clamp.)
+BOXES = [[28.0, 27.0, 52.0, 69.0, 0.9], [76.0, 27.0, 100.0, 69.0, 0.8]]
+
+
+def _frames(count: int) -> list[np.ndarray]:
+    """Smooth frames within 40..210: bicubic enlarging then never overshoots 0..255 (which our warp
+    clamps and the reference keeps)."""
+    import cv2
+
+    rng = np.random.default_rng(5)
+    frames = []
+    for _ in range(count):
+        coarse = rng.integers(40, 211, (FRAME_HW[0] // 8, FRAME_HW[1] // 8, 3)).astype(np.uint8)
+        frames.append(cv2.resize(coarse, FRAME_HW[::-1], interpolation=cv2.INTER_LINEAR))
+    return frames
+
+
+def _engine_outputs(tmp_path: Path, models: dict[str, Path], input_size=None, **options):
+    """The GPU worker's engine on two frames: its results and the inputs each model was given."""
+    from pipeline_fixtures import engine_config, write_boxes
+
+    from stream.engine import Group, InferenceEngine
+    from stream.media.frames import DecodedFrame
+    from stream.runtime.messages import frame_message, to_frame_result
+
+    frames = _frames(2)
+    boxes = write_boxes(tmp_path / "boxes.jsonl", {i: BOXES for i in range(len(frames))})
+    cfg = engine_config(
+        models.get("pose", tmp_path), boxes, input_size, task=tuple(models), smooth=False,
+        seg_model=str(models.get("seg", tmp_path)), seg_mode="person", **options,
+    )  # fmt: skip
+    group = Group()
+    for i, image in enumerate(frames):
+        message = frame_message("clip", i, DecodedFrame(image, i, i / 30, None, 0.0))
+        group.messages.append(message)
+        group.frames.append(message)
+    inputs: dict[str, list[torch.Tensor]] = {}
+    with InferenceEngine(cfg) as engine:
+        for task, model in (("pose", engine.pose_model), ("seg", engine.seg_model)):
+            if model is not None:
+                hook = lambda module, args, task=task: inputs.setdefault(task, []).append(args[0].clone())  # noqa: E731
+                model.register_forward_pre_hook(hook)
+        messages = engine.compute(engine.prepare(group))
+        preprocessing = engine.inputs
+    # Each forward is padded to a static batch size: the first rows are the crops, frame by frame.
+    crops = {task: torch.cat(chunks)[: len(BOXES) * len(frames)] for task, chunks in inputs.items()}
+    return frames, [to_frame_result(m) for m in messages], crops, preprocessing
+
+
+def _processor_crops(processor: Sapiens2ImageProcessor, frames: list[np.ndarray], **kwargs) -> torch.Tensor:
+    xywh = [[x1, y1, x2 - x1, y2 - y1] for x1, y1, x2, y2, _ in BOXES]
+    images = [torch.from_numpy(frame).permute(2, 0, 1) for frame in frames]
+    return processor(images, boxes=[xywh] * len(frames), return_tensors="pt", **kwargs)["pixel_values"]
+
+
+def _assert_same_crops(ours: torch.Tensor, theirs: torch.Tensor, std) -> None:
+    """Equal shapes and, in grey levels (model inputs times std times 255), within the OpenCV warp's
+    rounding: about one level."""
+    assert ours.shape == theirs.shape
+    levels = (ours - theirs).abs() * torch.tensor(std).view(1, 3, 1, 1) * 255
+    assert levels.max() < 2.5 and levels.mean() < 0.5
+
+
+def test_person_crops_and_keypoints_follow_each_checkpoints_preprocessor_config(tmp_path):
+    """Pose and person-mode segmentation, each with its own size and mean/std from its file, and no
+    --input-size: the crops are the processor's, and the keypoints are transformers' model and
+    post-processing on the same crops."""
+    from transformers import Sapiens2ForPoseEstimation
+
+    write_checkpoint(tmp_path / "pose", "pose", ODD_POSE)
+    write_checkpoint(tmp_path / "seg", "seg", ODD_SEG)
+    models = {"pose": tmp_path / "pose", "seg": tmp_path / "seg"}
+    frames, results, crops, preprocessing = _engine_outputs(tmp_path, models)
+    assert preprocessing["pose"].input_size == (80, 48) and preprocessing["seg"].input_size == (64, 64)
+
+    pose_processor = Sapiens2ImageProcessor.from_pretrained(models["pose"])
+    seg_processor = Sapiens2ImageProcessor.from_pretrained(models["seg"])
+    _assert_same_crops(crops["pose"], _processor_crops(pose_processor, frames), ODD_POSE["image_std"])
+    _assert_same_crops(crops["seg"], _processor_crops(seg_processor, frames), ODD_SEG["image_std"])
+    for result in results:
+        assert result.seg_labels.shape == FRAME_HW
+
+    reference = Sapiens2ForPoseEstimation.from_pretrained(models["pose"]).eval()
+    with torch.no_grad():
+        outputs = reference(crops["pose"])
+    xywh = [[x1, y1, x2 - x1, y2 - y1] for x1, y1, x2, y2, _ in BOXES]
+    expected = pose_processor.post_process_pose_estimation(outputs, boxes=[xywh] * len(frames))
+    theirs_points = np.stack([p["keypoints"].numpy() for persons in expected for p in persons])
+    theirs_scores = np.stack([p["scores"].numpy() for persons in expected for p in persons])
+    ours_points = np.concatenate([result.keypoints for result in results])
+    np.testing.assert_allclose(np.concatenate([r.keypoint_scores for r in results]), theirs_scores, atol=1e-4)
+    # The two models' float sums differ in the last bits; the random heatmaps' flat peaks make the DARK
+    # refinement's Newton step amplify that for a few keypoints, never by a heatmap pixel (4 input px).
+    error = np.linalg.norm(ours_points - theirs_points, axis=-1)
+    assert np.median(error) < 1e-3 and (error < 0.01).mean() > 0.95 and error.max() < 4.0
+
+
+def test_a_given_input_size_overrides_the_checkpoints_size_not_its_normalisation(tmp_path):
+    write_checkpoint(tmp_path / "pose", "pose", ODD_POSE)
+    frames, _, crops, preprocessing = _engine_outputs(tmp_path, {"pose": tmp_path / "pose"}, (64, 32))
+    assert preprocessing["pose"].input_size == (64, 32)
+    assert preprocessing["pose"].image_mean == tuple(ODD_POSE["image_mean"])
+    processor = Sapiens2ImageProcessor.from_pretrained(tmp_path / "pose")
+    theirs = _processor_crops(processor, frames, size={"height": 64, "width": 32})
+    _assert_same_crops(crops["pose"], theirs, ODD_POSE["image_std"])
+
+
+def test_without_a_preprocessor_config_the_engine_takes_the_release_defaults(tmp_path):
+    from pipeline_fixtures import engine_config
+
+    from stream.engine import InferenceEngine
+
+    write_checkpoint(tmp_path / "pose", "pose", processor=None)
+    write_checkpoint(tmp_path / "normal", "normal", processor=None)
+    boxes = tmp_path / "boxes.jsonl"
+    boxes.write_text("")
+    options = dict(task=("pose", "normal"), normal_model=str(tmp_path / "normal"))
+    with InferenceEngine(engine_config(tmp_path / "pose", boxes, None, **options)) as engine:
+        assert engine.inputs == {task: release_preprocessing(task) for task in ("pose", "normal")}
+        assert engine.inputs["pose"].input_size == (1024, 768)
+    with InferenceEngine(engine_config(tmp_path / "pose", boxes, (128, 96), **options)) as engine:
+        assert engine.inputs["normal"] == release_preprocessing("normal").with_input_size((128, 96))

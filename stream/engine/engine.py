@@ -33,7 +33,7 @@ from stream.engine.batches import Group, LaunchedGroup, PendingPose, PreparedGro
 from stream.engine.device import DeviceStreams, OverlapScheduler, padded_size, static_batch_sizes
 from stream.engine.runtime import load_task_model, resolve_device, resolve_dtype
 from stream.engine.state import SourceStates
-from stream.engine.tasks import run_dense, run_frame_seg, run_person_seg
+from stream.engine.tasks import preprocessing, run_dense, run_frame_seg, run_person_seg
 from stream.media.frames import ModelOutputs
 from stream.runtime.messages import FRAME, RESULTS, SKIP, Message, follow_up, result_arrays
 from stream.runtime.ring import INFER_READER, release
@@ -82,6 +82,10 @@ class InferenceEngine:
             task: load_task_model(cfg.task_model(task), task, cfg, self.device, self.dtype)
             for task in cfg.dense_tasks
         }
+        # How each model's inputs are prepared: its checkpoint's preprocessor_config.json (the release's
+        # defaults without one), at --input-size when given.
+        models = {"pose": self.pose_model, "seg": self.seg_model, **self.dense_models}
+        self.inputs = {task: preprocessing(task, m, cfg) for task, m in models.items() if m is not None}
         self.state = SourceStates()
         self.dropped_boxes = 0
 
@@ -114,10 +118,11 @@ class InferenceEngine:
         """Run every static batch size once (CUDA only: kernels, autotuning and allocator settle)."""
         if self.device.type != "cuda":
             return
-        h, w = self.cfg.input_size
-        for model in (self.pose_model, self.seg_model, *self.dense_models.values()):
+        models = {"pose": self.pose_model, "seg": self.seg_model, **self.dense_models}
+        for task, model in models.items():
             if model is None:
                 continue
+            h, w = self.inputs[task].input_size
             for size in self.sizes:
                 for _ in self._output_chunks(model, torch.zeros(size, 3, h, w, device=self.device)):
                     pass
@@ -289,7 +294,8 @@ class InferenceEngine:
             return PendingPose(counts, np.zeros((0, 2, 3), np.float32), [])
         all_boxes = torch.from_numpy(np.concatenate(boxes)).to(self.device)
         frame_index = torch.repeat_interleave(torch.arange(len(frames)), torch.tensor(counts)).to(self.device)
-        batch = crop_and_warp(frames, all_boxes, frame_index, input_size=self.cfg.input_size)
+        prep = self.inputs["pose"]  # the checkpoint's input size and normalisation
+        batch = crop_and_warp(frames, all_boxes, frame_index, input_size=prep.input_size, normalisation=prep)
         # Heatmaps are decoded chunk by chunk as the forwards produce them: with 308 keypoints they are
         # large (24 crops at 256x192 are 91 MB), and joining them first cost a full extra copy. With a
         # pose-decoding thread, chunk k is decoded while chunk k + 1 is forwarded.
@@ -320,10 +326,11 @@ class InferenceEngine:
 
     def _decode_pose(self, heatmaps: torch.Tensor, crop_to_frame: torch.Tensor) -> Future:
         """Keypoints and scores of one chunk: on the pose-decoding thread when there is one, else here."""
+        input_size = self.inputs["pose"].input_size
         if self.pose_decoding is not None:
-            return self.pose_decoding.submit(_decode_pose_chunk, heatmaps, crop_to_frame, self.cfg.input_size)
+            return self.pose_decoding.submit(_decode_pose_chunk, heatmaps, crop_to_frame, input_size)
         future = Future()
-        future.set_result(_decode_pose_chunk(heatmaps, crop_to_frame, self.cfg.input_size))
+        future.set_result(_decode_pose_chunk(heatmaps, crop_to_frame, input_size))
         return future
 
     # --- segmentation -------------------------------------------------------------------------------

@@ -55,11 +55,14 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
 def load_task_model(spec: str, task: str, cfg: PipelineConfig, device: torch.device, dtype: torch.dtype):
     """The ``task`` model from a Hub id or directory, or a randomly initialised one (demo fallback)."""
     from models import Sapiens2Config, build_sapiens2, load_sapiens2
+    from models.processor_config import DEFAULT_INPUT_SIZE
 
     if cfg.random_weights:
         match = ARCH_PATTERN.search(spec)
         arch = match.group(1).lower() if match else "0.4b"
-        config = Sapiens2Config.from_arch(arch, task=task, image_size=cfg.input_size)
+        # Built with the release's preprocessing (``build_sapiens2``), at its input size unless given.
+        image_size = cfg.input_size or DEFAULT_INPUT_SIZE
+        config = Sapiens2Config.from_arch(arch, task=task, image_size=image_size)
         return build_sapiens2(config, device=device, dtype=dtype)
     try:
         model = load_sapiens2(spec, device=device, dtype=dtype)

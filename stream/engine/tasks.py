@@ -33,8 +33,10 @@ Forward = Callable[[torch.nn.Module, torch.Tensor, tuple[str, ...]], dict[str, t
 
 
 def preprocessing(task: str, model: torch.nn.Module, cfg: PipelineConfig) -> Preprocessing:
-    """How ``task``'s full frames become inputs: as the checkpoint's ``preprocessor_config.json`` says
-    (mean/std, resampling, padding; the release's defaults without one), at ``--input-size``."""
+    """How ``task``'s inputs are prepared: as the checkpoint's ``preprocessor_config.json`` says (size,
+    mean/std, resampling, padding; the release's defaults without one), at ``--input-size`` when given.
+    Full frames follow all of it; person crops (pose, ``--seg-mode person``) its size and normalisation,
+    as the processor's box crops do."""
     base = getattr(model, "preprocessing", None) or release_preprocessing(task)
     return base.with_input_size(cfg.input_size)
 
@@ -164,13 +166,14 @@ def run_person_seg(
     from models.postprocess import paste_person_segmentation, segment_full_frame
     from models.preprocess import crop_and_warp
 
+    prep = preprocessing("seg", model, cfg)
     counts = [len(b) for b in boxes]
     logits = crop_to_frame = None
     if sum(counts):
         device = frames[0].device
         all_boxes = torch.from_numpy(np.concatenate(boxes)).to(device)
         index = torch.repeat_interleave(torch.arange(len(frames)), torch.tensor(counts)).to(device)
-        batch = crop_and_warp(frames, all_boxes, index, input_size=cfg.input_size)
+        batch = crop_and_warp(frames, all_boxes, index, input_size=prep.input_size, normalisation=prep)
         logits = forward(model, batch.pixel_values, ("logits",))["logits"]
         crop_to_frame = batch.crop_to_frame
     start = 0
@@ -182,7 +185,7 @@ def run_person_seg(
         chunk = slice(start, start + count)
         start += count
         labels, _, probs = paste_person_segmentation(
-            logits[chunk].float(), crop_to_frame[chunk], frame_hw, input_size=cfg.input_size
+            logits[chunk].float(), crop_to_frame[chunk], frame_hw, input_size=prep.input_size
         )
         if cfg.smooth:
             small_hw = smoothing_size(frame_hw)

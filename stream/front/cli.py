@@ -86,7 +86,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     add("--device", help="auto, cpu, cuda or cuda:N")
     add("--precision", help="auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16")
     add("--flip", action=argparse.BooleanOptionalAction, default=None, help="flip test-time augmentation")
-    add("--input-size", help="model input HxW (default 1024x768)")
+    add("--input-size", help="model input HxW (default: each checkpoint's own, else 1024x768)")
     add("--smooth", action=argparse.BooleanOptionalAction, default=None, help="temporal smoothing")
     add("--mode", help="auto, offline (lossless) or live (bounded latency)")
     add("--max-batch", type=int, help="frames per batch (across sources) and crops per model forward")
