@@ -4,12 +4,13 @@ mattes (16-bit alpha), with the functions that read each back. The formulas are 
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from stream.edges.sinks import _Sink
+from stream.edges.sinks import _Sink, write_file
 
 # ---------------------------------------------------------------------------------------------------------
 # Label maps
@@ -41,13 +42,21 @@ class LabelMapSink(_Sink):
         if labels.ndim != 2 or labels.dtype != np.uint8:
             raise ValueError(f"label map must be (H, W) uint8 class ids, got {labels.shape} {labels.dtype}")
         path = self.path_for(frame_index)
-        if not cv2.imwrite(str(path), np.ascontiguousarray(labels), _PNG_FAST):
-            raise OSError(f"could not write label map {path}")
+        _write_png(path, np.ascontiguousarray(labels), _PNG_FAST)
         self.maps_written += 1
         return path
 
     def close(self) -> None:
         self._closed = True
+
+
+def _write_png(path: Path, pixels: np.ndarray, params: list[int]) -> None:
+    # Encoded in memory and written here rather than by cv2.imwrite, which says only "False" on a full
+    # disk and leaves a cut PNG: a failed write is one error naming the file and the reason, no file.
+    encoded, data = cv2.imencode(".png", pixels, params)
+    if not encoded:
+        raise ValueError(f"could not encode {path.name} as PNG")
+    write_file(path, data)
 
 
 def read_label_map(path: str | Path) -> np.ndarray:
@@ -133,15 +142,16 @@ class DenseMapSink(_Sink):
             )
         path = self.path_for(frame_index)
         pixels = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else np.ascontiguousarray(image)
-        if not cv2.imwrite(str(path), pixels, _PNG_DENSE):
-            raise OSError(f"could not write {path}")
+        _write_png(path, pixels, _PNG_DENSE)
         self.maps_written += 1
         return path
 
     def write_npy(self, frame_index: int, array: np.ndarray) -> Path:
         """An array as float16 ``.npy`` (the pointmap, (H, W, 3) XYZ in metres)."""
         path = self.path_for(frame_index, ".npy")
-        np.save(path, np.asarray(array, np.float16))
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(array, np.float16))
+        write_file(path, buffer.getbuffer())
         return path
 
     def close(self) -> None:

@@ -7,8 +7,11 @@ line is flushed as it is written, and every label map is a finished PNG.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import math
+import os
 from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
@@ -21,10 +24,28 @@ import numpy as np
 from stream.edges.redact import redact
 from stream.media.color import i420_to_frame, rgb_to_yuv420p_frame
 from stream.media.frames import DecodedFrame, ModelOutputs
+from stream.runtime.errors import OutputError, first_line
 
 _NVENC = "h264_nvenc"
 _X264 = "libx264"
 _NVENC_PRESETS = {f"p{i}" for i in range(1, 8)}
+
+
+def output_error(exc: OSError, path: str | Path) -> OutputError:
+    """``exc`` as one line that names the file: ``cannot write out/a.mp4: No space left on device``."""
+    error = OutputError(f"cannot write {path}: {exc.strerror or first_line(exc)}")
+    error.errno = exc.errno  # ENOSPC stays recognisable
+    return error
+
+
+def write_file(path: Path, data: bytes | np.ndarray) -> None:
+    """Write ``data`` as the whole file ``path``, or raise ``OutputError`` and leave no partial file."""
+    try:
+        with path.open("wb") as f:
+            f.write(memoryview(data).cast("B"))
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        raise output_error(exc, path) from None
 
 
 class _Sink:
@@ -86,6 +107,61 @@ def _encoder_options(codec: str, crf: int, preset: str, low_latency: bool = Fals
     return {}
 
 
+# Space kept allocated past the end of a video file: the mp4's index and the encoder's delayed frames,
+# both written when the file is closed, must fit in it. Generous: 1 MiB is an hour's index at 30 fps.
+RESERVE_BYTES = 1 << 20
+RESERVE_PER_FRAME = 64  # index bytes per frame (sample size, time, offset and sync entries, padded)
+RESERVE_PACKETS = 64  # delayed frames the encoder may still hold (lookahead, B-frames, frame threads)
+_FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
+
+
+class _DiskReserve:
+    """Blocks kept allocated past the end of a file being written, so that the file can still be
+    finished when the disk fills up: without its trailer (an mp4's moov) nothing of it plays.
+
+    Linux ``fallocate`` with KEEP_SIZE allocates without changing the file's size; the writer's own
+    writes then land in blocks it already has. ``keep`` tops the reserve up after every write and fails
+    with ENOSPC as soon as the disk cannot hold it, while the reserve still holds the trailer. Where
+    the filesystem or the system has no ``fallocate``, nothing is reserved.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.end = 0  # the reserved blocks end here
+        self._fd: int | None = None
+        libc = ctypes.CDLL(None, use_errno=True)
+        self._fallocate = getattr(libc, "fallocate64", None) or getattr(libc, "fallocate", None)
+        if self._fallocate is None:
+            return
+        self._fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+        self._fd = os.open(path, os.O_WRONLY)
+
+    def keep(self, size: int) -> None:
+        """Have ``size`` bytes allocated past the file's current end; OSError(ENOSPC) when the disk is
+        too full for that."""
+        if self._fd is None:
+            return
+        wanted = os.fstat(self._fd).st_size + size
+        if wanted <= self.end:
+            return
+        if self._fallocate(self._fd, _FALLOC_FL_KEEP_SIZE, self.end, wanted - self.end) != 0:
+            code = ctypes.get_errno()
+            if code in (errno.EOPNOTSUPP, errno.ENOSYS):
+                self.close()  # a filesystem without fallocate: write without a reserve
+                return
+            raise OSError(code, os.strerror(code))
+        self.end = wanted
+
+    def close(self) -> None:
+        """Give back the blocks past the file's end (they would stay allocated on ext4 and XFS)."""
+        if self._fd is None:
+            return
+        size = os.fstat(self._fd).st_size
+        if self.end > size:
+            self._fallocate(self._fd, _FALLOC_FL_KEEP_SIZE | _FALLOC_FL_PUNCH_HOLE, size, self.end - size)
+        os.close(self._fd)
+        self._fd = None
+
+
 def _as_fraction(value: Fraction | int | float) -> Fraction:
     """Fractions and ints as they are; a float (29.97) as the nearest small fraction (2997/100)."""
     if isinstance(value, float):
@@ -114,6 +190,10 @@ class VideoSink(_Sink):
     Pixels: every encoder is given BT.601 limited-range yuv420p, untagged (swscale's default for RGB),
     converted by ``stream.media.color.rgb_to_yuv420p_frame``; images are only read, so read-only views (a
     shared-memory frame slot) go in without a copy.
+
+    A full disk: a file keeps room for its trailer reserved (``_DiskReserve``), so a write that finds
+    the disk full raises ``OutputError`` (ENOSPC, naming the file) while ``close()`` can still finish a
+    playable file of every frame written before.
     """
 
     def __init__(
@@ -167,6 +247,9 @@ class VideoSink(_Sink):
                 container_options["flush_packets"] = "1"  # each fragment reaches the file at once
         target = str(path) if stream_format is not None else str(self.path)  # a URL stays as given
         self._container = av.open(target, mode="w", format=stream_format, options=container_options)
+        self._reserve: _DiskReserve | None = None
+        self._reserving = stream_format is None  # a file: reserved once FFmpeg has created it
+        self._largest_packet = 0
         try:
             self._stream = self._container.add_stream(self.codec, rate=frame_rate)
             self._stream.width, self._stream.height = self.encoded_size
@@ -182,8 +265,20 @@ class VideoSink(_Sink):
                 # Fragments and stream viewers both start at keyframes: one a second.
                 self._stream.codec_context.gop_size = max(1, round(float(frame_rate) * keyframe_s))
         except Exception:
-            self._container.close()
+            self._close_file()
             raise
+
+    def _keep_reserve(self) -> None:
+        if self._reserve is None:
+            if not (self._reserving and self.path.exists()):
+                return  # FFmpeg opens the file with the encoder's first packet
+            self._reserve = _DiskReserve(self.path)
+        index = RESERVE_PER_FRAME * self.frames_written
+        size = RESERVE_BYTES + index + RESERVE_PACKETS * self._largest_packet
+        try:
+            self._reserve.keep(size)
+        except OSError as exc:
+            raise output_error(exc, self.path) from None
 
     def _prepare(self, image: np.ndarray) -> np.ndarray:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -236,14 +331,22 @@ class VideoSink(_Sink):
         self._encode(i420_to_frame(yuv), pts)
 
     def _encode(self, frame: av.VideoFrame, pts: int | None) -> None:
+        # Before the frame: when the disk cannot hold another frame and the trailer, the file ends with
+        # the frames before this one.
+        self._keep_reserve()
         frame.pts = self._output_pts(pts)
         frame.time_base = self.time_base
-        for packet in self._stream.encode(frame):
-            self._container.mux(packet)
+        try:
+            for packet in self._stream.encode(frame):
+                self._largest_packet = max(self._largest_packet, packet.size)
+                self._container.mux(packet)
+        except OSError as exc:
+            raise output_error(exc, self.path) from None
         self.frames_written += 1
 
     def close(self) -> None:
-        """Flush the encoder and write the trailer; safe to call more than once."""
+        """Flush the encoder and write the trailer; safe to call more than once. Raises ``OutputError``
+        when the file could not be finished."""
         if self._closed:
             return
         self._closed = True
@@ -251,8 +354,21 @@ class VideoSink(_Sink):
             if self.frames_written:
                 for packet in self._stream.encode(None):
                     self._container.mux(packet)
-        finally:
+        except OSError as exc:
+            self._close_file(quiet=True)
+            raise output_error(exc, self.path) from None
+        self._close_file()
+
+    def _close_file(self, quiet: bool = False) -> None:
+        """Write the trailer and close the file, then give back the reserve."""
+        try:
             self._container.close()
+        except OSError as exc:
+            if not quiet:
+                raise output_error(exc, self.path) from None
+        finally:
+            if self._reserve is not None:
+                self._reserve.close()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -260,20 +376,32 @@ class VideoSink(_Sink):
 
 
 class JsonlSink(_Sink):
-    """One JSON object per line, flushed per line, so a killed process keeps every line written."""
+    """One JSON object per line, each written to the file at once, so a killed process keeps every line
+    written; the file only ever ends with a whole line: a line the disk cannot hold is taken back, and
+    ``write`` raises ``OutputError`` (naming the file)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("w", encoding="utf-8")
+        # Unbuffered: nothing is left in a buffer that closing would try to write to a full disk again.
+        self._file = self.path.open("wb", buffering=0)
+        self._size = 0
         self.lines_written = 0
 
     def write(self, record: dict) -> None:
         if self._file.closed:
             raise ValueError(f"JsonlSink {self.path} is closed")
         # allow_nan=False: NaN is not JSON; jsonl_record already turns non-finite numbers into null.
-        self._file.write(json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n")
-        self._file.flush()
+        # ensure_ascii (the default): one byte per character, so sizes are exact.
+        line = memoryview((json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n").encode())
+        written = 0
+        try:
+            while written < len(line):  # a write may take part of the line (the disk's last blocks)
+                written += self._file.write(line[written:])
+        except OSError as exc:
+            self._file.truncate(self._size)  # the part of the line that fit
+            raise output_error(exc, self.path) from None
+        self._size += len(line)
         self.lines_written += 1
 
     def close(self) -> None:

@@ -207,6 +207,8 @@ def run(config, exports: Sequence[str] = ()) -> int:
         used = [f"{name} {t['user_s'] + t['system_s']:.1f} s" for name, t in report.worker_cpu.items()]
         print(f"cpu: {', '.join(used)}")
     _write_exports(report, exports, config.keypoint_threshold)
+    if any(source.error for source in report.sources.values()):
+        return 2  # a live source's sinks failed (a full disk): its error line was printed when it did
     damaged = [s for s in report.sources.values() if s.frames_missing and not report.interrupted]
     if damaged:
         # Every decoded frame is written and the outputs are complete; the input itself was not.
@@ -240,7 +242,8 @@ def _fail(exc: Exception) -> int:
     if isinstance(exc, (ConfigError, SourceError)):
         status = 2
     elif isinstance(exc, PipelineError):
-        status = 1
+        # A failed stage; a failure the user can act on (a full disk) carries status 2.
+        status = getattr(exc, "status", 1)
     elif isinstance(exc, (ValueError, OSError)):
         status = 2  # bad input, or the world refused: a missing file, a port in use, a full disk
     else:

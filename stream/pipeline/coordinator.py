@@ -48,7 +48,12 @@ FINAL_EVENTS_WAIT_MS = 100  # once the workers have exited: how long to wait for
 
 
 class PipelineError(RuntimeError):
-    """A run that could not complete (one-line message for the user)."""
+    """A run that could not complete (one-line message for the user); ``status``: the exit status it
+    calls for (2: a failure the user can act on, such as a full disk; 1: a failed stage)."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
@@ -148,6 +153,7 @@ class _Coordinator:
         }
         self.infos = {p.name: p.info for p in plans}
         self.error: str | None = None
+        self.error_status = 1
         self.device: str | None = None
         self.first_output: float | None = None
         self.last_output: float | None = None
@@ -239,7 +245,7 @@ class _Coordinator:
             progress.close()
             self._close()
         if self.error is not None:
-            raise PipelineError(self.error)
+            raise PipelineError(self.error, self.error_status)
         interrupted = (
             signals.count > 0
             or bool(self.external_stop and self.external_stop.is_set())
@@ -359,6 +365,7 @@ class _Coordinator:
             self.device = f"{event.device} {event.dtype or ''}".strip()
         elif isinstance(event, events.Error) and self.error is None:
             self.error = event.message or "a worker failed"
+            self.error_status = event.status
         elif isinstance(event, events.StopRequested):
             self.signals.passed_on(event.count)
         elif report is not None:
@@ -393,6 +400,7 @@ class _Coordinator:
             report.skipped = event.skipped
             report.outputs = dict(event.outputs)
             report.complete = event.complete
+            report.error = event.error
             self.sinks_open.discard(report.name)
 
     def _drain_preview(self) -> None:

@@ -43,6 +43,14 @@ def check_inputs(cfg: PipelineConfig) -> None:
         raise FileNotFoundError(f"detector weights not found: {cfg.detector}")
     if cfg.publish is not None:
         check_publish_target(cfg.publish, len(cfg.sources))
+    if cfg.show:
+        from stream.edges.preview_window import display_available
+
+        if not display_available():  # refused here, before any output is made or worker started
+            raise ConfigError(
+                "--show needs a display (DISPLAY/WAYLAND_DISPLAY is not set); "
+                "use --serve 127.0.0.1:PORT for a browser preview instead"
+            )
 
 
 def prepare_out_dir(out: Path) -> None:

@@ -28,6 +28,7 @@ class SourceReport:
     drops: dict[str, int] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
     complete: bool = False  # the final EOS reached the sinks
+    error: str = ""  # why the sinks stopped early (live: a full disk), one line; "" when they did not
 
 
 @dataclass

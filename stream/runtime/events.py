@@ -101,14 +101,17 @@ class SinkClosed(Event):
     skipped: int = 0
     outputs: dict[str, str] = field(default_factory=dict)
     complete: bool = False
+    error: str = ""  # why the sinks stopped early (a full disk), one line; "" when they did not
 
 
 @dataclass
 class Error(Event):
-    """The stage failed: a one-line ``message`` for the user and the traceback."""
+    """The stage failed: a one-line ``message`` for the user and the traceback; ``status``: the exit
+    status it calls for (2: the user can act on it, such as a full disk; 1: a failed stage)."""
 
     message: str = ""
     detail: str = ""
+    status: int = 1
 
 
 @dataclass

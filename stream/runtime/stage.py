@@ -37,7 +37,7 @@ from stream.config import PipelineConfig
 from stream.media.color import single_threaded_opencv
 from stream.media.frames import SourceInfo
 from stream.runtime import events, topology
-from stream.runtime.errors import first_line
+from stream.runtime.errors import OutputError, first_line
 from stream.runtime.ring import process_alive
 from stream.runtime.transport import Stopped, recv_message
 
@@ -252,7 +252,8 @@ def run_worker(spec: WorkerSpec, make_stage: StageFactory, context: zmq.Context 
     try:
         run_stage(make_stage(context, spec, link), link)
     except Exception as exc:  # reported to the coordinator, which prints it and exits non-zero
-        link.emit(events.Error(message=first_line(exc), detail=traceback.format_exc()))
+        status = 2 if isinstance(exc, OutputError) else 1
+        link.emit(events.Error(message=first_line(exc), detail=traceback.format_exc(), status=status))
     finally:
         if own_context:
             # The CPU this worker process used (its threads' and pools' included), for the run's report.

@@ -243,16 +243,26 @@ class SourceOutputs:
         return self.dense[task]
 
     def _close_files(self) -> None:
+        """Close every file, even when one cannot be finished (a full disk); that failure is raised
+        once the others are closed."""
+        failure: OSError | None = None
         for sink in (self.video, self.jsonl, self.labels, *self.dense.values()):
             if sink is not None:
-                sink.close()
+                try:
+                    sink.close()
+                except OSError as exc:
+                    failure = failure or exc
+        if failure is not None:
+            raise failure
 
     def close(self) -> None:
-        self._close_files()
-        if self.views is not None:
-            self.views.close()
-        if self.publisher is not None:
-            self.publisher.close()
+        try:
+            self._close_files()
+        finally:
+            if self.views is not None:
+                self.views.close()
+            if self.publisher is not None:
+                self.publisher.close()
 
     def outputs(self) -> dict[str, str]:
         """The current (last) part's files."""

@@ -11,12 +11,15 @@ reading, every position also goes to it (``stream.stages.caller``).
 
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
 import zmq
 
+from stream.edges.redact import redact
 from stream.runtime import topology
+from stream.runtime.errors import OutputError, first_line
 from stream.runtime.events import Done, Progress, SinkClosed
 from stream.runtime.messages import EOS, FRAME, Message, follow_up
 from stream.runtime.reorder import ReorderBuffer
@@ -70,11 +73,13 @@ class RenderStage(Stage):
         self.preview = topology.open(context, spec, "preview") if cfg.show or cfg.serve else None
         self.outputs = SourceOutputs(spec, plan)
         self.caller = CallerOutlet(context, spec, plan, link) if spec.has_caller else None
+        self.live = plan.live
         self.final_eos: Message | None = None
         self.joiner = Joiner()
         self.closed = False
         self.session = spec.session
         self.top_id = 0  # the highest track id written
+        self.failed = False  # live: the sinks could not write (a full disk) and are closed
 
     def poll_ms(self) -> int:
         # Live results waiting for the caller go out as soon as its queue has room.
@@ -101,6 +106,32 @@ class RenderStage(Stage):
             self._write(frame_msg, result_msg)
 
     def _write(self, frame_msg: Message, result_msg: Message) -> None:
+        try:
+            if not self.failed:
+                self._write_outputs(frame_msg, result_msg)
+        except OSError as exc:
+            self._sinks_failed(exc)
+        finally:
+            release(frame_msg, RENDER_READER)  # written and shown: the slot may be reused
+
+    def _sinks_failed(self, exc: OSError) -> None:
+        """A file of this source could not be written (a full disk, an I/O error): close the sinks with
+        what they hold, then see ``_report_failure``."""
+        message = f"{redact(self.source)}: {first_line(exc)}"
+        self._close_sinks(complete=False, error=message)
+        self.failed = True
+        self._report_failure(message)
+
+    def _report_failure(self, message: str) -> None:
+        """Offline every frame must be written, so the run ends (exit status 2). Live, the run goes on:
+        the other cameras keep recording, and this one's frames pass by unwritten until the run stops
+        (then exit status 2); the line is printed now, not hours later at the end of the run."""
+        if not self.live:
+            raise OutputError(message)
+        line = f"{message}; its outputs are closed with what was written, the run goes on without them"
+        print(f"sapiens-stream: error: {line}", file=sys.stderr, flush=True)
+
+    def _write_outputs(self, frame_msg: Message, result_msg: Message) -> None:
         written = self.outputs.write_position(frame_msg, result_msg)
         image = written.image
         latency = time.time() - frame_msg.capture
@@ -124,20 +155,27 @@ class RenderStage(Stage):
                 # send may still be reading it: the preview gets its own copy.
                 image = image.copy()
             _publish_preview(self.preview, self.source, image, frame_msg)
-        release(frame_msg, RENDER_READER)  # written and shown: the slot may be reused
 
     def finish(self) -> Done:
-        self._close_sinks(complete=True)
+        error = self._close_sinks(complete=True)
+        if error:
+            self._report_failure(error)  # the encoder's last frames or the trailer did not fit
         if self.caller is not None and self.final_eos is not None:
             self.caller.end(self.final_eos)
         return Done(source=self.source, frames=self.outputs.frames_written)
 
-    def _close_sinks(self, complete: bool) -> None:
-        """Close the sinks once (playable from here on) and tell the coordinator what they hold."""
+    def _close_sinks(self, complete: bool, error: str = "") -> str:
+        """Close the sinks once (playable from here on) and tell the coordinator what they hold and,
+        when they stopped early, why (``error``). Returns that error, or why a file could not be
+        finished; "" when none."""
         if self.closed:
-            return
+            return ""
         self.closed = True
-        self.outputs.close()
+        try:
+            self.outputs.close()
+        except OSError as exc:
+            error = error or f"{redact(self.source)}: {first_line(exc)}"
+            complete = False
         outputs = self.outputs
         self.link.emit(
             SinkClosed(
@@ -147,8 +185,10 @@ class RenderStage(Stage):
                 skipped=outputs.skipped,
                 outputs=outputs.outputs(),
                 complete=complete,
+                error=error,
             )
         )
+        return error
 
     def close(self, finished: bool) -> None:
         try:
