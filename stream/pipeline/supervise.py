@@ -81,7 +81,8 @@ class Supervisor:
         delay = BACKOFF_FIRST_S if fresh else min(previous * 2, BACKOFF_MAX_S)
         self.delays[label] = delay
         labels = self.group(label)
-        retiring = {other: self.specs[other].instance for other in labels if other in alive}
+        survivors = [other for other in labels if other in alive and other != label]
+        retiring = {other: self.specs[other].instance for other in survivors}
         sessions = {}  # one new session per source, shared by its decode, track and render workers
         specs = []
         for other in labels:
