@@ -114,6 +114,19 @@ def test_offline_full_disk_exits_with_status_2(offline_full_disk) -> None:
     assert done.returncode == 2, done.stderr[-2000:]
 
 
+@needs_tmpfs
+def test_debug_shows_the_failed_workers_traceback(material, tmp_path) -> None:
+    out = tmp_path / "out"
+    debug = [*COMMAND[:3], "--debug", *_offline(material, material["clip"], out)[3:]]  # before `run`
+    command = _on_small_tmpfs(out, "2m", debug)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))  # fmt: skip
+    assert done.returncode != 0
+    worker = done.stderr.split("in the worker:", 1)[1]
+    # Where the write failed, in the render worker's process, not only where the run was ended.
+    assert "OutputError" in worker and "stream/stages/render.py" in worker
+
+
 # -- a full disk under one live source ---------------------------------------------------------------------
 
 

@@ -157,7 +157,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(config, exports=_run_exports(args.export, config))
     except Exception as exc:
         if args.debug:
-            raise  # the whole traceback, for a bug report
+            # The whole traceback, for a bug report: the failed worker's first, where it sent one.
+            if getattr(exc, "detail", ""):
+                print(f"in the worker:\n{exc.detail}", file=sys.stderr)
+            raise
         return _fail(exc)
 
 

@@ -49,11 +49,13 @@ FINAL_EVENTS_WAIT_MS = 100  # once the workers have exited: how long to wait for
 
 class PipelineError(RuntimeError):
     """A run that could not complete (one-line message for the user); ``status``: the exit status it
-    calls for (2: a failure the user can act on, such as a full disk; 1: a failed stage)."""
+    calls for (2: a failure the user can act on, such as a full disk; 1: a failed stage); ``detail``:
+    the failed worker's traceback, when it could send one."""
 
-    def __init__(self, message: str, status: int = 1) -> None:
+    def __init__(self, message: str, status: int = 1, detail: str = "") -> None:
         super().__init__(message)
         self.status = status
+        self.detail = detail
 
 
 @dataclass
@@ -154,6 +156,7 @@ class _Coordinator:
         self.infos = {p.name: p.info for p in plans}
         self.error: str | None = None
         self.error_status = 1
+        self.error_detail = ""
         self.device: str | None = None
         self.first_output: float | None = None
         self.last_output: float | None = None
@@ -245,7 +248,7 @@ class _Coordinator:
             progress.close()
             self._close()
         if self.error is not None:
-            raise PipelineError(self.error, self.error_status)
+            raise PipelineError(self.error, self.error_status, self.error_detail)
         interrupted = (
             signals.count > 0
             or bool(self.external_stop and self.external_stop.is_set())
@@ -366,6 +369,7 @@ class _Coordinator:
         elif isinstance(event, events.Error) and self.error is None:
             self.error = event.message or "a worker failed"
             self.error_status = event.status
+            self.error_detail = event.detail
         elif isinstance(event, events.StopRequested):
             self.signals.passed_on(event.count)
         elif report is not None:
