@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import av
@@ -64,9 +66,29 @@ def _restarts(metrics_port: int) -> dict[tuple[str, str], float]:
     return {(m[1], m[2]): float(m[3]) for m in RESTARTS.finditer(text)}
 
 
-@pytest.mark.parametrize("role", ["decode", "infer", "track", "render"])
-def test_a_killed_stage_is_restarted_and_the_cameras_go_on(tmp_path: Path, tiny_pose: Path, role: str):
-    rings_before = _rings()
+@dataclass
+class LiveRun:
+    process: subprocess.Popen
+    out: Path
+    stderr: Path
+    metrics_port: int
+
+    def restart_line(self) -> tuple[str, set[str]]:
+        """The stage that died and the sources restarted with it, from the run's stderr."""
+        _wait(self.process, lambda: DIED.search(self.stderr.read_text()), "restart line")
+        stage, names = DIED.search(self.stderr.read_text()).groups()
+        return stage, set(SOURCES) if names == "all" else set(names.split(","))
+
+    def kill(self, role: str) -> None:
+        """SIGKILL one worker process of ``role`` (workers name themselves ``sapiens-<role>``)."""
+        children = psutil.Process(self.process.pid).children(recursive=True)
+        next(p for p in children if p.name() == f"sapiens-{role}").kill()
+
+
+@contextlib.contextmanager
+def _live_run(tmp_path: Path, tiny_pose: Path) -> Iterator[LiveRun]:
+    """Two RTSP cameras through the real command, once both have results; stopped with SIGINT at the
+    end (whatever is left of its process group is killed)."""
     boxes = tmp_path / "boxes.jsonl"
     box = [40, 30, 120, 100, 0.9]
     boxes.write_text("".join(json.dumps({"frame": i, "boxes": [box]}) + "\n" for i in range(9000)))
@@ -85,21 +107,7 @@ def test_a_killed_stage_is_restarted_and_the_cameras_go_on(tmp_path: Path, tiny_
                                    env=dict(os.environ, OMP_NUM_THREADS="1"))
         try:
             _wait(run, lambda: all(len(_lines(out / f"{n}.jsonl")) >= 30 for n in SOURCES), "first results")
-            victim = next(p for p in psutil.Process(run.pid).children(recursive=True)
-                          if p.name() == f"sapiens-{role}")
-            victim.kill()
-            _wait(run, lambda: DIED.search(stderr_path.read_text()), "restart line")
-            stage, names = DIED.search(stderr_path.read_text()).groups()
-            restarted = set(SOURCES) if names == "all" else set(names.split(","))
-            assert stage == role and restarted
-            kept = set(SOURCES) - restarted
-            kept_lines = {n: len(_lines(out / f"{n}.jsonl")) for n in kept}
-            # Every restarted source writes a new file; the sources that were not restarted go on in theirs.
-            _wait(run, lambda: all(len(_files(out, n)) == 2 and len(_lines(_files(out, n)[1])) >= 15
-                                   for n in restarted), "results after the restart")
-            _wait(run, lambda: all(len(_lines(out / f"{n}.jsonl")) >= kept_lines[n] + 15 for n in kept),
-                  "results of the other source")
-            assert _restarts(metrics_port) == {(n, role): 1.0 for n in restarted}
+            yield LiveRun(run, out, stderr_path, metrics_port)
         finally:
             run.send_signal(signal.SIGINT)
             try:
@@ -107,9 +115,11 @@ def test_a_killed_stage_is_restarted_and_the_cameras_go_on(tmp_path: Path, tiny_
             finally:
                 if run.poll() is None:
                     os.killpg(run.pid, signal.SIGKILL)
-    stderr = stderr_path.read_text()
-    assert run.returncode == 0, stderr[-3000:]
-    assert "Traceback" not in stderr
+
+
+def _check_outputs(out: Path, restarted: set[str], killed_render: bool) -> None:
+    """Every file plays and holds a frame per result (a killed render's file: up to its last fragment);
+    a restarted source's new file has ids above those of its first."""
     for name in SOURCES:
         files = _files(out, name)
         assert len(files) == (2 if name in restarted else 1), files
@@ -118,7 +128,7 @@ def test_a_killed_stage_is_restarted_and_the_cameras_go_on(tmp_path: Path, tiny_
             written = _lines(jsonl)
             with av.open(str(jsonl.with_suffix(".mp4"))) as container:
                 frames = sum(1 for _ in container.decode(video=0))
-            if role == "render" and jsonl.stem == name:
+            if killed_render and jsonl.stem == name:
                 assert frames > 0  # killed while writing: playable up to its last fragment
             else:
                 assert frames == len(written)  # closed by its worker, asked to leave, or at the end
@@ -126,4 +136,45 @@ def test_a_killed_stage_is_restarted_and_the_cameras_go_on(tmp_path: Path, tiny_
         # A restarted tracker never hands out an id that was already written for this source.
         if len(ids) == 2 and ids[0] and ids[1]:
             assert min(ids[1]) > max(ids[0])
+
+
+@pytest.mark.parametrize("role", ["decode", "infer", "track", "render"])
+def test_a_killed_stage_is_restarted_and_the_cameras_go_on(tmp_path: Path, tiny_pose: Path, role: str):
+    rings_before = _rings()
+    with _live_run(tmp_path, tiny_pose) as live:
+        live.kill(role)
+        stage, restarted = live.restart_line()
+        assert stage == role and restarted
+        out, run = live.out, live.process
+        kept = set(SOURCES) - restarted
+        kept_lines = {n: len(_lines(out / f"{n}.jsonl")) for n in kept}
+        # Every restarted source writes a new file; the sources that were not restarted go on in theirs.
+        _wait(run, lambda: all(len(_files(out, n)) == 2 and len(_lines(_files(out, n)[1])) >= 15
+                               for n in restarted), "results after the restart")
+        _wait(run, lambda: all(len(_lines(out / f"{n}.jsonl")) >= kept_lines[n] + 15 for n in kept),
+              "results of the other source")
+        assert _restarts(live.metrics_port) == {(n, role): 1.0 for n in restarted}
+    stderr = live.stderr.read_text()
+    assert run.returncode == 0, stderr[-3000:]
+    assert "Traceback" not in stderr
+    _check_outputs(out, restarted, killed_render=role == "render")
+    assert _rings() <= rings_before
+
+
+def test_a_stop_while_a_restart_waits_still_drains_every_source(tmp_path: Path, tiny_pose: Path) -> None:
+    rings_before = _rings()
+    with _live_run(tmp_path, tiny_pose) as live:
+        live.kill("infer")
+        live.restart_line()
+        os.killpg(live.process.pid, signal.SIGTERM)  # `docker stop` during the backoff
+        live.process.wait(timeout=90)
+    stderr = live.stderr.read_text()
+    assert live.process.returncode == 0, stderr[-3000:]
+    assert "Traceback" not in stderr and "error" not in stderr
+    for name in SOURCES:
+        for jsonl in _files(live.out, name):
+            if not _lines(jsonl):
+                continue  # the restarted workers were stopped before their first frame
+            with av.open(str(jsonl.with_suffix(".mp4"))) as container:
+                assert sum(1 for _ in container.decode(video=0)) == len(_lines(jsonl))
     assert _rings() <= rings_before
