@@ -3,19 +3,40 @@
 from __future__ import annotations
 
 import threading
-import time
 import urllib.error
 import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import stream.edges.metrics
 from stream.edges.metrics import (
     SourceStats,
     StatsRegistry,
     start_metrics_server,
 )
 from stream.edges.redact import redact
+
+
+class ManualClock:
+    """The stats' monotonic clock, moved only by the test, so windows and rates do not depend on how
+    fast the test runs."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch) -> ManualClock:
+    clock = ManualClock()
+    monkeypatch.setattr(stream.edges.metrics, "time", clock)
+    return clock
 
 
 @pytest.mark.parametrize(
@@ -42,7 +63,7 @@ def test_redact_text_masks_every_url_in_a_message() -> None:
     assert "rtsp://***@10.0.0.2/a" in redacted and "http://***@10.0.0.3/b" in redacted
 
 
-def test_summary_rates_percentiles_and_drops() -> None:
+def test_summary_rates_percentiles_and_drops(clock) -> None:
     stats = SourceStats("cam", window=5.0)
     for i in range(100):
         stats.frame_in()
@@ -52,26 +73,32 @@ def test_summary_rates_percentiles_and_drops() -> None:
             stats.frame_out(latency_s=0.010 + 0.001 * i, stage_times={"inference": 0.02, "render": 0.004})
     stats.drop("queue_full", count=3)
     stats.reconnect()
+    clock.advance(0.5)
     summary = stats.summary()
     assert summary["frames_in"] == 100 and summary["frames_out"] == 75
     assert summary["drops"] == 28 and summary["drops_by_cause"] == {"stale": 25, "queue_full": 3}
     assert summary["reconnects"] == 1
     # All within the first second: rates are counted over at least one second.
     assert summary["fps_in"] == pytest.approx(100.0) and summary["fps_out"] == pytest.approx(75.0)
+    clock.advance(1.5)  # two seconds old, inside the window: the rates spread over the source's age
+    assert stats.summary()["fps_in"] == pytest.approx(50.0)
     outs = sorted(0.010 + 0.001 * i for i in range(100) if i % 4)
     assert summary["latency_p50"] == pytest.approx(outs[37], abs=1e-3)
     assert summary["latency_p95"] == pytest.approx(0.010 + 0.001 * 94.5, abs=2e-3)
     assert summary["stage_p50"] == pytest.approx({"inference": 0.02, "render": 0.004})
 
 
-def test_window_forgets_old_samples() -> None:
-    stats = SourceStats("cam", window=0.3)
+def test_window_forgets_old_samples(clock) -> None:
+    stats = SourceStats("cam", window=3.0)
     for _ in range(10):
         stats.frame_out(latency_s=1.0)
-    time.sleep(0.4)
+    clock.advance(2.0)
+    assert stats.summary()["latency_p95"] == pytest.approx(1.0), "still inside the window"
+    clock.advance(1.5)
     stats.frame_out(latency_s=0.05)
     summary = stats.summary()
     assert summary["latency_p95"] == pytest.approx(0.05), "percentiles cover the window only"
+    assert summary["fps_out"] == pytest.approx(1 / 3), "so do the rates"
     assert summary["frames_out"] == 11, "totals cover the whole run"
 
 
@@ -93,7 +120,7 @@ def test_counters_are_exact_under_concurrent_updates() -> None:
     assert summary["frames_in"] == summary["frames_out"] == 8000 and summary["drops"] == 8000
 
 
-def test_stats_line() -> None:
+def test_stats_line(clock) -> None:
     registry = StatsRegistry()
     stats = registry.source("rtsp://a:b@cam1/live")
     stats.set_state("streaming")

@@ -7,6 +7,7 @@ the suite fast; ``test_process_mode_*`` runs the real command with every stage i
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -224,6 +225,39 @@ def test_demo_clip_and_shipped_boxes(tmp_path) -> None:
             assert 0 <= x1 < x2 <= CLIP_SIZE[0] and 0 <= y1 < y2 <= CLIP_SIZE[1] and 0 < score <= 1
 
 
+def test_demo_offline_runs_untrained_with_the_shipped_boxes(tmp_path) -> None:
+    """``sapiens-stream demo`` with nothing cached and no network: it says loudly that the weights are
+    random, stamps every frame, and takes the persons from the boxes shipped with it."""
+    out = tmp_path / "out"
+    env = {
+        **os.environ, "HF_HUB_OFFLINE": "1", "YOLO_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
+        "YOLO_CONFIG_DIR": str(tmp_path / "yolo"), "OMP_NUM_THREADS": "2",
+    }  # fmt: skip
+    done = subprocess.run(
+        _cli("demo", "--out", str(out), "--frames", "4", "--device", "cpu"),
+        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "could not be fetched" in done.stderr and "RANDOMLY INITIALISED" in done.stderr
+    assert "outputs were made with UNTRAINED WEIGHTS" in done.stderr
+    assert "YOLO unavailable" in done.stderr and "using the shipped person boxes" in done.stderr
+
+    shipped = read_jsonl(out / "sample_boxes.jsonl")
+    lines = read_jsonl(out / "sample.jsonl")
+    assert [line["frame"] for line in lines] == [record["frame"] for record in shipped] == [0, 1, 2, 3]
+    for line, record in zip(lines, shipped, strict=True):  # the shipped boxes' persons and scores
+        assert sorted(p["score"] for p in line["persons"]) == sorted(b[4] for b in record["boxes"])
+    assert lines[0]["persons"][0]["bbox"] == shipped[0]["boxes"][0][:4]  # a track's first box as given
+
+    from stream.drawing.overlay import _BANNER_COLOR
+
+    rendered, _, _, _ = read_video(out / "sample.mp4")
+    assert len(rendered) == 4
+    for frame in rendered:  # the banner's band across the top of every frame
+        top = frame[:4].reshape(-1, 3).astype(int)
+        assert np.median(np.abs(top - _BANNER_COLOR).max(axis=1)) <= 24
+
+
 def test_ipc_workers_share_frames_through_the_ring_and_match_inproc(material, tmp_path) -> None:
     """More frames than the ring has slots, so slots are reused: every result equals the inproc run's
     (pixels read from shared memory are the decoded ones) and no ring file outlives the run."""
@@ -254,6 +288,47 @@ def test_ipc_workers_share_frames_through_the_ring_and_match_inproc(material, tm
         assert difference.size == 0 or np.mean(difference <= 0.01) >= 0.97, (a["frame"], difference.max())
     rings_after = set(Path("/dev/shm").glob("ss-ring-*")) if Path("/dev/shm").is_dir() else set()
     assert rings_after <= rings_before
+
+
+def _no_private_mounts() -> str | None:
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return "needs root and unshare(1) for a private /dev/shm"
+    probe = subprocess.run(["unshare", "--mount", "true"], capture_output=True, text=True)
+    return None if probe.returncode == 0 else f"unshare --mount is refused here: {probe.stderr.strip()}"
+
+
+@pytest.mark.skipif(_no_private_mounts() is not None, reason=str(_no_private_mounts()))
+def test_live_run_with_dev_shm_full_sends_frames_inline(material, tmp_path) -> None:
+    """/dev/shm has no room for a frame ring (a 64 kB tmpfs in a private mount namespace): the decoder
+    says so and sends the pixels inside the messages; the live run still accounts for every frame and
+    its results are the ones an in-process run gets from the same pixels."""
+    people = two_people(60)
+    clip = write_test_clip(tmp_path / "shm.mp4", len(people), (96, 64), fps=25, seed=5)
+    boxes = write_boxes(tmp_path / "shm.jsonl", people)
+    args = [
+        "run", str(clip), "--pose-model", str(material["pose"]), "--detector", f"boxes:{boxes}",
+        "--input-size", SIZE, "--max-wait-ms", "2", "--no-smooth", "--no-flip", "--no-progress",
+    ]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "reference"), "--workers", "inproc"]) == 0
+    reference = read_jsonl(tmp_path / "reference" / "shm.jsonl")
+    script = 'mount -t tmpfs -o size=64k tmpfs /dev/shm && exec "$@"'
+    command = ["unshare", "--mount", "sh", "-c", script, "sh", *_cli(*args, "--out", str(tmp_path / "out"),
+               "--mode", "live", "--workers", "ipc")]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "shm: cannot reserve" in done.stderr and "frames travel inline" in done.stderr
+    lines = read_jsonl(tmp_path / "out" / "shm.jsonl")
+    assert [line["frame"] for line in lines] == list(range(len(people)))
+    kept = [line for line in lines if not line.get("skipped")]
+    frames, _, _, _ = read_video(tmp_path / "out" / "shm.mp4")
+    assert kept and len(frames) == len(kept)
+    for line in kept:  # the pixels that crossed the processes inline are the decoded ones
+        expected = reference[line["frame"]]
+        assert [p["bbox"] for p in line["persons"]] == [p["bbox"] for p in expected["persons"]]
+        keypoints = np.asarray([p["keypoints"] for p in line["persons"]])
+        expected_keypoints = np.asarray([p["keypoints"] for p in expected["persons"]])
+        assert keypoints.size == 0 or np.mean(np.abs(keypoints - expected_keypoints) <= 0.01) >= 0.97
 
 
 def test_skipped_frames_are_not_counted_as_output_with_a_latency(material, tmp_path) -> None:

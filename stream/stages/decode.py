@@ -11,6 +11,7 @@ a drop), so latency stays bounded and reorder buffers downstream never wait for 
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -30,6 +31,8 @@ from stream.runtime.messages import EOS, SKIP, Message, control_message, frame_m
 from stream.runtime.ring import READERS, FrameRing, RingError, i420_shape
 from stream.runtime.stage import SourcePlan, Stage, StageLink, WorkerSpec
 from stream.runtime.transport import Stopped, close_sender, send_until
+
+log = logging.getLogger(__name__)
 
 LIVE_QUEUE_FRAMES = 2  # frames a live source may hold while downstream is busy
 SLOT_WAIT_S = 0.005  # offline, how often a decoder waiting for a free ring slot looks again (the ring
@@ -106,8 +109,9 @@ class FrameSender:
         if self.ring is None:
             try:
                 self.ring = FrameRing.create(slot_bytes, self.ring_slots, READERS, self.run_pid)
-            except RingError:
+            except RingError as exc:
                 self.use_ring = False  # no shared memory to spare: inline pixels still work
+                log.warning("%s: %s; frames travel inline (a copy per hop) instead", self.plan.name, exc)
                 return False
         return True
 
