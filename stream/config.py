@@ -114,8 +114,9 @@ class PipelineConfig:
                     f"{name} address {address} is not a loopback address and would be reachable from other "
                     f"machines; add --allow-remote if that is intended"
                 )
-        if self.control is not None and self.ray is None:
-            raise ConfigError("control: the control API serves runs on Ray for now; add --ray local")
+        if self.control is not None and self.ray is None and self.workers == "tcp":
+            # A source added at run time gets endpoints its running GPU worker must work out by itself.
+            raise ConfigError("control: sources added at run time need --workers ipc or inproc, not tcp")
 
     @property
     def group_frames(self) -> int:

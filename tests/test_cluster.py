@@ -258,7 +258,8 @@ def test_a_run_on_a_cluster_started_for_it(material, tmp_path) -> None:
     [
         (["--ray", "nowhere"], "ray must be local, auto"),
         (["--ray", "local", "--shards", "0"], "shards must be a positive integer"),
-        (["--control", "127.0.0.1:8765"], "control API serves runs on Ray"),
+        (["--control", "127.0.0.1:8765"], "control API adds and removes live cameras; this run has files"),
+        (["--control", "127.0.0.1:8765", "--workers", "tcp"], "need --workers ipc or inproc"),
         (["--ray", "local", "--control", "0.0.0.0:8765"], "control must bind a loopback address"),
     ],
 )

@@ -80,7 +80,7 @@ def run_cluster(config: PipelineConfig, stop: threading.Event | None = None) -> 
     if len(live) > 1:
         raise ConfigError("--ray: run live cameras and files in separate runs")
     if config.control:
-        from stream.cluster.control import check_control_address
+        from stream.edges.control import check_control_address
 
         check_control_address(config.control)
         if True not in live:
@@ -265,7 +265,7 @@ class _LiveDriver(_Driver):
             for spec, name in self.queue:
                 self._place(spec, name)
             if self.config.control:
-                from stream.cluster.control import ControlServer
+                from stream.edges.control import ControlServer
 
                 server = ControlServer(self, self.config.control)
                 print(f"control: {server.url}", file=sys.stderr, flush=True)
@@ -345,7 +345,7 @@ class _LiveDriver(_Driver):
                 report.drops[cause] = report.drops.get(cause, 0) + count
         self.reports[report.name] = report
 
-    # --- the control API (stream.cluster.control) -----------------------------------------------------
+    # --- the control API (stream.edges.control) -----------------------------------------------------
 
     def list_sources(self) -> list[dict]:
         from stream.edges.redact import redact
@@ -363,7 +363,7 @@ class _LiveDriver(_Driver):
             return rows
 
     def add_source(self, name: str | None, url: str) -> dict:
-        from stream.cluster.control import Conflict
+        from stream.edges.control import Conflict
         from stream.edges.sources import SourceError, probe_source
 
         try:

@@ -13,24 +13,39 @@ source's results on the ``api`` link (``CallerLink``); ``run_pipeline`` runs it 
 
 SIGINT/SIGTERM: the first one stops the sources and lets everything drain, so every output is
 complete and playable; a second one aborts (outputs are still closed and playable).
+
+With ``--control`` (live runs) the coordinator serves the control API (``stream.edges.control``): live
+sources are added and removed while the others run, all of them sharing the one GPU worker. The API's
+threads never touch the sockets or the run's state: each request is queued and applied by the event
+loop, which answers it (probing a new source's URL, which may take seconds, is done before, in the
+request's thread). An added source gets its own decode, track and render workers (registered with the
+supervisor, so they restart like the others); a removed one has its decoder stopped alone
+(``Stop(workers=...)``): its final EOS drains its chain and closes its files, then its workers are told
+``Finish`` and leave. The run does not end when its last source is removed: it ends on a signal.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import zmq
 
-from stream.config import PipelineConfig, parse_host_port
+from stream.config import ConfigError, PipelineConfig, parse_host_port
+from stream.edges.control import Conflict, ControlServer, Unavailable, check_control_address
 from stream.edges.metrics import StatsRegistry, start_metrics_server
-from stream.edges.sources import missing_frames
+from stream.edges.redact import redact
+from stream.edges.sources import missing_frames, probe_source
 from stream.pipeline.launch import Launcher, start_worker_server, waits_for_models
 from stream.pipeline.plan import check_inputs, plan_sources, prepare_out_dir
 from stream.pipeline.report import ProgressDisplay, RunReport, SourceReport, stage_times
@@ -39,12 +54,13 @@ from stream.runtime import events, topology
 from stream.runtime.messages import to_decoded_frame
 from stream.runtime.ring import remove_rings, remove_stale_rings
 from stream.runtime.stage import STOP_SIGNALS, SourcePlan, WorkerSpec
-from stream.runtime.topology import COORDINATOR, RunTopology
+from stream.runtime.topology import COORDINATOR, SHARED_STAGES, RunTopology
 from stream.runtime.transport import Endpoints, recv_message
 
 STOP_RESEND_S = 0.5  # PUB/SUB drops messages to subscribers still connecting: repeat commands
 ABORT_GRACE_S = 15.0  # after an abort, workers that have not exited by then are terminated
 FINAL_EVENTS_WAIT_MS = 100  # once the workers have exited: how long to wait for their last events
+CONTROL_ANSWER_S = 10.0  # how long a control API request waits for the event loop's answer
 
 
 class PipelineError(RuntimeError):
@@ -171,6 +187,16 @@ class _Coordinator:
         self.signals = _Signals()  # replaced by the run's own in run()
         self.viewers: list = []
         self.metrics_server = None
+        self.progress: ProgressDisplay | None = None
+        self.launcher: Launcher | None = None  # set by run(); added sources' workers start there
+        self.waiting_decoders: list[WorkerSpec] = []  # live decoders start once the models are loaded
+        # The control API (``--control``): requests from its threads, applied by the event loop.
+        self.control_server: ControlServer | None = None
+        self.requests: queue.SimpleQueue[tuple[Callable[[], object], Future]] = queue.SimpleQueue()
+        self.removing: dict[str, float] = {}  # source -> when its workers were last told (0: not yet)
+        self.removal_aborts: set[str] = set()  # removed sources whose chain cannot drain: aborted
+        self.removed: set[str] = set()
+        self.retired: dict[str, int] = {}  # label of a removed source's worker -> its last generation
 
     # --- set-up ---------------------------------------------------------------------------------------
 
@@ -194,39 +220,48 @@ class _Coordinator:
             host, port = parse_host_port(self.cfg.metrics, "metrics")
             self.metrics_server = start_metrics_server(self.registry, host=host, port=port)
             print(f"metrics: {self.metrics_server.url}", file=sys.stderr, flush=True)
+        if self.cfg.control:
+            self.control_server = ControlServer(self, self.cfg.control)
+            print(f"control: {self.control_server.url}", file=sys.stderr, flush=True)
 
     # --- event loop -----------------------------------------------------------------------------------
 
     def run(self, signals: _Signals) -> RunReport:
         self.signals = signals
         start = time.monotonic()
-        launcher = Launcher(self.context, in_process=self.cfg.workers == "inproc")
-        progress = ProgressDisplay(self.cfg, self.plans, self.registry)
+        launcher = self.launcher = Launcher(self.context, in_process=self.cfg.workers == "inproc")
+        progress = self.progress = ProgressDisplay(self.cfg, self.plans, self.registry)
         try:
             self.start_services()
             images = self.caller is not None and self.caller.images
             specs = worker_specs(self.cfg, self.plans, self.run_topology, self.endpoints, images)
+            for spec in specs:
+                if spec.role in SHARED_STAGES and self.cfg.control:
+                    spec.space = self.space  # it opens the results links of sources added later
             self.supervisor = Supervisor(specs)
-            decoders = [spec for spec in specs if waits_for_models(spec)]
+            self.waiting_decoders = [spec for spec in specs if waits_for_models(spec)]
             for spec in specs:
                 if not waits_for_models(spec):
                     self._start(launcher, spec)
             abort_deadline = None
             while launcher.running() or self.supervisor.pending:
-                if decoders and (self.device is not None or self.error or signals.count):
-                    for spec in decoders:
+                if self.waiting_decoders and (self.device is not None or self.error or signals.count):
+                    for spec in self.waiting_decoders:
                         self._start(launcher, spec)
-                    decoders = []
+                    self.waiting_decoders = []
                 # Once every sink is closed only the workers' exits are awaited: look for them often.
                 self._drain_events(progress, timeout_ms=100 if self.sinks_open else 5)
                 self._drain_preview()
                 self._check_stop(signals)
-                if not self.sinks_open and (self.caller is None or self.caller.received.is_set()):
+                self._serve_requests()
+                ends = self.cfg.control is None or self.stopping  # with a control API, sources come and go
+                if ends and not self.sinks_open and (self.caller is None or self.caller.received.is_set()):
                     # Every sink (and the caller) has its final EOS: senders may now disconnect
                     # without losing data.
                     self._command(events.Finish())
                 self._handle_crashes(launcher)
                 self._advance_restarts(launcher)
+                self._advance_removals(launcher)
                 if self.error is not None or signals.count >= 2:
                     self.aborting = True
                 if self.caller is not None and self.caller.abort.is_set():
@@ -268,14 +303,20 @@ class _Coordinator:
         for label, exitcode in launcher.crashed():
             if self.supervisor.retiring(label):
                 continue  # asked to leave for a restart, and killed: its successor is planned
+            source = _source_of(label)
+            if source in self.removing:
+                # A removed source's worker died while its chain drained: the others cannot drain
+                # now; they are told to leave (outputs closed) and it is not restarted.
+                print(f"stage {label} died ({_how(exitcode)}) while removed", file=sys.stderr, flush=True)
+                self.removal_aborts.add(source)
+                self.removing[source] = 0.0
+                self._forget_worker(launcher, label)
+                continue
             restartable = self.device is not None and not (self.stopping or self.aborting or self.error)
             if not (restartable and self.supervisor.can_restart(label)):
                 self.error = self.error or self._crash_message(label, exitcode)
                 continue
-            pid = launcher.pid(label)
-            launcher.forget(label)
-            if label.startswith("decode[") and pid is not None:
-                remove_rings(os.getpid(), writer_pid=pid)  # its readers drop frames from them
+            self._forget_worker(launcher, label)  # its readers drop frames from a dead decoder's rings
             alive = launcher.running()
             restart = self.supervisor.plan(label, time.monotonic(), alive, dict(self.top_ids))
             role = label.split("[", 1)[0]
@@ -317,6 +358,13 @@ class _Coordinator:
             self._start(launcher, spec)
             if spec.role == "render":
                 self.sinks_open.update(plan.name for plan in spec.sources)
+
+    def _forget_worker(self, launcher: Launcher, label: str) -> None:
+        """Stop watching worker ``label`` (dead, or gone with its removed source); a decoder's rings go."""
+        pid = launcher.pid(label) if label in launcher.workers else None
+        launcher.forget(label)
+        if label.startswith("decode[") and pid is not None:
+            remove_rings(os.getpid(), writer_pid=pid)
 
     def _crash_message(self, label: str, exitcode: int) -> str:
         """One line for a worker process that died without reporting: which stage, how, and how far
@@ -417,7 +465,151 @@ class _Coordinator:
             for viewer in self.viewers:
                 viewer.publish(message.source, image, stats)
 
+    # --- the control API (stream.edges.control), called from its server's threads -------------------
+
+    def list_sources(self) -> list[dict]:
+        return self._ask(lambda: [self._row(name) for name in self.infos])
+
+    def add_source(self, name: str | None, url: str) -> dict:
+        info = probe_source(url)  # seconds for a camera: here, not in the event loop (SourceError: 400)
+        if not info.is_live:
+            raise ValueError("the control API adds live sources (cameras, streams)")
+        plan = SourcePlan(name=name or info.name, info=info, live=True)
+        return self._ask(lambda: self._add(plan))
+
+    def remove_source(self, name: str) -> dict:
+        return self._ask(lambda: self._remove(name))
+
+    def _ask(self, apply: Callable[[], object]):
+        """``apply()`` run by the event loop; its answer, or its exception raised here."""
+        answer: Future = Future()
+        self.requests.put((apply, answer))
+        try:
+            return answer.result(timeout=CONTROL_ANSWER_S)
+        except FutureTimeout:
+            raise Unavailable("the run did not answer in time") from None
+
+    def _serve_requests(self) -> None:
+        while True:
+            try:
+                apply, answer = self.requests.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                answer.set_result(apply())
+            except Exception as exc:  # Conflict, KeyError, Unavailable...: the server's answer
+                answer.set_exception(exc)
+
+    def _state(self, name: str) -> str:
+        if name in self.removed:
+            return "removed"
+        if name in self.removing or (self.stopping and name in self.sinks_open):
+            return "stopping"
+        return "running" if name in self.sinks_open else "ended"
+
+    def _row(self, name: str) -> dict:
+        return {"name": name, "url": redact(self.infos[name].spec), "state": self._state(name), "shard": None}
+
+    def _add(self, plan: SourcePlan) -> dict:
+        """Start ``plan``'s decode, track and render workers; they share the running GPU worker."""
+        name = plan.name
+        if self.stopping or self.aborting:
+            raise Unavailable("the run is stopping")
+        if name in self.infos and name not in self.removed:
+            raise Conflict(f"a source named {name!r} is {self._state(name)}")
+        self.removed.discard(name)
+        self.plans = [p for p in self.plans if p.name != name] + [plan]
+        self.infos.pop(name, None)
+        self.infos[name] = plan.info
+        self.reports[name] = SourceReport(name, plan.info.spec, "live")
+        self.reached.setdefault(name, 0)
+        self.top_ids.setdefault(name, 0)
+        if name not in self.run_topology.sources:
+            self.run_topology.sources.append(name)
+            self.endpoints = {**self.endpoints, **self.run_topology.endpoints(self.space)}
+        if self.progress is not None and name not in self.progress.names:
+            self.progress.names.append(name)
+        self.registry.source(name)
+        session = uuid.uuid4().hex[:12]
+        self.sinks_open.add(name)
+        for role, _ in RunTopology(self.cfg, [name]).workers():
+            if role in SHARED_STAGES:
+                continue
+            spec = WorkerSpec(role, self.cfg, self.endpoints, [plan], session)
+            if spec.label in self.retired:
+                # The name was used before: a new generation (its files are named by their start time,
+                # so the earlier ones stay) and track ids above those written.
+                spec.generation = self.retired.pop(spec.label) + 1
+                spec.first_track_id = self.top_ids[name] + 1
+            self.supervisor.specs[spec.label] = spec
+            if waits_for_models(spec) and self.device is None:
+                self.waiting_decoders.append(spec)
+            else:
+                self._start(self.launcher, spec)
+        print(f"control: added {name} ({redact(plan.info.spec)})", file=sys.stderr, flush=True)
+        return self._row(name)
+
+    def _remove(self, name: str) -> dict:
+        """Stop ``name``'s decoder: its final EOS drains the chain and closes its files
+        (``_advance_removals`` sees it through)."""
+        if self.stopping or self.aborting:
+            raise Unavailable("the run is stopping")
+        if name not in self.infos or name in self.removed or name in self.removing:
+            raise KeyError(name)
+        self.removing[name] = 0.0
+        waiting = [spec for spec in self.waiting_decoders if spec.sources[0].name == name]
+        if waiting:  # its decoder never started: nothing will drain the rest
+            self.waiting_decoders = [spec for spec in self.waiting_decoders if spec not in waiting]
+            self.removal_aborts.add(name)
+        print(f"control: removing {name}", file=sys.stderr, flush=True)
+        return self._row(name)
+
+    def _advance_removals(self, launcher: Launcher) -> None:
+        """Tell each removed source's workers what is next (commands on PUB/SUB are repeated): the
+        decoder to stop; once the sinks are closed, all three to finish. Once they are gone the source
+        is removed."""
+        now = time.monotonic()
+        alive = set(launcher.running())
+        for name, told in list(self.removing.items()):
+            labels = [label for label in self.supervisor.specs if _source_of(label) == name]
+            restarting = [spec for restart in self.supervisor.pending for spec in restart.specs]
+            if any(_source_of(spec.label) == name for spec in restarting):
+                continue  # restarted with the GPU worker: its new workers are told once they run
+            running = [label for label in labels if label in alive]
+            if not running:
+                for label in labels:
+                    self._forget_worker(launcher, label)
+                    self.retired[label] = self.supervisor.specs.pop(label).generation
+                del self.removing[name]
+                self.removal_aborts.discard(name)
+                self.removed.add(name)
+                self.sinks_open.discard(name)
+                if self.progress is not None and name in self.progress.names:
+                    self.progress.names.remove(name)
+                print(f"control: removed {name}", file=sys.stderr, flush=True)
+                continue
+            if now - told < STOP_RESEND_S:
+                continue
+            self.removing[name] = now
+            instances = [self.supervisor.specs[label].instance for label in running]
+            if name in self.removal_aborts:
+                self.control.send(events.pack(events.Abort(workers=instances)))
+                continue
+            decoder = self.supervisor.specs.get(f"decode[{name}]")
+            if decoder is not None and decoder.label in running:
+                self.control.send(events.pack(events.Stop(workers=[decoder.instance])))
+            if name not in self.sinks_open:
+                self.control.send(events.pack(events.Finish(workers=instances)))
+
     def _close(self) -> None:
+        if self.control_server is not None:
+            self.control_server.close()
+        while True:  # requests that came too late
+            try:
+                _, answer = self.requests.get_nowait()
+            except queue.Empty:
+                break
+            answer.set_exception(Unavailable("the run has ended"))
         for viewer in self.viewers:
             viewer.close()
         if self.metrics_server is not None:
@@ -430,6 +622,12 @@ class _Coordinator:
             self.context.term()
         self.space.cleanup()
         remove_rings(os.getpid())  # whatever its workers left, however they ended
+
+
+def _source_of(label: str) -> str | None:
+    """The source of a per-source worker's label (``track[door]`` -> ``door``); None for the GPU worker."""
+    role, _, rest = label.partition("[")
+    return None if role in SHARED_STAGES or not rest else rest[:-1]
 
 
 def _how(exitcode: int) -> str:
@@ -459,9 +657,15 @@ def prepare_run(
 ) -> _Coordinator:
     """Check ``config``, probe its sources and set up the run's coordinator (nothing started yet)."""
     config.validate()
+    if config.control is not None:
+        check_control_address(config.control)
+        if caller is not None:
+            raise ConfigError("control: the control API serves runs of the command line, not stream.Pipeline")
     if config.workers != "inproc":
         start_worker_server()
     plans = plan_sources(config)
+    if config.control is not None and not all(plan.live for plan in plans):
+        raise ConfigError("control: the control API adds and removes live cameras; this run has files")
     check_inputs(config)
     if config.out is not None:
         prepare_out_dir(Path(config.out))

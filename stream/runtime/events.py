@@ -9,7 +9,7 @@ Events name the ``worker`` that sent them (``decode[clip]``, ``infer[all]``, ...
 (how many times that worker was restarted; the coordinator ignores what an older one still sends) and
 the ``time``. Commands (on the ``control`` link): ``Stop`` (sources end, the pipeline drains to EOS),
 ``Finish`` (every sink has its final EOS: senders may disconnect) and ``Abort`` (stop now, close
-outputs; every worker, or only the ``workers`` it names).
+outputs); each to every worker, or only to the ``workers`` it names.
 """
 
 from __future__ import annotations
@@ -132,25 +132,27 @@ class Usage(Event):
 
 @dataclass
 class Command:
-    """A command from the coordinator to every stage."""
+    """A command from the coordinator to every stage, or only to the ``workers`` named (their
+    ``WorkerSpec.instance``: label and generation)."""
+
+    workers: list[str] = field(default_factory=list)
 
 
 @dataclass
 class Stop(Command):
-    """Sources end; the pipeline drains to EOS."""
+    """Sources end; the pipeline drains to EOS (named workers: a source removed through the control API
+    stops its decoder alone)."""
 
 
 @dataclass
 class Finish(Command):
-    """Every sink has its final EOS: senders may now disconnect without losing data."""
+    """Every sink has its final EOS: senders may now disconnect without losing data (named workers: a
+    removed source's, once its sinks are closed)."""
 
 
 @dataclass
 class Abort(Command):
-    """Stop at once and close the outputs: every worker, or only the ``workers`` named (their
-    ``WorkerSpec.instance``: label and generation), which a live run replaces."""
-
-    workers: list[str] = field(default_factory=list)
+    """Stop at once and close the outputs (named workers: those a live run replaces)."""
 
 
 Record = Event | Command

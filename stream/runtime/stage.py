@@ -39,7 +39,7 @@ from stream.media.frames import SourceInfo
 from stream.runtime import events, topology
 from stream.runtime.errors import OutputError, first_line
 from stream.runtime.ring import process_alive
-from stream.runtime.transport import Stopped, recv_message
+from stream.runtime.transport import Endpoints, Stopped, recv_message
 
 EVENTS_LINGER_MS = 30_000  # the coordinator reads events until every worker has exited
 POLL_MS = 100  # how long a turn waits for input; control is looked at between turns
@@ -78,6 +78,15 @@ class WorkerSpec:
     caller_images: bool = False  # the caller of ``stream.Pipeline`` asked for the annotated images
     generation: int = 0  # how many times a live run has restarted this worker (0: the first start)
     first_track_id: int = 1  # where a restarted tracker's ids begin: above every id already written
+    # The run's endpoint space, given to the GPU worker of a run with a control API: the endpoints of
+    # sources added later are derived from it (``Endpoints.derived``).
+    space: Endpoints | None = None
+
+    def endpoint(self, name: str) -> str:
+        """The address of endpoint ``name``: given, or derived for a source added at run time."""
+        if name not in self.endpoints and self.space is not None:
+            return self.space.derived(name)
+        return self.endpoints[name]
 
     @property
     def has_caller(self) -> bool:
@@ -121,14 +130,15 @@ class StageLink:
                 command = events.unpack(self.control.recv(zmq.NOBLOCK))
             except zmq.Again:
                 return
+            if command.workers and self.spec.instance not in command.workers:
+                continue  # a command for other workers (a restart, a removed source)
             if isinstance(command, events.Stop):
                 self.stop_requested = True
             elif isinstance(command, events.Finish):
                 self.finished = True
             elif isinstance(command, events.Abort):
-                if not command.workers or self.spec.instance in command.workers:
-                    self.stop_requested = True
-                    self.aborted = True
+                self.stop_requested = True
+                self.aborted = True
 
     def _pass_on_signals(self) -> None:
         # The coordinator decides for the whole run (a signal to one worker stops every source), so a

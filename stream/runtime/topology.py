@@ -138,7 +138,7 @@ def open(  # noqa: A001 - the verb of this module: topology.open(context, spec, 
     """
     link = LINKS[name]
     end, binds = link.end(spec.role)
-    endpoint = spec.endpoints[link.endpoint_name(source)]
+    endpoint = spec.endpoint(link.endpoint_name(source))
     hwm = end.hwm.value(spec.config, len(spec.sources))
     return make_socket(context, end.socket_type, endpoint, bind=binds, hwm=hwm, linger_ms=end.linger_ms)
 

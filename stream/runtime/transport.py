@@ -63,18 +63,33 @@ class Endpoints:
         """The endpoint for ``name`` (created on first use, then stable for this run)."""
         if name in self.names:
             return self.names[name]
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-        if self.transport == "inproc":
-            address = f"inproc://{self.run_id}-{safe}"
-        elif self.transport == "ipc":
-            if self.ipc_dir is None:
-                # Short directory: unix socket paths are limited to about 107 bytes.
-                self.ipc_dir = tempfile.mkdtemp(prefix="ss-")
-            address = f"ipc://{self.ipc_dir}/{safe}"
-        else:
+        if self.transport == "ipc" and self.ipc_dir is None:
+            # Short directory: unix socket paths are limited to about 107 bytes.
+            self.ipc_dir = tempfile.mkdtemp(prefix="ss-")
+        if self.transport == "tcp":
             address = f"tcp://{self.host}:{_free_port(self.host)}"
+        else:
+            address = self.derived(name)
         self.names[name] = address
         return address
+
+    @property
+    def derivable(self) -> bool:
+        """Can a worker work out the endpoint of a name it was not given (``derived``)? Not for tcp,
+        whose ports are picked free by the coordinator."""
+        return self.transport == "inproc" or (self.transport == "ipc" and self.ipc_dir is not None)
+
+    def derived(self, name: str) -> str:
+        """The endpoint ``endpoint(name)`` gives on inproc or ipc, worked out from the run's id or
+        directory alone: a worker of a run with a control API finds a source added after it started."""
+        if name in self.names:
+            return self.names[name]
+        if not self.derivable:
+            raise ValueError(f"the endpoint of {name!r} is picked by the coordinator ({self.transport})")
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+        if self.transport == "inproc":
+            return f"inproc://{self.run_id}-{safe}"
+        return f"ipc://{self.ipc_dir}/{safe}"
 
     def pattern(self, name: str) -> str:
         """What the endpoint for ``name`` will look like, without creating it (for ``--print-topology``)."""

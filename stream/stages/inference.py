@@ -6,6 +6,11 @@ Frames from every decoder arrive on one PULL socket. The worker collects a group
 engine's scheduler overlaps groups (one is prepared while the one before computes; on CPU a group is
 finished after the next one is computed, or at once when no frame is waiting). Each outgoing message goes
 to its source's track stage, in the order the group's messages came.
+
+In a run with a control API (``--control``) sources are added and removed while the worker runs: it
+opens a new source's results socket on the source's first message (the endpoint derived from the run's
+endpoint space), keeps a removed source's socket (one per name ever used: a source added again under
+that name reuses it), and ends on the coordinator's ``Finish`` instead of when its sources have ended.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from stream.runtime.ring import RingError, forget_removed_rings, resolve
 from stream.runtime.stage import POLL_MS, Stage, StageLink, WorkerSpec
 from stream.runtime.transport import close_sender, recv_message, send_until
 
+RING_CHECK_S = 5.0  # with a control API: how often rings of removed sources are looked for and unmapped
+
 
 class InferenceStage(Stage):
     """The GPU worker's loop: groups of frames from every decoder in, one results message per frame out."""
@@ -36,12 +43,18 @@ class InferenceStage(Stage):
         self.cfg = cfg
         self.link = link
         self.live = any(plan.live for plan in spec.sources)
+        self.context = context
+        self.spec = spec
         self.inbox = topology.open(context, spec, "frames")
         self.outboxes = {
             plan.name: topology.open(context, spec, "results", source=plan.name) for plan in spec.sources
         }
         self.inputs = [self.inbox]
         self.open_sources = set(self.outboxes)
+        # With a control API sources come and go: the worker ends when the coordinator says every sink
+        # is finished (``Finish``), not when the sources it knows have ended.
+        self.controlled = cfg.control is not None
+        self.next_ring_check = 0.0
         self.engine: InferenceEngine | None = None
         self.sessions: dict[str, str] = {}  # each source's current session (new when restarted)
 
@@ -73,6 +86,20 @@ class InferenceStage(Stage):
     def step(self) -> None:
         if self.scheduler.has_pending:
             self._send(self.scheduler.flush())
+        if self.controlled:
+            self.finished = self.link.finished
+            now = time.monotonic()
+            if now >= self.next_ring_check:
+                # A removed source's decoder is gone and the coordinator removed its rings: unmap them.
+                self.next_ring_check = now + RING_CHECK_S
+                forget_removed_rings()
+
+    def _outbox(self, source: str) -> zmq.Socket:
+        """``source``'s results socket, opened on its first message for a source added at run time."""
+        sock = self.outboxes.get(source)
+        if sock is None:
+            sock = self.outboxes[source] = topology.open(self.context, self.spec, "results", source=source)
+        return sock
 
     def _send(self, outputs) -> None:
         for messages in outputs:
@@ -83,8 +110,8 @@ class InferenceStage(Stage):
                         self.open_sources.discard(message.source)
                 elif message.kind == SKIP and message.meta.get("cause") == "stale":
                     self.link.emit(Drop(source=message.source, cause="stale", frame=message.frame))
-                send_until(self.outboxes[message.source], message, self.link.should_abort)
-        self.finished = not self.open_sources
+                send_until(self._outbox(message.source), message, self.link.should_abort)
+        self.finished = self.link.finished if self.controlled else not self.open_sources
 
     def finish(self) -> Done:
         return Done(boxes_dropped=self.engine.dropped_boxes)

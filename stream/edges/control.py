@@ -4,8 +4,14 @@
     POST   /sources          <- {"name": "door", "url": "rtsp://..."}  -> 201 the new source
     DELETE /sources/NAME     -> 202 the source, now "stopping" (it drains and closes its files)
 
-Bad requests are 400 with ``{"error": "..."}``, an unknown name 404, a name in use 409. The server binds
-loopback only: the API starts and stops camera pipelines, and has no authentication of its own.
+A source's ``state``: ``running``, ``stopping`` (removed or the run stops; draining), ``removed`` (its
+files are closed), ``ended`` (it ended by itself). ``shard``: where it runs on a Ray cluster (null on
+one host). Bad requests are 400 with ``{"error": "..."}``, an unknown name 404, a name in use 409, a run
+that cannot take the request now (it is stopping) 503. The server binds loopback only: the API starts
+and stops camera pipelines, and has no authentication of its own.
+
+The sources are a ``ControlledSources``: the single-host coordinator (``stream.pipeline.coordinator``)
+or the Ray driver (``stream.cluster.driver``). Requests are served from threads of the server.
 """
 
 from __future__ import annotations
@@ -23,6 +29,10 @@ MAX_BODY = 64 * 1024
 
 class Conflict(Exception):
     """A source of that name is already running."""
+
+
+class Unavailable(Exception):
+    """The run cannot take the request now (it is stopping, or did not answer in time)."""
 
 
 class ControlledSources(Protocol):
@@ -70,7 +80,10 @@ def _handler(sources: ControlledSources) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             if self.path.rstrip("/") != "/sources":
                 return self._reply(404, {"error": "only /sources is served here"})
-            self._reply(200, sources.list_sources())
+            try:
+                self._reply(200, sources.list_sources())
+            except Unavailable as exc:
+                self._reply(503, {"error": str(exc)})
 
         def do_POST(self) -> None:  # noqa: N802
             if self.path.rstrip("/") != "/sources":
@@ -88,6 +101,8 @@ def _handler(sources: ControlledSources) -> type[BaseHTTPRequestHandler]:
                 self._reply(201, sources.add_source(name, body["url"]))
             except Conflict as exc:
                 self._reply(409, {"error": str(exc)})
+            except Unavailable as exc:
+                self._reply(503, {"error": str(exc)})
             except (ValueError, ConfigError) as exc:  # json.JSONDecodeError is a ValueError
                 self._reply(400, {"error": str(exc).splitlines()[0]})
 
@@ -99,6 +114,8 @@ def _handler(sources: ControlledSources) -> type[BaseHTTPRequestHandler]:
                 self._reply(202, sources.remove_source(self.path[len(prefix) :]))
             except KeyError:
                 self._reply(404, {"error": "no such source"})
+            except Unavailable as exc:
+                self._reply(503, {"error": str(exc)})
 
         def _reply(self, status: int, payload) -> None:
             body = json.dumps(payload).encode()

@@ -1,0 +1,155 @@
+"""The control API of a single-host live run: cameras are added and removed while the others go on,
+sharing the one GPU worker. Real RTSP cameras, the real command with its default process workers, real
+HTTP requests, a real SIGINT at the end."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import av
+import psutil
+import pytest
+from pipeline_fixtures import save_tiny_model
+from rtsp_server import RtspServerProcess, free_port, server_unavailable_reason
+
+pytestmark = pytest.mark.needs_system(what="RTSP test server", missing=server_unavailable_reason())
+
+
+def _http(method: str, url: str, body: dict | bytes | None = None) -> tuple[int, object]:
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def _lines(path: Path) -> list[dict]:
+    """The results written to ``path`` so far (a line still being written left out; skipped ones too)."""
+    if not path.exists():
+        return []
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+    return [line for line in lines if not line.get("skipped")]
+
+
+def _wait(run: subprocess.Popen, condition, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert run.poll() is None, f"the run exited while waiting for {what}"
+        assert time.monotonic() < deadline, f"no {what} in {timeout} s"
+        time.sleep(0.2)
+
+
+def _stages(run: subprocess.Popen, role: str) -> int:
+    return sum(1 for p in psutil.Process(run.pid).children(recursive=True) if p.name() == f"sapiens-{role}")
+
+
+def _check_closed(jsonl: Path) -> int:
+    """A source's files are closed: every JSONL line whole, the video playable with one frame per
+    result line. Returns the number of result lines."""
+    text = jsonl.read_text()
+    assert text.endswith("\n")
+    written = [line for line in map(json.loads, text.splitlines()) if not line.get("skipped")]
+    with av.open(str(jsonl.with_suffix(".mp4"))) as container:
+        assert sum(1 for _ in container.decode(video=0)) == len(written)
+    return len(written)
+
+
+def test_the_control_api_adds_and_removes_cameras_while_the_others_run(tmp_path: Path) -> None:
+    tiny_pose = save_tiny_model(tmp_path / "tiny_pose", "pose")
+    boxes = tmp_path / "boxes.jsonl"
+    boxes.write_text(
+        "".join(json.dumps({"frame": i, "boxes": [[40, 30, 120, 100, 0.9]]}) + "\n" for i in range(9000))
+    )
+    out, port = tmp_path / "out", free_port()
+    api = f"http://127.0.0.1:{port}/sources"
+    stderr_path = tmp_path / "stderr.txt"
+    grows = {}  # source -> result lines it must exceed
+
+    def growing() -> bool:
+        return all(len(_lines(out / f"{name}.jsonl")) > count for name, count in grows.items())
+
+    with contextlib.ExitStack() as cameras:
+        a, b = (cameras.enter_context(RtspServerProcess(fps=10, width=160, height=120)) for _ in range(2))
+        c = cameras.enter_context(
+            RtspServerProcess(fps=10, width=160, height=120, user="u", password="s3cret")
+        )
+        command = [sys.executable, "-m", "stream", "run", f"a={a.url}", f"b={b.url}",
+                   "--out", str(out), "--mode", "live", "--pose-model", str(tiny_pose), "--detector",
+                   f"boxes:{boxes}", "--input-size", "64x48", "--device", "cpu", "--no-progress",
+                   "--control", f"127.0.0.1:{port}"]  # fmt: skip
+        with stderr_path.open("w") as log:
+            run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
+                                   env=dict(os.environ, OMP_NUM_THREADS="1"))  # fmt: skip
+        try:
+            _wait(run, lambda: all(len(_lines(out / f"{n}.jsonl")) >= 15 for n in "ab"), "first results")
+            assert f"control: {api}" in stderr_path.read_text()
+            status, listed = _http("GET", api)
+            assert status == 200 and {row["name"]: row["state"] for row in listed} == {
+                "a": "running",
+                "b": "running",
+            }
+            # Bad requests change nothing.
+            assert _http("POST", api, b"not json")[0] == 400
+            assert _http("POST", api, {"name": "c"})[0] == 400  # no url
+            assert _http("POST", api, {"name": "../c", "url": c.url})[0] == 400
+            assert _http("POST", api, {"name": "c", "url": str(tmp_path / "missing.mp4")})[0] == 400
+            assert _http("POST", api, {"name": "a", "url": c.url})[0] == 409  # the name is in use
+            assert _http("DELETE", f"{api}/nobody")[0] == 404
+            assert _http("GET", f"{api}/a")[0] == 404
+
+            # Add a camera: it writes results, the others go on.
+            grows.update({n: len(_lines(out / f"{n}.jsonl")) for n in "ab"})
+            status, added = _http("POST", api, {"name": "c", "url": c.url})
+            assert status == 201 and added["name"] == "c" and added["state"] == "running"
+            assert "s3cret" not in json.dumps(added)
+            _wait(run, lambda: len(_lines(out / "c.jsonl")) >= 15, "results of the added camera")
+            _wait(run, growing, "results of the other cameras")
+            assert _stages(run, "infer") == 1 and _stages(run, "decode") == 3  # one GPU worker for all
+            listed = _http("GET", api)[1]
+            assert [row["state"] for row in listed] == ["running"] * 3 and "s3cret" not in json.dumps(listed)
+
+            # Remove one: its chain drains and its workers leave, the others go on.
+            grows = {n: len(_lines(out / f"{n}.jsonl")) for n in "bc"}
+            status, removing = _http("DELETE", f"{api}/a")
+            assert status == 202 and removing["state"] in ("stopping", "removed")
+            assert _http("DELETE", f"{api}/a")[0] == 404  # already on its way out
+            state = lambda: {r["name"]: r["state"] for r in _http("GET", api)[1]}  # noqa: E731
+            _wait(run, lambda: state()["a"] == "removed", "the removed camera to drain", 60)
+            assert state() == {"a": "removed", "b": "running", "c": "running"}
+            a_lines = _check_closed(out / "a.jsonl")  # closed while the run goes on
+            assert a_lines >= 15
+            _wait(run, growing, "results of the remaining cameras")
+            _wait(
+                run,
+                lambda: _stages(run, "decode") == 2 and _stages(run, "render") == 2,
+                "a's workers to leave",
+            )
+
+            # A removed name can be added again: new files named by their start time; the first stay.
+            assert _http("POST", api, {"name": "a", "url": a.url})[0] == 201
+            again = lambda: sorted(out.glob("a_*.jsonl"))  # noqa: E731
+            _wait(run, lambda: again() and len(_lines(again()[0])) >= 10, "results of the camera added again")
+            assert _check_closed(out / "a.jsonl") == a_lines
+        finally:
+            run.send_signal(signal.SIGINT)
+            try:
+                run.wait(timeout=90)
+            finally:
+                if run.poll() is None:
+                    os.killpg(run.pid, signal.SIGKILL)
+    stderr = stderr_path.read_text()
+    assert run.returncode == 0, stderr[-3000:]
+    assert "Traceback" not in stderr and "s3cret" not in stderr
+    for jsonl in [out / "a.jsonl", *again(), out / "b.jsonl", out / "c.jsonl"]:
+        assert _check_closed(jsonl) >= 10, jsonl
