@@ -1,16 +1,11 @@
-"""Association costs and matching: box IoU (with C-BIoU for lost tracks), keypoint similarity, assignment.
+"""Association costs and matching: box IoU, keypoint similarity as a tie-breaker, assignment.
 
 Keypoints can only help. A top-down pose model crops each box and finds the most salient person in it,
-so where two persons overlap, the occluded person's keypoints land on the person in front. Letting OKS
-pull the similarity either way there swaps identities. Hence:
-
-- a pair whose boxes are *isolated* (neither the detection's box nor the track's predicted box overlaps
-  another person's by more than ``isolation_iou``) and whose keypoint sets are both confident (enough
-  confident keypoints in common) has its similarity raised to the IoU/OKS blend when that is higher,
-  never lowered;
-- every other pair with confident keypoints gets at most ``tie_weight`` added to its assignment score:
-  OKS then decides only between boxes that are nearly equal, never against clear box evidence; the
-  gates (whether a pair may match at all) look at the box similarity alone.
+so where two persons overlap, the occluded person's keypoints land on the person in front; letting OKS
+pull the similarity there swaps identities. So keypoints never decide whether a pair may match (the
+gates look at the boxes alone) and add at most ``tie_weight`` times their OKS to the assignment score of
+a pair whose keypoint sets are both confident: they decide only between assignments whose box evidence
+is nearly equal.
 """
 
 from __future__ import annotations
@@ -36,20 +31,6 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=-1)
     union = area_a[:, None] + area_b[None, :] - inter
     return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
-
-
-def enlarge(boxes: np.ndarray, factor: np.ndarray) -> np.ndarray:
-    """Grow (N,4) xyxy boxes by ``factor`` (N,) of their size on every side."""
-    wh = boxes[:, 2:] - boxes[:, :2]
-    pad = wh * factor[:, None]
-    return np.concatenate([boxes[:, :2] - pad, boxes[:, 2:] + pad], axis=1)
-
-
-def isolated(boxes: np.ndarray, max_iou: float) -> np.ndarray:
-    """(N,) bool: the box overlaps no other box of ``boxes`` by more than ``max_iou``."""
-    iou = box_iou(boxes, boxes)
-    np.fill_diagonal(iou, 0.0)
-    return (iou <= max_iou).all(axis=1) if len(boxes) else np.zeros(0, bool)
 
 
 def keypoint_oks(
@@ -121,7 +102,6 @@ class FrameDetections:
 
     boxes: np.ndarray  # (N,4) xyxy
     scores: np.ndarray  # (N,)
-    isolated: np.ndarray  # (N,) bool: overlaps no other detection
     keypoints: np.ndarray | None = None  # (N,K,2)
     visible: np.ndarray | None = None  # (N,K) bool: confident keypoints
 
@@ -131,34 +111,15 @@ class TrackView:
     """What the association needs of the tracks it matches (rows of the similarity)."""
 
     predicted: np.ndarray  # (M,4) xyxy boxes predicted for this frame
-    lost_frames: np.ndarray  # (M,) frames since the last observation for lost tracks, 0 otherwise
-    isolated: np.ndarray  # (M,) bool: the predicted box overlaps no other track's
     keypoints: np.ndarray | None = None  # (M,K,2) last keypoints moved along with the predicted box
     visible: np.ndarray | None = None  # (M,K) bool, False where a track has no keypoints
 
 
-def box_overlap(tracks: TrackView, dets: FrameDetections, cols: np.ndarray, cfg: TrackerConfig) -> np.ndarray:
-    """IoU of predicted and detected boxes, of enlarged boxes for lost tracks (C-BIoU) where higher."""
-    det_boxes = dets.boxes[cols]
-    similarity = box_iou(tracks.predicted, det_boxes)
-    lost = tracks.lost_frames > 0
-    if cfg.lost_buffer > 0 and lost.any():
-        # The longer a track is unseen, the less its predicted box can be trusted to overlap the
-        # person's new box: match it with a box grown with the gap.
-        grow = cfg.lost_buffer * np.minimum(tracks.lost_frames[lost] / 10.0, 1.0)
-        buffered = box_iou(enlarge(tracks.predicted[lost], grow), det_boxes)
-        similarity[lost] = np.maximum(similarity[lost], buffered * cfg.lost_buffer_weight)
-    return similarity
-
-
-def keypoint_terms(
-    similarity: np.ndarray, tracks: TrackView, dets: FrameDetections, cols: np.ndarray, cfg: TrackerConfig,
-    sigmas: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The keypoints' part: -> (similarity raised for isolated confident pairs, tie-break bonus (M,N))."""
-    bonus = np.zeros_like(similarity)
-    if tracks.keypoints is None or dets.keypoints is None or cfg.pose_weight <= 0 or not similarity.size:
-        return similarity, bonus
+def keypoint_bonus(
+    tracks: TrackView, dets: FrameDetections, cols: np.ndarray, cfg: TrackerConfig, sigmas: np.ndarray
+) -> np.ndarray:
+    """(M,N) ``tie_weight`` times OKS where both keypoint sets are confident (enough confident keypoints
+    in common), else 0."""
     det_boxes = dets.boxes[cols]
     areas = (det_boxes[:, 2] - det_boxes[:, 0]) * (det_boxes[:, 3] - det_boxes[:, 1])
     oks, common = keypoint_oks(
@@ -167,25 +128,20 @@ def keypoint_terms(
     need = cfg.min_common_keypoints * np.maximum(
         tracks.visible.sum(axis=1)[:, None], dets.visible[cols].sum(axis=1)[None, :]
     )
-    confident = (common >= np.maximum(need, 2)) & (similarity > 0)
-    alone = tracks.isolated[:, None] & dets.isolated[cols][None, :]
-    blend = (1 - cfg.pose_weight) * similarity + cfg.pose_weight * oks
-    raised = np.where(confident & alone, np.maximum(similarity, blend), similarity)
-    bonus = np.where(confident & ~alone, cfg.tie_weight * oks, 0.0)
-    return raised, bonus
+    return np.where(common >= np.maximum(need, 2), cfg.tie_weight * oks, 0.0)
 
 
 def assign(
     similarity: np.ndarray, min_similarity: float, bonus: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Optimal one-to-one matching maximising similarity (+ ``bonus``); pairs whose similarity is below
-    the gate are never matched, whatever their bonus."""
+    """Optimal one-to-one matching of the pairs whose similarity reaches the gate, maximising the sum of
+    (similarity - gate + bonus) over the matched pairs: ByteTrack's assignment (``lapjv`` with a cost
+    limit), where a pair is worth matching by how far it clears the gate. The bonus never opens a gate."""
     if similarity.size == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     feasible = similarity >= min_similarity
-    score = similarity if bonus is None else similarity + bonus
-    cost = np.where(feasible, -score, _INFEASIBLE)
-    rows, cols = linear_sum_assignment(cost)
+    gain = similarity - min_similarity if bonus is None else similarity - min_similarity + bonus
+    rows, cols = linear_sum_assignment(np.where(feasible, -gain, 0.0))
     keep = feasible[rows, cols]
     return rows[keep], cols[keep]
 
@@ -194,14 +150,14 @@ def match(
     tracks: TrackView, dets: FrameDetections, cols: np.ndarray, cfg: TrackerConfig, min_similarity: float,
     fuse: bool, sigmas: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Match track rows to detections ``cols`` -> (rows, indices into ``cols``) of the matched pairs."""
+    """Match track rows to detections ``cols`` -> (rows, indices into ``cols``) of the matched pairs.
+    ``sigmas`` given (and keypoints in both views): keypoints break near-ties."""
     if len(tracks.predicted) == 0 or len(cols) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    similarity = box_overlap(tracks, dets, cols, cfg)
-    bonus = None
-    if sigmas is not None:
-        similarity, bonus = keypoint_terms(similarity, tracks, dets, cols, cfg, sigmas)
+    similarity = box_iou(tracks.predicted, dets.boxes[cols])
     if fuse and cfg.fuse_score:
         # ByteTrack's fuse_score: a confident detection is the better match of two equal overlaps.
         similarity = similarity * dets.scores[cols][None, :]
+    use_keypoints = sigmas is not None and tracks.keypoints is not None and dets.keypoints is not None
+    bonus = keypoint_bonus(tracks, dets, cols, cfg, sigmas) if use_keypoints and cfg.tie_weight > 0 else None
     return assign(similarity, min_similarity, bonus)

@@ -5,9 +5,10 @@ Scores follow the distribution of ultralytics YOLO person detections: a clearly 
 person-like objects). Match thresholds are distances (1 - similarity), as in ByteTrack's configuration
 files, so the same numbers can be handed to ultralytics' trackers. Durations are in frames at 30 fps
 (ByteTrack's convention) or in seconds, and are compared against timestamps, so they mean the same at any
-frame rate. ``benchmarks/tracking.py --tune`` chose ``track_high_thresh``, ``new_track_thresh``,
-``recovery_max_gap`` and ``pose_weight`` on its tuning sequences only (the grid and every trial are in
-``benchmarks/results/tracking_tuning.json``); the held-out sequences were never used to choose anything.
+frame rate. The defaults are ByteTrack's (ultralytics' ``bytetrack.yaml``, a stricter track birth);
+``benchmarks/tracking.py --tune`` chose ``track_high_thresh``, ``new_track_thresh`` and ``tie_weight`` on
+its tuning sequences only (the grid and every trial are in ``benchmarks/results/tracking_tuning.json``);
+the held-out sequences were never used to choose anything.
 """
 
 from __future__ import annotations
@@ -29,44 +30,28 @@ class TrackerConfig:
     match_thresh: float = 0.8
     """First stage: box similarity (IoU times detection score) must exceed 1 - match_thresh."""
     low_match_thresh: float = 0.5
-    """Second stage (low-score detections, plain IoU)."""
+    """Second stage (low-score detections, plain IoU; ByteTrack's fixed 0.5)."""
     tentative_match_thresh: float = 0.7
-    """A track seen once, against the remaining confident detections."""
+    """A track seen once, against the remaining confident detections (ByteTrack's fixed 0.7)."""
 
     # --- track life cycle
     track_buffer: int = 30
     """How long a lost track waits to be found again, in frames at 30 fps."""
-    recovery_iou: float = 0.5
-    """OC-SORT recovery: IoU of a lost track's last observed box with a leftover detection."""
-    recovery_max_gap: float = 0.3
-    """Seconds since the last observation within which that recovery is tried (short: on long gaps the
-    old box mostly catches someone else)."""
-    reupdate_gaps: bool = True
-    """OC-SORT re-update: a track found after a gap is re-estimated along a straight path over it."""
     duplicate_iou: float = 0.85
-    """A track born after a lost one vanished, overlapping it this much, is the same person: one goes."""
-    birth_suppress_iou: float = 0.7
-    """A confident leftover box overlapping a matched or new track this much is a duplicate box."""
-    lost_buffer: float = 0.5
-    """C-BIoU: a lost track's box is enlarged by up to this fraction of its size (after 10 frames)."""
-    lost_buffer_weight: float = 0.7
-    """Weight of that enlarged-box IoU against the plain one."""
+    """A track born after a lost one vanished, overlapping it this much, is the same person: one goes
+    (ByteTrack's duplicate removal, but never for two tracks seen at the same time: that is one person
+    hiding behind another)."""
     fuse_score: bool = True
     """First-stage similarity is IoU times the detection score (ByteTrack's fuse_score)."""
 
     # --- keypoints: they may only help (see trackers/association.py)
-    pose_weight: float = 0.5
-    """Weight of OKS against IoU for an isolated pair whose keypoints are both confident."""
     keypoint_threshold: float = 0.3
     """Keypoint score above which a keypoint counts as confident."""
     min_common_keypoints: float = 0.5
-    """Fraction of the track's confident keypoints that must also be confident in the detection."""
-    isolation_iou: float = 0.1
-    """A box overlapping another person's box by more than this IoU is not isolated: its keypoints may
-    be the other person's (a top-down pose model puts an occluded person's keypoints on the one in
-    front), so there OKS only breaks ties."""
+    """Fraction of the track's (or detection's, whichever has more) confident keypoints that must be
+    confident in both for the pair's keypoints to count."""
     tie_weight: float = 0.05
-    """Largest similarity OKS may add where boxes overlap: it decides only between near-equal boxes."""
+    """Largest score OKS may add to a pair in the assignment: it decides only between near-equal boxes."""
 
     # --- camera motion compensation
     camera_motion: bool = True
@@ -80,7 +65,7 @@ class TrackerConfig:
             )
         if self.track_buffer < 1:
             raise ValueError(f"track_buffer must be >= 1 frame, got {self.track_buffer}")
-        for name in ("pose_weight", "min_common_keypoints", "isolation_iou", "tie_weight"):
+        for name in ("min_common_keypoints", "tie_weight"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
 

@@ -4,20 +4,18 @@ threshold in ``TrackerConfig``.
 
 One ``PersonTracker`` per source. ``update`` takes one frame's detections with its timestamp and returns,
 per detection, the id of the track it belongs to (-1 while a track is still tentative, or for detections
-left out):
+left out). The steps are ByteTrack's:
 
 0. with the frame given, the tracks are warped by the camera's motion since the previous frame;
 1. every track's Kalman state is advanced to the frame's timestamp;
 2. high-score detections are matched against every confirmed track, tracked and lost (IoU times score;
-   keypoints only where they can help, see ``association``);
-3. low-score detections against the tracks still unmatched that were tracked on the previous frame
-   (ByteTrack: an occluded person's weak detection keeps the track alive);
-4. observation-centric recovery (OC-SORT): tracks unmatched and seen within ``recovery_max_gap`` seconds
-   are matched by the box of their last observation (catches a person who stopped while hidden);
-5. tentative tracks against the remaining high-score detections; a track is confirmed, and gets its id,
-   at its second hit (on the very first frame of a stream, at once);
-6. leftover confident detections start tentative tracks unless they duplicate a matched box; expired
-   and duplicate lost tracks are dropped.
+   keypoints break near-ties, see ``association``);
+3. low-score detections against the tracks still unmatched that were tracked on the previous frame (an
+   occluded person's weak detection keeps the track alive); tracks still unmatched are lost;
+4. tentative tracks against the remaining high-score detections; a track is confirmed, and gets its id,
+   at its second hit (on the very first frame of a stream, at once); unmatched tentative tracks go;
+5. leftover detections above ``new_track_thresh`` start tentative tracks; tracks lost for longer than
+   the buffer, and duplicates of a lost track, are dropped.
 """
 
 from __future__ import annotations
@@ -102,8 +100,7 @@ class PersonTracker:
         usable &= np.isfinite(scores) & (scores >= cfg.track_low_thresh)
         high = np.flatnonzero(usable & (scores >= cfg.track_high_thresh))
         low = np.flatnonzero(usable & (scores < cfg.track_high_thresh))
-        dets = FrameDetections(boxes, scores, np.zeros(len(boxes), bool), keypoints, visible)
-        dets.isolated[usable] = association.isolated(boxes[usable], cfg.isolation_iou)
+        dets = FrameDetections(boxes, scores, keypoints, visible)
 
         matched: dict[int, Track] = {}
         confirmed = [t for t in self._tracks if t.state is not TrackState.TENTATIVE]
@@ -115,10 +112,7 @@ class PersonTracker:
         recent = [t for t in pool if t.state is TrackState.TRACKED]
         recent_left, _ = self._match(recent, dets, low, 1.0 - cfg.low_match_thresh, matched, fuse=False,
                                      keypoints=False)
-        pool = [t for t in pool if t.state is TrackState.LOST] + recent_left
-        # 4. observation-centric recovery.
-        pool, high = self._recover(pool, dets, high, matched)
-        # 5. tentative tracks against the remaining high-score detections.
+        # 4. tentative tracks against the remaining high-score detections.
         tentative_left, high = self._match(
             tentative, dets, high, 1.0 - cfg.tentative_match_thresh, matched, fuse=True
         )
@@ -126,12 +120,12 @@ class PersonTracker:
         for track in matched.values():
             if track.state is TrackState.TENTATIVE:
                 track.track_id = self._take_id()
-        observe([(t, d) for d, t in matched.items()], boxes, scores, timestamp, self.frame_rate, keypoints,
-                visible, cfg.reupdate_gaps)
-        for track in pool:
+        observe([(t, d) for d, t in matched.items()], boxes, scores, timestamp, keypoints, visible)
+        for track in recent_left:
             track.state = TrackState.LOST
         dropped = {id(t) for t in tentative_left}
         self._tracks = [t for t in self._tracks if id(t) not in dropped]
+        # 5. new tracks; expired and duplicate tracks go.
         self._start_tracks(high, dets, timestamp, first_frame, matched)
         self._tracks = drop_expired_and_duplicates(
             self._tracks, timestamp, cfg.max_lost_seconds, cfg.duplicate_iou
@@ -168,14 +162,7 @@ class PersonTracker:
     # ------------------------------------------------------------------ steps
 
     def _view(self, tracks: list[Track], with_keypoints: bool) -> TrackView:
-        predicted = np.stack([t.predicted_box for t in tracks])
-        others = [t for t in self._tracks if t.state is not TrackState.TENTATIVE]
-        overlap = box_iou(predicted, np.stack([t.predicted_box for t in others] or [np.zeros(4)]))
-        overlap[np.array([[t is o for o in others] or [False] for t in tracks])] = 0.0  # its own box
-        lost_frames = np.array([
-            (self._time - t.obs_time) * self.frame_rate if t.state is TrackState.LOST else 0.0 for t in tracks
-        ])
-        view = TrackView(predicted, lost_frames, (overlap <= self.config.isolation_iou).all(axis=1))
+        view = TrackView(np.stack([t.predicted_box for t in tracks]))
         if with_keypoints:
             k = len(self.keypoint_sigmas)
             view.keypoints = np.stack([t.moved_keypoints() if t.keypoints is not None else np.zeros((k, 2))
@@ -200,36 +187,13 @@ class PersonTracker:
         taken = set(rows.tolist())
         return [t for i, t in enumerate(tracks) if i not in taken], np.delete(cols, picked)
 
-    def _recover(
-        self, tracks: list[Track], dets: FrameDetections, cols: np.ndarray, matched: dict[int, Track]
-    ) -> tuple[list[Track], np.ndarray]:
-        recent = [t for t in tracks if self._time - t.obs_time <= self.config.recovery_max_gap]
-        if not recent or len(cols) == 0:
-            return tracks, cols
-        last_seen = np.stack([t.box for t in recent])
-        rows, picked = association.assign(box_iou(last_seen, dets.boxes[cols]), self.config.recovery_iou)
-        for r, c in zip(rows, picked, strict=True):
-            matched[int(cols[c])] = recent[r]
-        taken = {id(recent[r]) for r in rows}
-        return [t for t in tracks if id(t) not in taken], np.delete(cols, picked)
-
     def _start_tracks(
         self, cols: np.ndarray, dets: FrameDetections, timestamp: float, first_frame: bool,
         matched: dict[int, Track],
     ) -> None:
-        cols = cols[dets.scores[cols] >= self.config.new_track_thresh]
-        # A second box on a person already matched or just born is a duplicate, not a newcomer:
-        # greedy suppression, most confident box first.
-        taken = [dets.boxes[d] for d in matched]
-        kept, limit = [], self.config.birth_suppress_iou
-        for det in cols[np.argsort(-dets.scores[cols], kind="stable")]:
-            if taken and box_iou(dets.boxes[det][None], np.stack(taken)).max() >= limit:
-                continue
-            kept.append(int(det))
-            taken.append(dets.boxes[det])
-        if not kept:
+        kept = cols[dets.scores[cols] >= self.config.new_track_thresh]
+        if not len(kept):
             return
-        kept = np.array(kept, np.int64)
         keypoints = None if dets.keypoints is None else dets.keypoints[kept]
         visible = None if dets.visible is None else dets.visible[kept]
         born = new_tracks(dets.boxes[kept], dets.scores[kept], timestamp, keypoints, visible)

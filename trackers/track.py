@@ -11,8 +11,6 @@ import numpy as np
 from trackers import kalman
 from trackers.association import box_iou
 
-_MAX_VIRTUAL_STEPS = 120  # cap on the re-update path over a gap (4 s at 30 fps)
-
 
 class TrackState(Enum):
     TENTATIVE = 0
@@ -29,12 +27,9 @@ class Track:
     score: float
     start_time: float
     obs_time: float  # time of the last observation
-    obs_mean: np.ndarray  # Kalman state right after the last observation (for re-update over a gap)
-    obs_cov: np.ndarray
     predicted_box: np.ndarray  # (4,) xyxy of ``mean``, kept in step with it
     state: TrackState = TrackState.TENTATIVE
     track_id: int = -1
-    hits: int = 1
     keypoints: np.ndarray | None = None  # (K, 2) of the last observation
     keypoint_visible: np.ndarray | None = None  # (K,) bool
 
@@ -60,7 +55,6 @@ def new_tracks(
         track = Track(
             mean=m, cov=c, time=timestamp, predicted_box=boxes[i].copy(), box=boxes[i].copy(),
             score=float(scores[i]), start_time=timestamp, obs_time=timestamp,
-            obs_mean=m.copy(), obs_cov=c.copy(),
         )
         if keypoints is not None:
             track.keypoints, track.keypoint_visible = keypoints[i].copy(), visible[i].copy()
@@ -69,12 +63,15 @@ def new_tracks(
 
 
 def advance(tracks: list[Track], timestamp: float, frame_rate: float) -> None:
-    """Move every track's Kalman state to ``timestamp`` (skipped frames simply make a longer step)."""
+    """Move every track's Kalman state to ``timestamp`` (skipped frames simply make a longer step). A lost
+    track keeps its speed but stops growing or shrinking (ByteTrack)."""
     if not tracks:
         return
     mean = np.stack([t.mean for t in tracks])
+    mean[[t.state is TrackState.LOST for t in tracks], 7] = 0.0
     cov = np.stack([t.cov for t in tracks])
-    dt = np.array([(timestamp - t.time) * frame_rate for t in tracks])
+    # A tentative track is taken as it was seen until its second hit (ByteTrack).
+    dt = np.array([(timestamp - t.time) * frame_rate * (t.state is not TrackState.TENTATIVE) for t in tracks])
     mean, cov = kalman.predict(mean, cov, dt)
     # A height driven below zero by extrapolation would break the box geometry.
     mean[:, 3] = np.maximum(mean[:, 3], 1.0)
@@ -86,51 +83,22 @@ def advance(tracks: list[Track], timestamp: float, frame_rate: float) -> None:
 
 def observe(
     pairs: list[tuple[Track, int]], boxes: np.ndarray, scores: np.ndarray, timestamp: float,
-    frame_rate: float, keypoints: np.ndarray | None, visible: np.ndarray | None, reupdate_gaps: bool,
+    keypoints: np.ndarray | None, visible: np.ndarray | None,
 ) -> None:
-    """Correct every matched track with its detection: one batched Kalman update, except tracks coming
-    back after a gap, which are re-estimated along the gap (OC-SORT's re-update) when ``reupdate_gaps``.
-    Every matched track becomes TRACKED (the caller gives ids to tentative ones first)."""
+    """Correct every matched track with its detection (one batched Kalman update). Every matched track
+    becomes TRACKED (the caller gives ids to tentative ones first)."""
     if not pairs:
         return
     tracks = [t for t, _ in pairs]
     dets = np.array([d for _, d in pairs], np.int64)
-    gaps = np.array([(timestamp - t.obs_time) * frame_rate for t in tracks])
-    returning = np.array([t.state is not TrackState.TENTATIVE for t in tracks]) & (gaps > 1.5) & reupdate_gaps
-    direct = np.flatnonzero(~returning)
-    if len(direct):
-        mean, cov = kalman.update(
-            np.stack([tracks[i].mean for i in direct]),
-            np.stack([tracks[i].cov for i in direct]),
-            kalman.xyxy_to_xyah(boxes[dets[direct]]),
-        )
-        state_boxes = kalman.xyah_to_xyxy(mean[:, :4])
-        for i, m, c, b in zip(direct, mean, cov, state_boxes, strict=True):
-            tracks[i].set_state(m, c, b)
-    for i in np.flatnonzero(returning):
-        mean, cov = _reupdate_over_gap(tracks[i], boxes[dets[i]], gaps[i])
-        tracks[i].set_state(mean[0], cov[0])
-    for track, det in zip(tracks, dets, strict=True):
-        track.obs_mean, track.obs_cov = track.mean.copy(), track.cov.copy()
+    measured = kalman.xyxy_to_xyah(boxes[dets])
+    mean, cov = kalman.update(np.stack([t.mean for t in tracks]), np.stack([t.cov for t in tracks]), measured)
+    for track, det, m, c, b in zip(tracks, dets, mean, cov, kalman.xyah_to_xyxy(mean[:, :4]), strict=True):
+        track.set_state(m, c, b)
         track.box, track.score, track.obs_time = boxes[det].copy(), float(scores[det]), timestamp
-        track.hits += 1
         if keypoints is not None:
             track.keypoints, track.keypoint_visible = keypoints[det].copy(), visible[det].copy()
         track.state = TrackState.TRACKED
-
-
-def _reupdate_over_gap(track: Track, box: np.ndarray, gap: float) -> tuple[np.ndarray, np.ndarray]:
-    """From the state at the last observation, step along a straight virtual path of boxes to the new
-    one, so the velocity reflects the real displacement over the gap, not the drift during it."""
-    steps = int(min(max(round(gap), 1), _MAX_VIRTUAL_STEPS))
-    step_dt = gap / steps
-    start, end = kalman.xyxy_to_xyah(track.box[None])[0], kalman.xyxy_to_xyah(box[None])[0]
-    mean, cov = track.obs_mean[None], track.obs_cov[None]
-    for k in range(1, steps + 1):
-        mean, cov = kalman.predict(mean, cov, np.array([step_dt]))
-        virtual = start + (end - start) * (k / steps)
-        mean, cov = kalman.update(mean, cov, virtual[None])
-    return mean, cov
 
 
 def warp(tracks: list[Track], matrix: np.ndarray) -> None:
@@ -144,11 +112,9 @@ def warp(tracks: list[Track], matrix: np.ndarray) -> None:
         transform[block : block + 2, block : block + 2] = linear
         transform[block + 3, block + 3] = scale
     for track in tracks:
-        for name_mean, name_cov in (("mean", "cov"), ("obs_mean", "obs_cov")):
-            mean = transform @ getattr(track, name_mean)
-            mean[:2] += offset
-            setattr(track, name_mean, mean)
-            setattr(track, name_cov, transform @ getattr(track, name_cov) @ transform.T)
+        mean = transform @ track.mean
+        mean[:2] += offset
+        track.mean, track.cov = mean, transform @ track.cov @ transform.T
         corners = track.box.reshape(2, 2) @ linear.T + offset
         track.box = np.concatenate([corners.min(axis=0), corners.max(axis=0)])
         if track.keypoints is not None:
