@@ -242,7 +242,7 @@ def test_demo_offline_runs_untrained_with_the_shipped_boxes(tmp_path) -> None:
     assert "outputs were made with UNTRAINED WEIGHTS" in done.stderr
     assert "YOLO unavailable" in done.stderr and "using the shipped person boxes" in done.stderr
 
-    shipped = read_jsonl(out / "sample_boxes.jsonl")
+    shipped = read_jsonl(out / "input" / "sample_boxes.jsonl")
     lines = read_jsonl(out / "sample.jsonl")
     assert [line["frame"] for line in lines] == [record["frame"] for record in shipped] == [0, 1, 2, 3]
     for line, record in zip(lines, shipped, strict=True):  # the shipped boxes' persons and scores
@@ -253,6 +253,8 @@ def test_demo_offline_runs_untrained_with_the_shipped_boxes(tmp_path) -> None:
 
     rendered, _, _, _ = read_video(out / "sample.mp4")
     assert len(rendered) == 4
+    source, _, _, _ = read_video(out / "input" / "sample.mp4")  # the input clip is left as it was made
+    assert len(source) == 4 and not any(np.array_equal(a, b) for a, b in zip(source, rendered, strict=True))
     for frame in rendered:  # the banner's band across the top of every frame
         top = frame[:4].reshape(-1, 3).astype(int)
         assert np.median(np.abs(top - _BANNER_COLOR).max(axis=1)) <= 24

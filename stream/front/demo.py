@@ -138,7 +138,10 @@ def run_demo(out: str | Path = "demo_out", frames: int = 24, device: str = "auto
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    clip, boxes_file = out / "sample.mp4", out / "sample_boxes.jsonl"
+    # The input apart from the outputs: the annotated video is named after its source (sample.mp4) and
+    # must not overwrite the clip it is decoded from.
+    (out / "input").mkdir(exist_ok=True)
+    clip, boxes_file = out / "input" / "sample.mp4", out / "input" / "sample_boxes.jsonl"
     count = make_sample_clip(clip, boxes_file, frames)
     print(f"demo: sample clip {clip} ({count} frames, {CLIP_SIZE[0]}x{CLIP_SIZE[1]})", file=sys.stderr)
     trained = pose_weights_available()
