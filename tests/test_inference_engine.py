@@ -10,6 +10,7 @@ finished late never disturbs the next segment's.
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -19,7 +20,8 @@ import models.postprocess
 from stream.config import PipelineConfig
 from stream.engine import Group, InferenceEngine
 from stream.media.frames import DecodedFrame
-from stream.runtime.messages import EOS, RESULTS, control_message, frame_message
+from stream.runtime.messages import EOS, RESULTS, SKIP, control_message, frame_message
+from stream.runtime.ring import INFER_READER, READERS, RENDER_READER, FrameRing, resolve
 
 NUM_FRAMES, SIZE = 6, (96, 128)  # frames (height, width)
 
@@ -120,3 +122,28 @@ def test_a_new_segment_starts_afresh_when_groups_finish_late(setup: dict) -> Non
     with InferenceEngine(config(setup)) as engine:
         (first,) = [m for m in run_groups(engine, [frames(setup, range(1, 2))]) if m.kind == RESULTS]
     assert not np.allclose(both[1].arrays["crop_to_frame"], first.arrays["crop_to_frame"], atol=0.01)
+
+
+@pytest.mark.parametrize("stale", [True, False], ids=["stale", "computed"])
+def test_every_ring_slot_the_engine_reads_is_given_back(setup: dict, stale: bool) -> None:
+    """Live frames skipped as stale release their ring slots as computed ones do; otherwise a camera's
+    ring fills up for good and every later frame travels inline."""
+    shape = (*SIZE, 3)
+    ring = FrameRing.create(int(np.prod(shape)), NUM_FRAMES, READERS)
+    try:
+        messages = frames(setup, range(NUM_FRAMES))
+        for message in messages:
+            slot, view = ring.claim(shape)
+            view[...] = message.arrays.pop("image")
+            ring.commit(slot)
+            message.slot = [ring.name, slot, list(shape)]
+            message.capture = time.time() - (3600.0 if stale else 0.0)
+            resolve(message)
+        assert ring.flags[:, INFER_READER].all()
+        with InferenceEngine(config(setup, stale_after=60.0), live=True) as engine:
+            out = run_groups(engine, [messages[:4], messages[4:]])
+        assert [m.kind for m in out] == [SKIP if stale else RESULTS] * NUM_FRAMES
+        assert not ring.flags[:, INFER_READER].any()  # every slot given back by the GPU worker
+        assert ring.flags[:, RENDER_READER].all()  # the render stage's hold is its own to release
+    finally:
+        ring.close()
