@@ -96,7 +96,7 @@ class _Stage:
     """The decoder's peers on real ipc sockets: the GPU worker's and the render stage's frame inboxes,
     and the coordinator's event and control sockets."""
 
-    def __init__(self, tmp_path, info):
+    def __init__(self, tmp_path, info, live: bool = False):
         cfg = build_config(
             {
                 "sources": [info.spec],
@@ -116,7 +116,7 @@ class _Stage:
         self.control = make_socket(
             self.context, zmq.PUB, endpoints["control"], bind=True, hwm=10, linger_ms=0
         )
-        spec = WorkerSpec("decode", cfg, endpoints, [SourcePlan("clip", info, live=False)], "session")
+        spec = WorkerSpec("decode", cfg, endpoints, [SourcePlan("clip", info, live=live)], "session")
         # 4 * queue_frames + 2 * max_batch + 8 slots in the decoder's ring.
         self.slots = 4 * 1 + 2 * 1 + 8
         self.worker = threading.Thread(target=run_worker, args=(spec, self.context), daemon=True)
@@ -187,6 +187,34 @@ def test_a_decoder_waiting_for_a_slot_still_aborts(tmp_path):
             assert stage.receive(stage.render, 5000).kind == FRAME
         assert stage.receive(stage.gpu, 300) is None  # waiting for a slot nobody releases
         stage.command_until_done(events.Abort(), timeout_s=5.0)
+    finally:
+        stage.close()
+
+
+def test_live_decoder_sends_frames_inline_while_the_ring_is_full(tmp_path):
+    """Live, the decoder never waits for a slot: with every slot held by the readers, frames travel
+    inline, whole and in order, and the ring never hands out a slot still held."""
+    info, plain = _clip(tmp_path, 90)
+    stage = _Stage(tmp_path, info, live=True)
+    try:
+        in_ring, inline = {}, []
+        while len(inline) < 5:  # the readers keep every frame they get (nothing is released)
+            to_gpu, to_render = stage.receive(stage.gpu, 10_000), stage.receive(stage.render, 10_000)
+            assert to_gpu is not None and to_gpu.kind != EOS, "the clip ended before the ring was full"
+            if to_gpu.kind != FRAME:
+                continue  # a frame dropped for being late, as a live source does
+            assert to_render.seq == to_gpu.seq
+            image = to_render.arrays["image"]
+            np.testing.assert_array_equal(image, plain[to_render.frame])
+            if to_gpu.slot is None:
+                assert to_render.slot is None
+                inline.append(to_gpu.frame)
+            else:
+                assert to_gpu.slot[1] not in in_ring, "a held slot was handed out again"
+                in_ring[to_gpu.slot[1]] = to_gpu.frame
+        assert len(in_ring) == stage.slots  # inline only once every slot was held
+        assert min(inline) > max(in_ring.values()) and inline == sorted(inline)
+        stage.command_until_done(events.Abort(), timeout_s=10.0)
     finally:
         stage.close()
 
