@@ -4,6 +4,11 @@ the GPU worker's engine run on frame messages as the worker runs it."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import urllib.error
+import urllib.request
 from fractions import Fraction
 from pathlib import Path
 
@@ -135,3 +140,25 @@ def _group(messages: list[Message]) -> Group:
         if message.kind != EOS:
             group.frames.append(message)
     return group
+
+
+def http_json(method: str, url: str, body: dict | bytes | None = None) -> tuple[int, object]:
+    """One request to a JSON API (the control API): its status and decoded body, errors included."""
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def stop_run(run: subprocess.Popen, timeout: float = 90) -> None:
+    """Stop a run started in its own session with SIGINT (it drains); whatever of its process group is
+    still there after ``timeout`` is killed."""
+    run.send_signal(signal.SIGINT)
+    try:
+        run.wait(timeout=timeout)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)

@@ -9,13 +9,12 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 from pipeline_fixtures import (
     INPUT_SIZE,
+    http_json,
     read_jsonl,
     save_tiny_model,
     two_people,
@@ -182,16 +181,6 @@ def test_two_cameras_over_two_shards_survive_the_loss_of_one(cluster, material, 
         assert frames and frames == sorted(set(frames))
 
 
-def _http(method: str, url: str, body: dict | bytes | None = None) -> tuple[int, object]:
-    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
 @pytest.mark.needs_system(what="RTSP test server", missing=server_unavailable_reason())
 def test_the_control_api_adds_and_removes_a_camera_while_another_runs(cluster, material, tmp_path) -> None:
     out = tmp_path / "out"
@@ -212,20 +201,20 @@ def test_the_control_api_adds_and_removes_a_camera_while_another_runs(cluster, m
     running = lambda name: _parts(out, name) and len(_lines(_parts(out, name)[-1])) >= 5  # noqa: E731
     try:
         _wait_for(lambda: running("yard"), 120, "the first camera")
-        assert _http("POST", api, b"not json")[0] == 400
-        assert _http("POST", api, {"name": "clip", "url": str(material["clips"][0])})[0] == 400  # a file
-        status, added = _http("POST", api, {"name": "door", "url": door.url})
+        assert http_json("POST", api, b"not json")[0] == 400
+        assert http_json("POST", api, {"name": "clip", "url": str(material["clips"][0])})[0] == 400  # a file
+        status, added = http_json("POST", api, {"name": "door", "url": door.url})
         assert status == 201 and added["state"] == "running"
-        assert _http("POST", api, {"name": "door", "url": door.url})[0] == 409
+        assert http_json("POST", api, {"name": "door", "url": door.url})[0] == 409
         _wait_for(lambda: running("door"), 120, "the added camera")
-        status, listed = _http("GET", api)
+        status, listed = http_json("GET", api)
         assert status == 200 and {row["name"]: row["state"] for row in listed} == {"yard": "running",
                                                                                    "door": "running"}
         assert "s3cret" not in json.dumps(listed)
         yard_before = len(_lines(_parts(out, "yard")[-1]))
-        assert _http("DELETE", f"{api}/door")[0] == 202
-        assert _http("DELETE", f"{api}/nobody")[0] == 404
-        removed = lambda: {r["name"]: r["state"] for r in _http("GET", api)[1]}["door"] == "removed"  # noqa: E731
+        assert http_json("DELETE", f"{api}/door")[0] == 202
+        assert http_json("DELETE", f"{api}/nobody")[0] == 404
+        removed = lambda: {r["name"]: r["state"] for r in http_json("GET", api)[1]}["door"] == "removed"  # noqa: E731
         _wait_for(removed, 60, "the removed camera to drain")
         door_lines = len(_lines(_parts(out, "door")[-1]))
         _wait_for(lambda: len(_lines(_parts(out, "yard")[-1])) > yard_before + 10, 60, "yard to go on")

@@ -7,31 +7,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import av
 import psutil
 import pytest
-from pipeline_fixtures import save_tiny_model
+from pipeline_fixtures import http_json, save_tiny_model, stop_run
 from rtsp_server import RtspServerProcess, free_port, server_unavailable_reason
 
 pytestmark = pytest.mark.needs_system(what="RTSP test server", missing=server_unavailable_reason())
-
-
-def _http(method: str, url: str, body: dict | bytes | None = None) -> tuple[int, object]:
-    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 def _lines(path: Path) -> list[dict]:
@@ -94,37 +81,37 @@ def test_the_control_api_adds_and_removes_cameras_while_the_others_run(tmp_path:
         try:
             _wait(run, lambda: all(len(_lines(out / f"{n}.jsonl")) >= 15 for n in "ab"), "first results")
             assert f"control: {api}" in stderr_path.read_text()
-            status, listed = _http("GET", api)
+            status, listed = http_json("GET", api)
             assert status == 200 and {row["name"]: row["state"] for row in listed} == {
                 "a": "running",
                 "b": "running",
             }
             # Bad requests change nothing.
-            assert _http("POST", api, b"not json")[0] == 400
-            assert _http("POST", api, {"name": "c"})[0] == 400  # no url
-            assert _http("POST", api, {"name": "../c", "url": c.url})[0] == 400
-            assert _http("POST", api, {"name": "c", "url": str(tmp_path / "missing.mp4")})[0] == 400
-            assert _http("POST", api, {"name": "a", "url": c.url})[0] == 409  # the name is in use
-            assert _http("DELETE", f"{api}/nobody")[0] == 404
-            assert _http("GET", f"{api}/a")[0] == 404
+            assert http_json("POST", api, b"not json")[0] == 400
+            assert http_json("POST", api, {"name": "c"})[0] == 400  # no url
+            assert http_json("POST", api, {"name": "../c", "url": c.url})[0] == 400
+            assert http_json("POST", api, {"name": "c", "url": str(tmp_path / "missing.mp4")})[0] == 400
+            assert http_json("POST", api, {"name": "a", "url": c.url})[0] == 409  # the name is in use
+            assert http_json("DELETE", f"{api}/nobody")[0] == 404
+            assert http_json("GET", f"{api}/a")[0] == 404
 
             # Add a camera: it writes results, the others go on.
             grows.update({n: len(_lines(out / f"{n}.jsonl")) for n in "ab"})
-            status, added = _http("POST", api, {"name": "c", "url": c.url})
+            status, added = http_json("POST", api, {"name": "c", "url": c.url})
             assert status == 201 and added["name"] == "c" and added["state"] == "running"
             assert "s3cret" not in json.dumps(added)
             _wait(run, lambda: len(_lines(out / "c.jsonl")) >= 15, "results of the added camera")
             _wait(run, growing, "results of the other cameras")
             assert _stages(run, "infer") == 1 and _stages(run, "decode") == 3  # one GPU worker for all
-            listed = _http("GET", api)[1]
+            listed = http_json("GET", api)[1]
             assert [row["state"] for row in listed] == ["running"] * 3 and "s3cret" not in json.dumps(listed)
 
             # Remove one: its chain drains and its workers leave, the others go on.
             grows = {n: len(_lines(out / f"{n}.jsonl")) for n in "bc"}
-            status, removing = _http("DELETE", f"{api}/a")
+            status, removing = http_json("DELETE", f"{api}/a")
             assert status == 202 and removing["state"] in ("stopping", "removed")
-            assert _http("DELETE", f"{api}/a")[0] == 404  # already on its way out
-            state = lambda: {r["name"]: r["state"] for r in _http("GET", api)[1]}  # noqa: E731
+            assert http_json("DELETE", f"{api}/a")[0] == 404  # already on its way out
+            state = lambda: {r["name"]: r["state"] for r in http_json("GET", api)[1]}  # noqa: E731
             _wait(run, lambda: state()["a"] == "removed", "the removed camera to drain", 60)
             assert state() == {"a": "removed", "b": "running", "c": "running"}
             a_lines = _check_closed(out / "a.jsonl")  # closed while the run goes on
@@ -137,17 +124,12 @@ def test_the_control_api_adds_and_removes_cameras_while_the_others_run(tmp_path:
             )
 
             # A removed name can be added again: new files named by their start time; the first stay.
-            assert _http("POST", api, {"name": "a", "url": a.url})[0] == 201
+            assert http_json("POST", api, {"name": "a", "url": a.url})[0] == 201
             again = lambda: sorted(out.glob("a_*.jsonl"))  # noqa: E731
             _wait(run, lambda: again() and len(_lines(again()[0])) >= 10, "results of the camera added again")
             assert _check_closed(out / "a.jsonl") == a_lines
         finally:
-            run.send_signal(signal.SIGINT)
-            try:
-                run.wait(timeout=90)
-            finally:
-                if run.poll() is None:
-                    os.killpg(run.pid, signal.SIGKILL)
+            stop_run(run)
     stderr = stderr_path.read_text()
     assert run.returncode == 0, stderr[-3000:]
     assert "Traceback" not in stderr and "s3cret" not in stderr

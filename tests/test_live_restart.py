@@ -21,7 +21,7 @@ from pathlib import Path
 import av
 import psutil
 import pytest
-from pipeline_fixtures import save_tiny_model
+from pipeline_fixtures import save_tiny_model, stop_run
 from rtsp_server import RtspServerProcess, free_port, server_unavailable_reason
 
 pytestmark = pytest.mark.needs_system(what="RTSP test server", missing=server_unavailable_reason())
@@ -109,12 +109,7 @@ def _live_run(tmp_path: Path, tiny_pose: Path) -> Iterator[LiveRun]:
             _wait(run, lambda: all(len(_lines(out / f"{n}.jsonl")) >= 30 for n in SOURCES), "first results")
             yield LiveRun(run, out, stderr_path, metrics_port)
         finally:
-            run.send_signal(signal.SIGINT)
-            try:
-                run.wait(timeout=90)
-            finally:
-                if run.poll() is None:
-                    os.killpg(run.pid, signal.SIGKILL)
+            stop_run(run)
 
 
 def _check_outputs(out: Path, restarted: set[str], killed_render: bool) -> None:
