@@ -30,7 +30,7 @@ from stream.runtime.ring import RingError, forget_removed_rings, resolve
 from stream.runtime.stage import POLL_MS, Stage, StageLink, WorkerSpec
 from stream.runtime.transport import close_sender, recv_message, send_until
 
-RING_CHECK_S = 5.0  # with a control API: how often rings of removed sources are looked for and unmapped
+RING_CHECK_S = 5.0  # live: how often rings of dead or removed decoders are looked for and unmapped
 
 
 class InferenceStage(Stage):
@@ -77,22 +77,20 @@ class InferenceStage(Stage):
             self._send(self.scheduler.submit(group))
 
     def _restarted(self, source: str, session: str) -> None:
-        """``source``'s workers were restarted (a live run): its state starts afresh, and the rings of
-        its dead decoder are unmapped."""
+        """``source``'s workers were restarted (a live run): its state starts afresh."""
         self.sessions[source] = session
         self.engine.end_segment(source, sys.maxsize)
-        forget_removed_rings()
 
     def step(self) -> None:
         if self.scheduler.has_pending:
             self._send(self.scheduler.flush())
         if self.controlled:
             self.finished = self.link.finished
-            now = time.monotonic()
-            if now >= self.next_ring_check:
-                # A removed source's decoder is gone and the coordinator removed its rings: unmap them.
-                self.next_ring_check = now + RING_CHECK_S
-                forget_removed_rings()
+        if self.live and time.monotonic() >= self.next_ring_check:
+            # A decoder that died (restarted) or was removed is gone and the coordinator removed its
+            # rings: unmap them, so their memory is freed.
+            self.next_ring_check = time.monotonic() + RING_CHECK_S
+            forget_removed_rings()
 
     def _outbox(self, source: str) -> zmq.Socket:
         """``source``'s results socket, opened on its first message for a source added at run time."""
