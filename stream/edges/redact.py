@@ -70,8 +70,8 @@ _KEY_VALUE = re.compile(
     re.IGNORECASE,
 )
 _TOKEN_WITH_AT = re.compile(r"\S*@\S*")
-_SCHEME_SLASHES = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:?//+")
-_SCHEME_KNOWN = re.compile(rf"(?:{'|'.join(_KNOWN_SCHEMES)}):/*", re.IGNORECASE)
+_SCHEME_SLASHES = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:?//")
+_SCHEME_KNOWN = re.compile(rf"(?:{'|'.join(_KNOWN_SCHEMES)}):/{0,2}", re.IGNORECASE)
 _LEAD = re.compile(r"[\"'(\[{<]*/*")
 _HOST_LOOKS_NETWORK = re.compile(r"(?:\d{1,3}(?:\.\d{1,3}){3}|\[[0-9A-Fa-f:.]+\]|[^/?#:\s]+:\d+)(?:[/?#:]|$)")
 
