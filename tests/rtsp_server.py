@@ -96,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.record:
         # What a publisher announces is depayloaded and written as it arrives.
         factory.set_transport_mode(GstRtspServer.RTSPTransportMode.RECORD)
+        # At TEARDOWN, end the stream before stopping the pipeline, so that the parser's and the muxer's
+        # last buffers reach the file (stopping alone drops them, now and then the last frame).
+        factory.set_eos_shutdown(True)
         sink = f"filesink location={args.record}"
         factory.set_launch(f"( rtph264depay name=depay0 ! h264parse ! mpegtsmux ! {sink} )")
     else:

@@ -262,17 +262,25 @@ def test_metrics_page_over_http(case: SecretUrl) -> None:
     assert labels and not any(case.leaks(value) for value in labels), labels
 
 
-@settings(max_examples=25, deadline=None)
-@given(case=secret_urls())
-def test_preview_page_over_http(case: SecretUrl) -> None:
+def _preview_of(url: str) -> tuple[str, list[str]]:
+    """The source figures of the preview page and the strings ``sources.json`` lists, for one source."""
     with PreviewServer(port=0) as preview:
-        preview.publish(case.url, np.zeros((8, 8, 3), np.uint8), stats={"fps_in": 1.0})
+        preview.publish(url, np.zeros((8, 8, 3), np.uint8), stats={"fps_in": 1.0})
         page = _get(preview.url)
         listed = json.loads(_get(preview.url + "sources.json"))
     figures = html.unescape(page.split('<main id="sources">', 1)[1].split("</main>", 1)[0])
-    assert "<figure" in figures and not case.leaks(figures), figures
-    strings = [value for source in listed for value in (source["name"], source["id"], source["stream"])]
-    assert strings and not any(case.leaks(value) for value in strings), strings
+    return figures, [value for source in listed for value in (source["name"], source["id"], source["stream"])]
+
+
+@settings(max_examples=25, deadline=None)
+@given(case=secret_urls())
+def test_preview_page_over_http(case: SecretUrl) -> None:
+    # The page's own markup (a source named "x") is not a leak: a secret "stre" is in every "/stream/".
+    blank_figures, blank_strings = _preview_of("x")
+    markup = "\n".join([blank_figures, *blank_strings])
+    figures, strings = _preview_of(case.url)
+    assert "<figure" in figures and not case.leaks(figures, known=markup), figures
+    assert strings and not any(case.leaks(value, known=markup) for value in strings), strings
 
 
 def _frame() -> DecodedFrame:
