@@ -59,6 +59,10 @@ class PipelineConfig:
     # the release's 1024x768).
     input_size: tuple[int, int] | None = None
     smooth: bool = True
+    # Camera motion compensation for handheld and panning video: each decoder estimates the frame-to-frame
+    # motion (sparse optical flow) and the tracker moves its tracks by it. Off by default: a fixed camera
+    # gains nothing from it and pays a few milliseconds of CPU per frame.
+    camera_motion: bool = False
     mode: str = "auto"  # auto = live for webcams/streams, offline for files and folders
     max_batch: int = 8  # persons (crops) per model forward
     max_wait_ms: float = 10.0  # how long the GPU worker waits to fill a group of frames
@@ -290,6 +294,7 @@ _CHECKS = {
     "flip": _optional(_boolean),
     "input_size": _optional(lambda name, value: parse_size(value)),
     "smooth": _boolean,
+    "camera_motion": _boolean,
     "mode": _choices(*MODES),
     "max_batch": _integer(1),
     "max_wait_ms": _number(0),

@@ -59,3 +59,75 @@ def test_tracker_keeps_ids_through_a_fast_pan_only_with_the_frames():
     with_gmc, without = results[True], results[False]
     assert (with_gmc == with_gmc[0]).all() and len(set(with_gmc[0])) == 2
     assert not (without == without[0]).all()
+
+
+@pytest.mark.parametrize("workers", ["inproc", "ipc"])
+def test_the_run_command_keeps_ids_through_a_fast_pan_with_camera_motion(tmp_path, workers):
+    """Through ``sapiens-stream run``: the decoder estimates the camera's motion and the track stage moves
+    its tracks by it; without ``--camera-motion`` the same pan breaks both persons' ids."""
+    from pipeline_fixtures import read_jsonl, save_tiny_model, write_boxes
+
+    from stream.front.cli import main
+
+    # Two narrow persons standing in the scene, in view throughout; each pan step moves them further
+    # than they are wide.
+    offsets = [0.0] * 8 + [20.0 * k for k in range(1, 11)]
+    write_clip(tmp_path / "pan.mp4", panning_shot(offsets, seed=1), fps=int(FPS))
+    standing = [[220.0, 60.0, 236.0, 180.0, 0.9], [280.0, 70.0, 296.0, 190.0, 0.85]]
+    boxes = {
+        i: [[x1 - x, y1, x2 - x, y2, s] for x1, y1, x2, y2, s in standing] for i, x in enumerate(offsets)
+    }
+    write_boxes(tmp_path / "boxes.jsonl", boxes)
+    model = save_tiny_model(tmp_path / "pose", "pose")
+    ids = {}
+    for flag in ("--camera-motion", "--no-camera-motion"):
+        out = tmp_path / flag
+        argv = ["run", str(tmp_path / "pan.mp4"), "--out", str(out), "--pose-model", str(model),
+                "--input-size", "64x48", "--detector", f"boxes:{tmp_path / 'boxes.jsonl'}", "--no-smooth",
+                "--workers", workers, "--no-progress", flag]  # fmt: skip
+        assert main(argv) == 0
+        records = read_jsonl(out / "pan.jsonl")
+        assert len(records) == len(offsets)
+        # Confirmed from the second frame on: each frame's ids in box order.
+        ids[flag] = [[person["id"] for person in record["persons"]] for record in records[1:]]
+    kept = ids["--camera-motion"]
+    assert all(frame == kept[0] for frame in kept) and len(set(kept[0])) == 2, kept
+    assert any(frame != ids["--no-camera-motion"][0] for frame in ids["--no-camera-motion"])
+
+
+def test_the_camera_motion_of_a_frame_the_tracker_skips_still_moves_its_tracks():
+    """A live GPU worker may skip a stale frame: the pan in it must still move the tracks, else the next
+    frame's persons are found twice as far as predicted."""
+    from fractions import Fraction
+
+    from stream.media.frames import DecodedFrame, ModelOutputs
+    from stream.runtime.messages import CAMERA_MOTION, RESULTS, SKIP, follow_up, frame_message, result_arrays
+    from stream.stages.track import SourceTracking
+
+    standing = np.array([[220.0, 60.0, 236.0, 180.0], [280.0, 70.0, 296.0, 190.0]], np.float32)
+    offsets = [0.0] * 4 + [20.0 * k for k in range(1, 9)]
+
+    def ids_seen(skip: set[int], with_skipped_motion: bool) -> list[list[int]]:
+        tracking = SourceTracking(FPS, smooth=False, keypoint_threshold=0.3)
+        seen, previous = [], 0.0
+        for i, x in enumerate(offsets):
+            image = np.zeros((240, 320, 3), np.uint8)
+            frame = DecodedFrame(image=image, index=i, pts=i / FPS, time_base=Fraction(1, 25), capture_time=0)
+            motion = [1.0, 0.0, previous - x, 0.0, 1.0, 0.0]  # the scene moves left as the camera pans right
+            previous = x
+            sent = frame_message("pan", i, frame, meta={CAMERA_MOTION: motion})
+            if i in skip:
+                if with_skipped_motion:
+                    tracking.skipped(follow_up(sent, SKIP))
+                continue
+            outputs = ModelOutputs.empty()
+            outputs.boxes, outputs.scores = standing - np.float32([x, 0, x, 0]), np.float32([0.9, 0.85])
+            tracked = tracking(follow_up(sent, RESULTS, result_arrays(outputs)))
+            seen.append(tracked.arrays["track_ids"].tolist())
+        return seen
+
+    skip = {5, 7, 9}
+    kept = ids_seen(skip, with_skipped_motion=True)
+    assert all(frame == kept[1] for frame in kept[1:]) and len(set(kept[1])) == 2, kept
+    lost = ids_seen(skip, with_skipped_motion=False)
+    assert any(frame != lost[1] for frame in lost[1:]), lost

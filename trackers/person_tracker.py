@@ -20,6 +20,7 @@ left out). The steps are ByteTrack's:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -72,6 +73,13 @@ class PersonTracker:
         """Timestamp of the last update, None before the first."""
         return self._time
 
+    def camera_moved(self, motion: np.ndarray | Sequence[float]) -> None:
+        """The camera moved by ``motion`` ((2,3) affine, or its 6 numbers row by row) since the last
+        update, or since the last call of this (a frame the tracker does not see): the tracks move with
+        it. What ``update(motion=...)`` does first."""
+        if self.config.camera_motion:
+            warp(self._tracks, np.asarray(motion, np.float64).reshape(2, 3))
+
     def update(
         self,
         boxes: np.ndarray,
@@ -91,8 +99,8 @@ class PersonTracker:
         first_frame = self._time is None and not self._tracks
         if motion is None and frame is not None and cfg.camera_motion:
             motion = self.camera.estimate(frame, boxes)
-        if motion is not None and cfg.camera_motion:
-            warp(self._tracks, np.asarray(motion, np.float64).reshape(2, 3))
+        if motion is not None:
+            self.camera_moved(motion)
         advance(self._tracks, timestamp, self.frame_rate)
         self._time = timestamp
 

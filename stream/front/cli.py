@@ -88,6 +88,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     add("--flip", action=argparse.BooleanOptionalAction, default=None, help="flip test-time augmentation")
     add("--input-size", help="model input HxW (default: each checkpoint's own, else 1024x768)")
     add("--smooth", action=argparse.BooleanOptionalAction, default=None, help="temporal smoothing")
+    add("--camera-motion", action=argparse.BooleanOptionalAction, default=None,
+        help="compensate camera motion in tracking (handheld or panning video)")  # fmt: skip
     add("--mode", help="auto, offline (lossless) or live (bounded latency)")
     add("--max-batch", type=int, help="frames per batch (across sources) and crops per model forward")
     add("--max-wait-ms", type=float, help="how long to wait to fill a batch")

@@ -54,6 +54,10 @@ EOS = "eos"
 SKIP = "skip"
 KINDS = (FRAME, RESULTS, EOS, SKIP)
 
+# meta of a frame (and of what follows from it): the camera's motion since the source's previous frame
+# sent, a (2,3) affine matrix in full-frame pixels, row by row (with --camera-motion).
+CAMERA_MOTION = "camera_motion"
+
 # ModelOutputs fields that travel as arrays, in a fixed order.
 RESULT_ARRAYS = (
     "boxes", "scores", "track_ids", "keypoints", "keypoint_scores", "seg_labels",

@@ -27,7 +27,7 @@ from stream.edges.sources import open_source
 from stream.media.frames import I420, DecodedFrame
 from stream.runtime import topology
 from stream.runtime.events import Done, Drop, FrameIn, Ready, Reconnect
-from stream.runtime.messages import EOS, SKIP, Message, control_message, frame_message
+from stream.runtime.messages import CAMERA_MOTION, EOS, SKIP, Message, control_message, frame_message
 from stream.runtime.ring import READERS, FrameRing, RingError, i420_shape
 from stream.runtime.stage import SourcePlan, Stage, StageLink, WorkerSpec
 from stream.runtime.transport import Stopped, close_sender, send_until
@@ -61,13 +61,25 @@ class FrameSender:
         self.ring_slots = 4 * spec.config.queue_frames + 2 * spec.config.group_frames + 8
         self.ring: FrameRing | None = None
         self.claim: tuple[int, np.ndarray] | None = None  # the slot the source is decoding into
+        self.camera = None
+        if spec.config.camera_motion:
+            # Estimated here, where the frames are, in one process per source, for the tracker (imported
+            # only then: the tracker's modules cost a decoder start-up time).
+            from trackers import CameraMotion
+
+            self.camera = CameraMotion()
 
     def frame(self, frame: DecodedFrame) -> None:
         if frame.segment != self.segment:
             # The previous segment ends first, so per-source state (trackers, smoothers) starts afresh.
             self.control(EOS, segment=self.segment, final=False)
             self.segment = frame.segment
+            if self.camera is not None:
+                self.camera.reset()
         message = frame_message(self.plan.name, self.seq, frame, self.session, self.meta).stamp("decode")
+        if self.camera is not None:
+            # From the previous frame sent to this one: frames a live source dropped are folded in.
+            message.meta[CAMERA_MOTION] = self.camera.estimate(frame.image).ravel().tolist()
         self._into_ring(message, frame.image, frame.extra.get(I420))
         self._send_both(message)
 

@@ -14,7 +14,16 @@ import zmq
 
 from stream.runtime import topology
 from stream.runtime.events import Done
-from stream.runtime.messages import EOS, RESULTS, Message, follow_up, result_arrays, to_frame_result
+from stream.runtime.messages import (
+    CAMERA_MOTION,
+    EOS,
+    RESULTS,
+    SKIP,
+    Message,
+    follow_up,
+    result_arrays,
+    to_frame_result,
+)
 from stream.runtime.reorder import ReorderBuffer
 from stream.runtime.stage import Stage, StageLink, WorkerSpec
 from stream.runtime.transport import close_sender, send_until
@@ -59,6 +68,7 @@ class SourceTracking:
             timestamp,
             keypoints=result.keypoints,
             keypoint_scores=result.keypoint_scores,
+            motion=message.meta.get(CAMERA_MOTION),
         )
         result.track_ids = np.asarray(ids, np.int64)
         if self.smooth and result.num_persons:
@@ -70,6 +80,11 @@ class SourceTracking:
                 result.keypoints = np.asarray(smoothed, np.float32)
         crops = message.arrays.get("crop_to_frame")
         return follow_up(message, RESULTS, result_arrays(result, crops)).stamp("track")
+
+    def skipped(self, message: Message) -> None:
+        """A frame the tracker does not see: the camera motion it carries still moves the tracks."""
+        if CAMERA_MOTION in message.meta:
+            self.tracker.camera_moved(message.meta[CAMERA_MOTION])
 
     def reset(self) -> None:
         self.last_time = None
@@ -101,6 +116,8 @@ class TrackStage(Stage):
         for ready in self.order.push(message):
             if ready.kind == RESULTS:
                 ready = self.tracking(ready)
+            elif ready.kind == SKIP:
+                self.tracking.skipped(ready)
             elif ready.kind == EOS:
                 self.tracking.reset()
                 self.finished = self.finished or bool(ready.meta.get("final"))
