@@ -100,6 +100,7 @@ class PipelineConfig:
     ray: str | None = None  # run on a Ray cluster: local, auto, ray://HOST:PORT or HOST:PORT
     shards: int | None = None  # shard actors of a Ray run (default: one per GPU, 1 without GPUs)
     control: str | None = None  # HOST:PORT (loopback) of the HTTP API that adds and removes live sources
+    decode_on: str | None = None  # Ray: decoders run on nodes with this custom resource (camera-side hosts)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -118,6 +119,8 @@ class PipelineConfig:
                     f"{name} address {address} is not a loopback address and would be reachable from other "
                     f"machines; add --allow-remote if that is intended"
                 )
+        if self.decode_on is not None and self.ray is None:
+            raise ConfigError("decode_on places decoders on the nodes of a Ray cluster; add --ray ADDRESS")
         if self.control is not None and self.ray is None and self.workers == "tcp":
             # A source added at run time gets endpoints its running GPU worker must work out by itself.
             raise ConfigError("control: sources added at run time need --workers ipc or inproc, not tcp")
@@ -275,6 +278,12 @@ def _ray_address(name: str, value) -> str:
     return value
 
 
+def _resource_name(name: str, value) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", value):
+        raise ConfigError(f"{name} must name a Ray resource (letters, digits, _ . -), got {value!r}")
+    return value
+
+
 _CHECKS = {
     "sources": _sources,
     "out": _optional(_path),
@@ -332,6 +341,7 @@ _CHECKS = {
     "ray": _optional(_ray_address),
     "shards": _optional(_integer(1)),
     "control": _optional(_host_port),
+    "decode_on": _optional(_resource_name),
 }
 
 

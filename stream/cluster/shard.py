@@ -17,6 +17,7 @@ from pathlib import Path
 
 from stream.config import PipelineConfig
 from stream.pipeline.coordinator import PipelineError, run_pipeline
+from stream.pipeline.launch import RemotePlacement
 from stream.pipeline.report import SourceReport
 
 PARTIAL_DIR = ".partial"
@@ -45,9 +46,8 @@ class Shard:
         self.calls += 1
         out = Path(self.config.out)
         partial = out / PARTIAL_DIR / self.run_id / f"{self.label}-{self.calls}"
-        specs = [spec for spec, _ in sources]
-        config = replace(self.config, sources=specs, out=str(partial), ray=None, control=None, progress=False)
-        report = run_pipeline(config)
+        config, remote = self._pipeline(sources=[spec for spec, _ in sources], out=str(partial))
+        report = run_pipeline(config, remote=remote)
         if report.interrupted:
             raise PipelineError(f"{self.label} was stopped before its sources ended")
         results = []
@@ -58,6 +58,18 @@ class Shard:
         shutil.rmtree(partial, ignore_errors=True)
         return results
 
+    def _pipeline(self, **changes) -> tuple[PipelineConfig, RemotePlacement | None]:
+        """The single-host configuration of one call, and where its decoders run (``decode_on``: on the
+        camera-side nodes, over CURVE links to this node's address)."""
+        config = replace(self.config, ray=None, control=None, decode_on=None, progress=False, **changes)
+        if self.config.decode_on is None:
+            return config, None
+        import ray
+
+        from stream.cluster.remote import RayDecoders
+
+        host = ray.util.get_node_ip_address()
+        return replace(config, workers="tcp"), RayDecoders(self.config.decode_on, host)
 
     def run_live(self, spec: str, name: str) -> SourceReport:
         """Run one live camera until ``stop`` (or until its stream ends for good). Its recordings go
@@ -67,9 +79,9 @@ class Shard:
         stop = threading.Event()
         with self.lock:
             self.stops[name] = stop
-        config = replace(self.config, sources=[spec], ray=None, control=None, progress=False)
+        config, remote = self._pipeline(sources=[spec])
         try:
-            report = run_pipeline(config, stop=stop)
+            report = run_pipeline(config, stop=stop, remote=remote)
         finally:
             with self.lock:
                 self.stops.pop(name, None)

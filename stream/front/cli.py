@@ -117,6 +117,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     add("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
     add("--ray", metavar="ADDRESS", help="run on a Ray cluster: local, auto or ray://HOST:PORT")
     add("--shards", type=int, help="Ray: shard actors (default: one per GPU)")
+    add("--decode-on", metavar="RESOURCE",
+        help="Ray: decode on the nodes that have this custom resource (camera-side hosts); links are CURVE")
     add("--control", metavar="HOST:PORT", help="HTTP API to list, add and remove live sources (loopback)")
     add("--segment-time", type=float, metavar="SECONDS",
         help="live: start new output files every SECONDS, named <name>_<UTC start>.mp4/.jsonl")

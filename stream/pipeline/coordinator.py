@@ -46,11 +46,12 @@ from stream.edges.control import Conflict, ControlServer, Unavailable, check_con
 from stream.edges.metrics import StatsRegistry, start_metrics_server
 from stream.edges.redact import redact
 from stream.edges.sources import missing_frames, probe_source
-from stream.pipeline.launch import Launcher, start_worker_server, waits_for_models
+from stream.pipeline.launch import Launcher, RemotePlacement, start_worker_server, waits_for_models
 from stream.pipeline.plan import check_inputs, plan_sources, prepare_out_dir
 from stream.pipeline.report import ProgressDisplay, RunReport, SourceReport, stage_times
 from stream.pipeline.supervise import RETIRE_GRACE_S, Restart, Supervisor
 from stream.runtime import events, topology
+from stream.runtime.curve import stop_authenticator
 from stream.runtime.messages import to_decoded_frame
 from stream.runtime.ring import remove_rings, remove_stale_rings
 from stream.runtime.stage import STOP_SIGNALS, SourcePlan, WorkerSpec
@@ -149,13 +150,16 @@ class _Coordinator:
         stop: threading.Event | None,
         context: zmq.Context | None = None,
         caller: CallerLink | None = None,
+        remote: RemotePlacement | None = None,
     ) -> None:
         self.cfg = cfg
         self.plans = plans
         self.external_stop = stop
         self.caller = caller
+        self.remote = remote
         self.run_topology = RunTopology(cfg, [plan.name for plan in plans], caller=caller is not None)
-        self.space = Endpoints(transport=cfg.workers)
+        # Workers on other hosts reach this one's ends of the links at ``remote.host`` (tcp, CURVE).
+        self.space = Endpoints(transport="tcp", host=remote.host) if remote else Endpoints(cfg.workers)
         self.endpoints = self.run_topology.endpoints(self.space)
         self.spec = WorkerSpec(COORDINATOR, cfg, self.endpoints, plans)  # the coordinator's ends
         # A caller's socket lives in the same context (inproc endpoints are per context); its owner
@@ -229,7 +233,9 @@ class _Coordinator:
     def run(self, signals: _Signals) -> RunReport:
         self.signals = signals
         start = time.monotonic()
-        launcher = self.launcher = Launcher(self.context, in_process=self.cfg.workers == "inproc")
+        launcher = self.launcher = Launcher(
+            self.context, in_process=self.cfg.workers == "inproc", remote=self.remote
+        )
         progress = self.progress = ProgressDisplay(self.cfg, self.plans, self.registry)
         try:
             self.start_services()
@@ -619,6 +625,7 @@ class _Coordinator:
         if self.preview_in is not None:
             self.preview_in.close(linger=0)
         if self.own_context:
+            stop_authenticator(self.context)  # its ZAP socket would hold the context open
             self.context.term()
         self.space.cleanup()
         remove_rings(os.getpid())  # whatever its workers left, however they ended
@@ -634,13 +641,16 @@ def _how(exitcode: int) -> str:
     return f"killed by {signal.Signals(-exitcode).name}" if exitcode < 0 else f"exit status {exitcode}"
 
 
-def run_pipeline(config: PipelineConfig, stop: threading.Event | None = None) -> RunReport:
-    """Run ``config`` to the end of its sources (or until ``stop`` is set / SIGINT) and report.
+def run_pipeline(
+    config: PipelineConfig, stop: threading.Event | None = None, remote: RemotePlacement | None = None
+) -> RunReport:
+    """Run ``config`` to the end of its sources (or until ``stop`` is set / SIGINT) and report;
+    ``remote`` runs some workers on other hosts (see ``stream.pipeline.launch.RemotePlacement``).
 
     Raises SourceError, ConfigError or PipelineError (one-line messages) on bad input or a failed stage;
     whatever was processed before a failure is flushed and playable.
     """
-    return run_prepared(prepare_run(config, stop))
+    return run_prepared(prepare_run(config, stop, remote=remote))
 
 
 def run_prepared(coordinator: _Coordinator) -> RunReport:
@@ -654,6 +664,7 @@ def prepare_run(
     stop: threading.Event | None = None,
     context: zmq.Context | None = None,
     caller: CallerLink | None = None,
+    remote: RemotePlacement | None = None,
 ) -> _Coordinator:
     """Check ``config``, probe its sources and set up the run's coordinator (nothing started yet)."""
     config.validate()
@@ -670,4 +681,4 @@ def prepare_run(
     if config.out is not None:
         prepare_out_dir(Path(config.out))
     remove_stale_rings()  # left by runs that were killed before they could clean up
-    return _Coordinator(config, plans, stop, context, caller)
+    return _Coordinator(config, plans, stop, context, caller, remote)

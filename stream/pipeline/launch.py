@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 import threading
 import time
+from typing import Protocol
 
 import zmq
 
@@ -83,15 +84,45 @@ def waits_for_models(spec: WorkerSpec) -> bool:
     return spec.role == "decode" and spec.sources[0].live
 
 
-class Launcher:
-    """Starts workers as threads (inproc) or processes and tells which are still running."""
+class RemoteWorker(Protocol):
+    """A worker started on another host: what the launcher asks of a process, answered from afar."""
 
-    def __init__(self, context: zmq.Context, in_process: bool) -> None:
+    pid: int | None
+    exitcode: int | None
+
+    def is_alive(self) -> bool: ...
+
+    def join(self, timeout: float | None = None) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+class RemotePlacement(Protocol):
+    """Runs some of a run's workers on other hosts (``stream.cluster.remote``: decoders on the camera-side
+    nodes of a Ray cluster). ``host``: the address this host's ends of the links bind, reachable from
+    those hosts (tcp, so CURVE)."""
+
+    host: str
+
+    def places(self, spec: WorkerSpec) -> bool: ...
+
+    def start(self, spec: WorkerSpec) -> RemoteWorker: ...
+
+
+class Launcher:
+    """Starts workers as threads (inproc), processes, or on other hosts (``remote``), and tells which
+    are still running."""
+
+    def __init__(self, context: zmq.Context, in_process: bool, remote: RemotePlacement | None = None) -> None:
         self.context = context
         self.in_process = in_process
-        self.workers: dict[str, threading.Thread | multiprocessing.Process] = {}
+        self.remote = remote
+        self.workers: dict[str, threading.Thread | multiprocessing.Process | RemoteWorker] = {}
 
     def start(self, spec: WorkerSpec) -> None:
+        if self.remote is not None and self.remote.places(spec):
+            self.workers[spec.label] = self.remote.start(spec)
+            return
         if self.in_process:
             worker = threading.Thread(
                 target=run_worker, args=(spec, self.context), name=spec.label, daemon=True

@@ -37,6 +37,7 @@ from stream.config import PipelineConfig
 from stream.media.color import single_threaded_opencv
 from stream.media.frames import SourceInfo
 from stream.runtime import events, topology
+from stream.runtime.curve import stop_authenticator
 from stream.runtime.errors import OutputError, first_line
 from stream.runtime.ring import process_alive
 from stream.runtime.transport import Endpoints, Stopped, recv_message
@@ -271,6 +272,7 @@ def run_worker(spec: WorkerSpec, make_stage: StageFactory, context: zmq.Context 
             link.emit(events.Usage(user_s=round(times.user, 3), system_s=round(times.system, 3)))
         link.close()
         if own_context:
+            stop_authenticator(context)  # a worker that bound a CURVE link: its ZAP socket holds the context
             context.term()
 
 

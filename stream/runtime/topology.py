@@ -110,7 +110,7 @@ LINKS: dict[str, Link] = {
         Link("frames", End("decode", zmq.PUSH, FRAMES), End("infer", zmq.PULL, FRAMES_ALL_SOURCES),
              "receiver", "infer", True, "frames (ring slot or pixels), skip, eos"),
         Link("render_frames", End("decode", zmq.PUSH, FRAMES), End("render", zmq.PULL, FRAMES),
-             "receiver", "render.{source}.frames", False, "frames (ring slot or pixels), skip, eos"),
+             "receiver", "render.{source}.frames", True, "frames (ring slot or pixels), skip, eos"),
         Link("results", End("infer", zmq.PUSH, RESULTS), End("track", zmq.PULL, RESULTS),
              "receiver", "track.{source}", True, "results, skip, eos"),
         Link("tracked", End("track", zmq.PUSH, RESULTS), End("render", zmq.PULL, RESULTS),
