@@ -4,6 +4,7 @@ when complete, and the one-line error without Ray."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -294,11 +295,11 @@ def test_a_stopped_run_leaves_only_finished_files_under_final_names(cluster, mat
     assert not (sharded / ".partial").exists()
 
 
-@pytest.mark.needs_system(what="RTSP test server", missing=server_unavailable_reason())
-def test_decoders_on_camera_nodes_feed_the_shard_over_curve_links(cluster, material, tmp_path) -> None:
-    import psutil
-    import zmq
-
+@contextlib.contextmanager
+def _camera_decoded_on_a_camera_node(material, tmp_path: Path):
+    """A live Ray run of one RTSP camera whose decoder runs on the node with the ``camera`` resource
+    (``--decode-on camera``). Yields the output directory and the run's result (its report once the
+    context exits: the run is stopped, drained and joined)."""
     out = tmp_path / "out"
     boxes = write_boxes(tmp_path / "boxes.jsonl", {i: [[10.0, 8.0, 50.0, 60.0, 0.9]] for i in range(6000)})
     gate = RtspServerProcess(mount="/gate", width=160, height=120, fps=30).start()
@@ -310,32 +311,70 @@ def test_decoders_on_camera_nodes_feed_the_shard_over_curve_links(cluster, mater
     stop, result = threading.Event(), {}
     runner = threading.Thread(target=lambda: result.update(report=run_cluster(config, stop)), daemon=True)
     runner.start()
-    count = lambda: len(_lines(_parts(out, "gate")[-1])) if _parts(out, "gate") else 0  # noqa: E731
-    intruders = zmq.Context()
     try:
-        _wait_for(lambda: count() >= 10, 120, "the camera to be annotated")
-        processes = [p for p in psutil.process_iter(["name", "cmdline"]) if p.info["cmdline"]]
-        # The decoder is a Ray task (on the node with the resource), not a process of the shard.
-        assert any(p.info["cmdline"][0].startswith("ray::_run_decoder") for p in processes)
-        shard = next(p for p in processes if p.info["cmdline"][0].startswith("ray::Shard"))
-        assert not any(child.name() == "sapiens-decode" for child in shard.children(recursive=True))
-        node = ray.util.get_node_ip_address()
-        listening = [c.laddr for c in shard.net_connections("tcp") if c.status == psutil.CONN_LISTEN]
-        links = [address for address in listening if address.ip == node]
-        assert links and node != "127.0.0.1"  # every link binds the node's address: CURVE or nothing
-        # A peer without the run's keys: whatever it sends to any link never reaches the run.
-        for address in links:
-            plain = intruders.socket(zmq.PUSH)
-            plain.connect(f"tcp://{address.ip}:{address.port}")
-            plain.send(b"not a frame", zmq.NOBLOCK)
-        before = count()
-        _wait_for(lambda: count() > before + 20, 60, "the camera to go on")
+        yield out, result
     finally:
         stop.set()
         runner.join(120)
         gate.stop()
+    assert not runner.is_alive(), "the run did not drain after its stop"
+
+
+def _lines_written(out: Path) -> int:
+    return sum(len(_lines(part)) for part in _parts(out, "gate"))
+
+
+def _decoder_processes() -> list:
+    import psutil
+
+    processes = psutil.process_iter(["cmdline"])
+    return [p for p in processes if (p.info["cmdline"] or [""])[0].startswith("ray::_run_decoder")]
+
+
+@pytest.mark.needs_system(what="RTSP test server", missing=server_unavailable_reason())
+def test_decoders_on_camera_nodes_feed_the_shard_over_curve_links(cluster, material, tmp_path) -> None:
+    import psutil
+    import zmq
+
+    intruders = zmq.Context()
+    try:
+        with _camera_decoded_on_a_camera_node(material, tmp_path) as (out, result):
+            _wait_for(lambda: _lines_written(out) >= 10, 120, "the camera to be annotated")
+            # The decoder is a Ray task (on the node with the resource), not a process of the shard.
+            assert _decoder_processes()
+            processes = [p for p in psutil.process_iter(["name", "cmdline"]) if p.info["cmdline"]]
+            shard = next(p for p in processes if p.info["cmdline"][0].startswith("ray::Shard"))
+            assert not any(child.name() == "sapiens-decode" for child in shard.children(recursive=True))
+            node = ray.util.get_node_ip_address()
+            listening = [c.laddr for c in shard.net_connections("tcp") if c.status == psutil.CONN_LISTEN]
+            links = [address for address in listening if address.ip == node]
+            assert links and node != "127.0.0.1"  # every link binds the node's address: CURVE or nothing
+            # A peer without the run's keys: whatever it sends to any link never reaches the run.
+            for address in links:
+                plain = intruders.socket(zmq.PUSH)
+                plain.connect(f"tcp://{address.ip}:{address.port}")
+                plain.send(b"not a frame", zmq.NOBLOCK)
+            before = _lines_written(out)
+            _wait_for(lambda: _lines_written(out) > before + 20, 60, "the camera to go on")
+    finally:
         intruders.destroy(linger=0)
     report = result["report"]
     assert report.sources["gate"].complete
     lines = _lines(_parts(out, "gate")[-1])
     assert all(line["source"] == "gate" for line in lines) and len(lines) == report.sources["gate"].lines
+
+
+@pytest.mark.needs_system(what="RTSP test server", missing=server_unavailable_reason())
+def test_a_camera_goes_on_after_its_remote_decoder_dies(cluster, material, tmp_path) -> None:
+    """The camera-side host's decoder process is killed: the shard starts the source afresh (a new decoder
+    task, new files) and the camera is annotated again."""
+    with _camera_decoded_on_a_camera_node(material, tmp_path) as (out, result):
+        _wait_for(lambda: _lines_written(out) >= 10, 120, "the camera to be annotated")
+        (first,) = _decoder_processes()
+        first.kill()
+        _wait_for(lambda: any(p.pid != first.pid for p in _decoder_processes()), 60, "a new decoder task")
+        _wait_for(lambda: len(_parts(out, "gate")) >= 2, 60, "the restarted source's new files")
+        _wait_for(lambda: len(_lines(_parts(out, "gate")[-1])) >= 10, 60, "the camera to be annotated again")
+    for part in _parts(out, "gate"):
+        assert all(line["source"] == "gate" for line in _lines(part))
+    assert "gate" in result["report"].sources
