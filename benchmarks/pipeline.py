@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import tempfile
@@ -279,14 +280,22 @@ def run_side(side: str, args: argparse.Namespace, flip: bool = False, **paths: P
         command += [f"--{key}", str(value)]
     if args.max_batch:
         command += ["--max-batch", str(args.max_batch)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise RuntimeError(f"side {side} failed: {done.stderr[-2000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
     result["seconds"] = round(seconds, 3)
     result["fps"] = round(result["frames"] / seconds, 3)
+    # CPU time of the side's process and its threads, plus, for the pipeline, that of its workers (the
+    # fork server's children, which this process never waits for, so it counts them as they report it):
+    # on a machine with few cores the work a side needs bounds its speed as much as how it is spread.
+    used = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    used += sum(w["user_s"] + w["system_s"] for w in result.get("worker_cpu_s", {}).values())
+    result["cpu_s"] = round(used, 3)
     if result.get("first_output_s") is not None:
         # Start-up to the first output, process start included: the child's own clock starts after
         # its interpreter and imports, so add the time it took the child to reach it.

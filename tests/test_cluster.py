@@ -255,6 +255,8 @@ def test_a_run_on_a_cluster_started_for_it(material, tmp_path) -> None:
         (["--control", "127.0.0.1:8765"], "control API adds and removes live cameras; this run has files"),
         (["--control", "127.0.0.1:8765", "--workers", "tcp"], "need --workers ipc or inproc"),
         (["--ray", "local", "--control", "0.0.0.0:8765"], "control must bind a loopback address"),
+        (["--decode-on", "camera"], "decode_on places decoders on the nodes of a Ray cluster; add --ray"),
+        (["--ray", "local", "--decode-on", "camera host"], "decode_on must name a Ray resource"),
     ],
 )
 def test_bad_cluster_options_are_one_error_line(material, tmp_path, capsys, option, message) -> None:
