@@ -339,6 +339,9 @@ def test_decoders_on_camera_nodes_feed_the_shard_over_curve_links(cluster, mater
     import zmq
 
     intruders = zmq.Context()
+    # Their messages are never delivered (the handshake fails): no socket may wait to send them at exit.
+    intruders.linger = 0
+    plain_sockets = []
     try:
         with _camera_decoded_on_a_camera_node(material, tmp_path) as (out, result):
             _wait_for(lambda: _lines_written(out) >= 10, 120, "the camera to be annotated")
@@ -354,12 +357,15 @@ def test_decoders_on_camera_nodes_feed_the_shard_over_curve_links(cluster, mater
             # A peer without the run's keys: whatever it sends to any link never reaches the run.
             for address in links:
                 plain = intruders.socket(zmq.PUSH)
+                plain_sockets.append(plain)  # kept: a collected socket would close with its own linger
                 plain.connect(f"tcp://{address.ip}:{address.port}")
                 plain.send(b"not a frame", zmq.NOBLOCK)
             before = _lines_written(out)
             _wait_for(lambda: _lines_written(out) > before + 20, 60, "the camera to go on")
     finally:
-        intruders.destroy(linger=0)
+        for plain in plain_sockets:
+            plain.close(linger=0)
+        intruders.term()
     report = result["report"]
     assert report.sources["gate"].complete
     lines = _lines(_parts(out, "gate")[-1])
