@@ -17,11 +17,11 @@ or the Ray driver (``stream.cluster.driver``). Requests are served from threads 
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Protocol
 
 from stream.config import ConfigError, parse_host_port
+from stream.edges.http_thread import BackgroundHTTPServer
 from stream.runtime.curve import is_remote
 
 MAX_BODY = 64 * 1024
@@ -50,11 +50,6 @@ def check_control_address(value: str) -> tuple[str, int]:
     return host, port
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
 class ControlServer:
     """Serves the API for ``sources`` from a background thread until ``close``."""
 
@@ -62,17 +57,13 @@ class ControlServer:
         host, port = check_control_address(address)
         handler = _handler(sources)
         try:
-            self._server = _Server((host, port), handler)
+            self._http = BackgroundHTTPServer(host, port, handler, "control-http")
         except OSError as exc:
             raise ConfigError(f"cannot serve the control API on {address}: {exc.strerror or exc}") from None
-        self.url = f"http://{host}:{self._server.server_address[1]}/sources"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="control-http", daemon=True)
-        self._thread.start()
+        self.url = self._http.url("sources")
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5.0)
+        self._http.close()
 
 
 def _handler(sources: ControlledSources) -> type[BaseHTTPRequestHandler]:

@@ -16,13 +16,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from stream.edges.http_thread import BackgroundHTTPServer
 from stream.edges.redact import redact
 
 log = logging.getLogger(__name__)
@@ -287,11 +288,6 @@ class _StatsCollector(Collector):
         yield from (fps, quantiles, stage_times, up, latency)
 
 
-class _LocalHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
 class MetricsServer:
     """Serves ``GET /metrics`` (Prometheus text format) from a background thread."""
 
@@ -314,28 +310,20 @@ class MetricsServer:
                 log.debug("metrics: " + format, *args)
 
         try:
-            self._server = _LocalHTTPServer((host, port), Handler)
+            self._http = BackgroundHTTPServer(host, port, Handler, "metrics-http")
         except OSError as exc:
             raise OSError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None
-        self.host, self.port = self._server.server_address[:2]
-        self.url = f"http://{_url_host(self.host)}:{self.port}/metrics"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
-        self._thread.start()
+        self.host, self.port = self._http.host, self._http.port
+        self.url = self._http.url("metrics")
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5.0)
+        self._http.close()
 
     def __enter__(self) -> MetricsServer:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 def start_metrics_server(registry: StatsRegistry, host: str = "127.0.0.1", port: int = 9100) -> MetricsServer:

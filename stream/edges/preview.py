@@ -17,12 +17,13 @@ import math
 import re
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import unquote
 
 import cv2
 import numpy as np
 
+from stream.edges.http_thread import BackgroundHTTPServer
 from stream.edges.redact import redact
 
 log = logging.getLogger(__name__)
@@ -93,13 +94,11 @@ class PreviewServer:
         self._slots: dict[str, _Slot] = {}
         self._closing = threading.Event()
         try:
-            self._server = _PreviewHTTPServer((host, port), _make_handler(self))
+            self._http = BackgroundHTTPServer(host, port, _make_handler(self), "preview-http")
         except OSError as exc:
             raise OSError(f"cannot serve the preview on {host}:{port}: {exc.strerror or exc}") from None
-        self.host, self.port = self._server.server_address[:2]
-        self.url = f"http://{f'[{self.host}]' if ':' in self.host else self.host}:{self.port}/"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="preview-http", daemon=True)
-        self._thread.start()
+        self.host, self.port = self._http.host, self._http.port
+        self.url = self._http.url("")
 
     def publish(self, source: str, image_rgb: np.ndarray, stats: dict | None = None) -> None:
         """Make ``image_rgb`` the newest frame of ``source``. Never blocks on viewers; do not mutate the
@@ -126,9 +125,7 @@ class PreviewServer:
         for slot in slots:
             with slot.cond:
                 slot.cond.notify_all()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5.0)
+        self._http.close()
 
     def __enter__(self) -> PreviewServer:
         return self
@@ -152,11 +149,6 @@ class PreviewServer:
     def _slot_by_id(self, slot_id: str) -> _Slot | None:
         with self._lock:
             return next((s for s in self._slots.values() if s.id == slot_id), None)
-
-
-class _PreviewHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
 
 
 def _make_handler(preview: PreviewServer) -> type[BaseHTTPRequestHandler]:
