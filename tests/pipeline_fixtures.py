@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from fractions import Fraction
@@ -96,6 +97,24 @@ def source_times(path: Path) -> list[float | None]:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def results_so_far(path: Path) -> list[dict]:
+    """The results a running command has written to the JSONL ``path`` so far: a line still being written
+    and skipped frames left out."""
+    if not path.exists():
+        return []
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+    return [line for line in lines if not line.get("skipped")]
+
+
+def wait_while_running(run: subprocess.Popen, condition, what: str, timeout: float = 120) -> None:
+    """Wait until ``condition()`` holds; fails if the command exits first or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert run.poll() is None, f"the run exited while waiting for {what}"
+        assert time.monotonic() < deadline, f"no {what} in {timeout} s"
+        time.sleep(0.2)
 
 
 def engine_config(model: Path, boxes_file: Path, input_size: tuple[int, int], **overrides) -> PipelineConfig:

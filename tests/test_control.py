@@ -9,32 +9,15 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import av
 import psutil
 import pytest
-from pipeline_fixtures import http_json, save_tiny_model, stop_run
+from pipeline_fixtures import http_json, results_so_far, save_tiny_model, stop_run, wait_while_running
 from rtsp_server import RtspServerProcess, free_port, server_unavailable_reason
 
 pytestmark = pytest.mark.needs_system(what="RTSP test server", missing=server_unavailable_reason())
-
-
-def _lines(path: Path) -> list[dict]:
-    """The results written to ``path`` so far (a line still being written left out; skipped ones too)."""
-    if not path.exists():
-        return []
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
-    return [line for line in lines if not line.get("skipped")]
-
-
-def _wait(run: subprocess.Popen, condition, what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert run.poll() is None, f"the run exited while waiting for {what}"
-        assert time.monotonic() < deadline, f"no {what} in {timeout} s"
-        time.sleep(0.2)
 
 
 def _stages(run: subprocess.Popen, role: str) -> int:
@@ -64,7 +47,7 @@ def test_the_control_api_adds_and_removes_cameras_while_the_others_run(tmp_path:
     grows = {}  # source -> result lines it must exceed
 
     def growing() -> bool:
-        return all(len(_lines(out / f"{name}.jsonl")) > count for name, count in grows.items())
+        return all(len(results_so_far(out / f"{name}.jsonl")) > count for name, count in grows.items())
 
     with contextlib.ExitStack() as cameras:
         a, b = (cameras.enter_context(RtspServerProcess(fps=10, width=160, height=120)) for _ in range(2))
@@ -79,7 +62,8 @@ def test_the_control_api_adds_and_removes_cameras_while_the_others_run(tmp_path:
             run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
                                    env=dict(os.environ, OMP_NUM_THREADS="1"))  # fmt: skip
         try:
-            _wait(run, lambda: all(len(_lines(out / f"{n}.jsonl")) >= 15 for n in "ab"), "first results")
+            first = lambda: all(len(results_so_far(out / f"{n}.jsonl")) >= 15 for n in "ab")  # noqa: E731
+            wait_while_running(run, first, "first results")
             assert f"control: {api}" in stderr_path.read_text()
             status, listed = http_json("GET", api)
             assert status == 200 and {row["name"]: row["state"] for row in listed} == {
@@ -96,28 +80,29 @@ def test_the_control_api_adds_and_removes_cameras_while_the_others_run(tmp_path:
             assert http_json("GET", f"{api}/a")[0] == 404
 
             # Add a camera: it writes results, the others go on.
-            grows.update({n: len(_lines(out / f"{n}.jsonl")) for n in "ab"})
+            grows.update({n: len(results_so_far(out / f"{n}.jsonl")) for n in "ab"})
             status, added = http_json("POST", api, {"name": "c", "url": c.url})
             assert status == 201 and added["name"] == "c" and added["state"] == "running"
             assert "s3cret" not in json.dumps(added)
-            _wait(run, lambda: len(_lines(out / "c.jsonl")) >= 15, "results of the added camera")
-            _wait(run, growing, "results of the other cameras")
+            added = lambda: len(results_so_far(out / "c.jsonl")) >= 15  # noqa: E731
+            wait_while_running(run, added, "results of the added camera")
+            wait_while_running(run, growing, "results of the other cameras")
             assert _stages(run, "infer") == 1 and _stages(run, "decode") == 3  # one GPU worker for all
             listed = http_json("GET", api)[1]
             assert [row["state"] for row in listed] == ["running"] * 3 and "s3cret" not in json.dumps(listed)
 
             # Remove one: its chain drains and its workers leave, the others go on.
-            grows = {n: len(_lines(out / f"{n}.jsonl")) for n in "bc"}
+            grows = {n: len(results_so_far(out / f"{n}.jsonl")) for n in "bc"}
             status, removing = http_json("DELETE", f"{api}/a")
             assert status == 202 and removing["state"] in ("stopping", "removed")
             assert http_json("DELETE", f"{api}/a")[0] == 404  # already on its way out
             state = lambda: {r["name"]: r["state"] for r in http_json("GET", api)[1]}  # noqa: E731
-            _wait(run, lambda: state()["a"] == "removed", "the removed camera to drain", 60)
+            wait_while_running(run, lambda: state()["a"] == "removed", "the removed camera to drain", 60)
             assert state() == {"a": "removed", "b": "running", "c": "running"}
             a_lines = _check_closed(out / "a.jsonl")  # closed while the run goes on
             assert a_lines >= 15
-            _wait(run, growing, "results of the remaining cameras")
-            _wait(
+            wait_while_running(run, growing, "results of the remaining cameras")
+            wait_while_running(
                 run,
                 lambda: _stages(run, "decode") == 2 and _stages(run, "render") == 2,
                 "a's workers to leave",
@@ -126,7 +111,8 @@ def test_the_control_api_adds_and_removes_cameras_while_the_others_run(tmp_path:
             # A removed name can be added again: new files named by their start time; the first stay.
             assert http_json("POST", api, {"name": "a", "url": a.url})[0] == 201
             again = lambda: sorted(out.glob("a_*.jsonl"))  # noqa: E731
-            _wait(run, lambda: again() and len(_lines(again()[0])) >= 10, "results of the camera added again")
+            added_again = lambda: again() and len(results_so_far(again()[0])) >= 10  # noqa: E731
+            wait_while_running(run, added_again, "results of the camera added again")
             assert _check_closed(out / "a.jsonl") == a_lines
         finally:
             stop_run(run)

@@ -12,7 +12,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from pathlib import Path
 import av
 import psutil
 import pytest
-from pipeline_fixtures import save_tiny_model, stop_run
+from pipeline_fixtures import results_so_far, save_tiny_model, stop_run, wait_while_running
 from rtsp_server import RtspServerProcess, free_port, server_unavailable_reason
 
 pytestmark = pytest.mark.needs_system(what="RTSP test server", missing=server_unavailable_reason())
@@ -36,25 +35,9 @@ def tiny_pose(tmp_path_factory) -> Path:
     return save_tiny_model(tmp_path_factory.mktemp("tiny_pose"), "pose")
 
 
-def _lines(path: Path) -> list[dict]:
-    """The results written to ``path`` (skipped frames left out)."""
-    if not path.exists():
-        return []
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
-    return [line for line in lines if not line.get("skipped")]
-
-
 def _files(out: Path, name: str) -> list[Path]:
     """A source's JSONL files: the first, then the ones reopened after restarts (named by start time)."""
     return sorted(out.glob(f"{name}.jsonl")) + sorted(out.glob(f"{name}_*.jsonl"))
-
-
-def _wait(run: subprocess.Popen, condition, what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert run.poll() is None, f"the run exited while waiting for {what}"
-        assert time.monotonic() < deadline, f"no {what} in {timeout} s"
-        time.sleep(0.2)
 
 
 def _rings() -> set[str]:
@@ -75,7 +58,7 @@ class LiveRun:
 
     def restart_line(self) -> tuple[str, set[str]]:
         """The stage that died and the sources restarted with it, from the run's stderr."""
-        _wait(self.process, lambda: DIED.search(self.stderr.read_text()), "restart line")
+        wait_while_running(self.process, lambda: DIED.search(self.stderr.read_text()), "restart line")
         stage, names = DIED.search(self.stderr.read_text()).groups()
         return stage, set(SOURCES) if names == "all" else set(names.split(","))
 
@@ -106,7 +89,8 @@ def _live_run(tmp_path: Path, tiny_pose: Path) -> Iterator[LiveRun]:
             run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
                                    env=dict(os.environ, OMP_NUM_THREADS="1"))
         try:
-            _wait(run, lambda: all(len(_lines(out / f"{n}.jsonl")) >= 30 for n in SOURCES), "first results")
+            first = lambda: all(len(results_so_far(out / f"{n}.jsonl")) >= 30 for n in SOURCES)  # noqa: E731
+            wait_while_running(run, first, "first results")
             yield LiveRun(run, out, stderr_path, metrics_port)
         finally:
             stop_run(run)
@@ -120,7 +104,7 @@ def _check_outputs(out: Path, restarted: set[str], killed_render: bool) -> None:
         assert len(files) == (2 if name in restarted else 1), files
         ids = []
         for jsonl in files:
-            written = _lines(jsonl)
+            written = results_so_far(jsonl)
             with av.open(str(jsonl.with_suffix(".mp4"))) as container:
                 frames = sum(1 for _ in container.decode(video=0))
             if killed_render and jsonl.stem == name:
@@ -142,12 +126,18 @@ def test_a_killed_stage_is_restarted_and_the_cameras_go_on(tmp_path: Path, tiny_
         assert stage == role and restarted
         out, run = live.out, live.process
         kept = set(SOURCES) - restarted
-        kept_lines = {n: len(_lines(out / f"{n}.jsonl")) for n in kept}
+        kept_lines = {n: len(results_so_far(out / f"{n}.jsonl")) for n in kept}
         # Every restarted source writes a new file; the sources that were not restarted go on in theirs.
-        _wait(run, lambda: all(len(_files(out, n)) == 2 and len(_lines(_files(out, n)[1])) >= 15
-                               for n in restarted), "results after the restart")
-        _wait(run, lambda: all(len(_lines(out / f"{n}.jsonl")) >= kept_lines[n] + 15 for n in kept),
-              "results of the other source")
+
+        def reopened() -> bool:
+            files = {n: _files(out, n) for n in restarted}
+            return all(len(files[n]) == 2 and len(results_so_far(files[n][1])) >= 15 for n in restarted)
+
+        def kept_going() -> bool:
+            return all(len(results_so_far(out / f"{n}.jsonl")) >= kept_lines[n] + 15 for n in kept)
+
+        wait_while_running(run, reopened, "results after the restart")
+        wait_while_running(run, kept_going, "results of the other source")
         assert _restarts(live.metrics_port) == {(n, role): 1.0 for n in restarted}
     stderr = live.stderr.read_text()
     assert run.returncode == 0, stderr[-3000:]
@@ -168,8 +158,8 @@ def test_a_stop_while_a_restart_waits_still_drains_every_source(tmp_path: Path, 
     assert "Traceback" not in stderr and "error" not in stderr
     for name in SOURCES:
         for jsonl in _files(live.out, name):
-            if not _lines(jsonl):
+            if not results_so_far(jsonl):
                 continue  # the restarted workers were stopped before their first frame
             with av.open(str(jsonl.with_suffix(".mp4"))) as container:
-                assert sum(1 for _ in container.decode(video=0)) == len(_lines(jsonl))
+                assert sum(1 for _ in container.decode(video=0)) == len(results_so_far(jsonl))
     assert _rings() <= rings_before
