@@ -162,7 +162,10 @@ def live_one_disk_full(material, tmp_path_factory):
             assert run.poll() is None and time.monotonic() < deadline, stderr_path.read_text()[-3000:]
             time.sleep(0.2)
         run.send_signal(signal.SIGINT)
-        stdout, _ = run.communicate(timeout=60)
+        try:
+            stdout, _ = run.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the run did not stop within 60 s of SIGINT:\n{stderr_path.read_text()[-3000:]}")
     finally:
         if run.poll() is None:
             run.kill()
@@ -202,6 +205,37 @@ def test_live_full_disk_stops_only_that_sources_sinks(live_one_disk_full) -> Non
 def test_live_full_disk_exits_with_status_2(live_one_disk_full) -> None:
     status, _, stderr, _, _ = live_one_disk_full
     assert status == 2, stderr[-2000:]
+
+
+def test_a_source_whose_sinks_failed_holds_the_finish_until_its_final_eos(material, tmp_path) -> None:
+    """Finish lets every sender disconnect, and libzmq drops what a receiver had not yet taken in when
+    its sender leaves. A live source whose disk filled has closed its files, but its frames, and at a
+    stop its final EOS, still drain through its track and render stages: the coordinator must not send
+    Finish before that EOS reached its render, or the EOS may be lost and the run never ends (found as
+    a run that did not stop on SIGINT when the other camera drained first)."""
+    from stream.config import build_config
+    from stream.pipeline.coordinator import _Coordinator
+    from stream.pipeline.plan import plan_sources
+    from stream.pipeline.report import ProgressDisplay
+    from stream.runtime.events import Done, SinkClosed
+
+    clip = str(material["clip"])
+    config = build_config({"sources": [f"door={clip}", f"yard={clip}"], "out": str(tmp_path),
+                           "workers": "inproc", "progress": False})  # fmt: skip
+    plans = plan_sources(config)
+    coordinator = _Coordinator(config, plans, None)
+    try:
+        progress = ProgressDisplay(config, plans, coordinator.registry)
+        full = "door: cannot write door_seg/000025.png: No space left on device"
+        coordinator._handle(SinkClosed(source="door", frames=25, complete=False, error=full), progress)
+        coordinator._handle(SinkClosed(source="yard", frames=90, complete=True), progress)
+        coordinator._handle(Done(stage="render", source="yard", frames=90), progress)
+        assert coordinator.reports["door"].error == full  # reported when it happened
+        assert coordinator.awaiting_eos == {"door"}  # but its stages have not drained yet
+        coordinator._handle(Done(stage="render", source="door", frames=25), progress)
+        assert not coordinator.awaiting_eos
+    finally:
+        coordinator._close()
 
 
 # -- no display, a vanishing source ------------------------------------------------------------------------

@@ -184,7 +184,10 @@ class _Coordinator:
         self.stopping = False
         self.aborting = False
         self.last_command: dict[type, float] = {}
-        self.sinks_open = {p.name for p in plans}
+        # Sources whose render stage has not had its final EOS: until then their senders must stay
+        # connected. Not the same as open sinks: a live source whose disk filled has closed its sinks,
+        # but its frames still drain through its stages.
+        self.awaiting_eos = {p.name for p in plans}
         self.reached = {p.name: 0 for p in plans}  # frames of each source written so far
         self.top_ids = {p.name: 0 for p in plans}  # each source's highest track id written so far
         self.supervisor = Supervisor([])  # replaced by the run's own in run()
@@ -255,13 +258,13 @@ class _Coordinator:
                     for spec in self.waiting_decoders:
                         self._start(launcher, spec)
                     self.waiting_decoders = []
-                # Once every sink is closed only the workers' exits are awaited: look for them often.
-                self._drain_events(progress, timeout_ms=100 if self.sinks_open else 5)
+                # Once every final EOS is in only the workers' exits are awaited: look for them often.
+                self._drain_events(progress, timeout_ms=100 if self.awaiting_eos else 5)
                 self._drain_preview()
                 self._check_stop(signals)
                 self._serve_requests()
                 ends = self.cfg.control is None or self.stopping  # with a control API, sources come and go
-                if ends and not self.sinks_open and (self.caller is None or self.caller.received.is_set()):
+                if ends and not self.awaiting_eos and (self.caller is None or self.caller.received.is_set()):
                     # Every sink (and the caller) has its final EOS: senders may now disconnect
                     # without losing data.
                     self._command(events.Finish())
@@ -363,7 +366,7 @@ class _Coordinator:
         for spec in restart.specs:
             self._start(launcher, spec)
             if spec.role == "render":
-                self.sinks_open.update(plan.name for plan in spec.sources)
+                self.awaiting_eos.update(plan.name for plan in spec.sources)
 
     def _forget_worker(self, launcher: Launcher, label: str) -> None:
         """Stop watching worker ``label`` (dead, or gone with its removed source); a decoder's rings go."""
@@ -452,6 +455,8 @@ class _Coordinator:
         elif isinstance(event, events.Done) and event.stage == "decode":
             report.frames_decoded = event.frames
             report.frames_missing = missing_frames(self.infos[report.name], report.frames_decoded)
+        elif isinstance(event, events.Done) and event.stage == "render":
+            self.awaiting_eos.discard(report.name)
         elif isinstance(event, events.SinkClosed):
             report.frames_written = event.frames
             report.lines = event.lines
@@ -459,7 +464,6 @@ class _Coordinator:
             report.outputs = dict(event.outputs)
             report.complete = event.complete
             report.error = event.error
-            self.sinks_open.discard(report.name)
 
     def _drain_preview(self) -> None:
         if self.preview_in is None:
@@ -509,9 +513,9 @@ class _Coordinator:
     def _state(self, name: str) -> str:
         if name in self.removed:
             return "removed"
-        if name in self.removing or (self.stopping and name in self.sinks_open):
+        if name in self.removing or (self.stopping and name in self.awaiting_eos):
             return "stopping"
-        return "running" if name in self.sinks_open else "ended"
+        return "running" if name in self.awaiting_eos else "ended"
 
     def _row(self, name: str) -> dict:
         return {"name": name, "url": redact(self.infos[name].spec), "state": self._state(name), "shard": None}
@@ -537,7 +541,7 @@ class _Coordinator:
             self.progress.names.append(name)
         self.registry.source(name)
         session = uuid.uuid4().hex[:12]
-        self.sinks_open.add(name)
+        self.awaiting_eos.add(name)
         for role, _ in RunTopology(self.cfg, [name]).workers():
             if role in SHARED_STAGES:
                 continue
@@ -589,7 +593,7 @@ class _Coordinator:
                 del self.removing[name]
                 self.removal_aborts.discard(name)
                 self.removed.add(name)
-                self.sinks_open.discard(name)
+                self.awaiting_eos.discard(name)
                 if self.progress is not None and name in self.progress.names:
                     self.progress.names.remove(name)
                 print(f"control: removed {name}", file=sys.stderr, flush=True)
@@ -604,7 +608,7 @@ class _Coordinator:
             decoder = self.supervisor.specs.get(f"decode[{name}]")
             if decoder is not None and decoder.label in running:
                 self.control.send(events.pack(events.Stop(workers=[decoder.instance])))
-            if name not in self.sinks_open:
+            if name not in self.awaiting_eos:
                 self.control.send(events.pack(events.Finish(workers=instances)))
 
     def _close(self) -> None:
