@@ -158,7 +158,7 @@ class StageLink:
             self.orphaned = self.stop_requested = self.aborted = True
 
     def wait_for_finish(self) -> None:
-        """Keep this stage's connections open until every sink has its final EOS (or the run aborts).
+        """Keep this stage's connections open until every render stage has its final EOS (or the run aborts).
 
         A sender that disconnects while its receiver sits at the high-water mark loses the messages
         still in the kernel's socket buffer (libzmq drops them with the connection), so senders stay
