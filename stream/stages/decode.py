@@ -220,8 +220,7 @@ class DecodeStage(Stage):
 
     def _close_source(self) -> None:
         if self.live is not None:
-            self.live.stopping.set()
-        # Closing the source unblocks a live reader in any state (connecting, reconnecting, reading).
+            self.live.stop()
         self.sources.close()
         if self.live is not None and self.live.reader.is_alive():
             self.live.reader.join(timeout=5.0)
@@ -311,6 +310,16 @@ class _LiveReader:
     def start(self, sources: ExitStack) -> None:
         self.frames = sources.enter_context(open_source(self.plan.info, self.options, self.stats))
         self.reader.start()
+
+    def stop(self) -> None:
+        """Make the reader thread leave before its source is closed. A file read live must not be closed
+        under the reader: closing a PyAV container while another thread decodes from it frees memory the
+        decode is using (the process crashes), so the reader is joined first; it leaves after the frame it
+        is decoding. A camera's ``LiveSource`` may be closed from any thread, and closing it is what
+        unblocks a reader that waits for the camera (connecting, reconnecting, reading)."""
+        self.stopping.set()
+        if self.plan.info.kind != "live" and self.reader.is_alive():
+            self.reader.join()
 
     def _read(self) -> None:
         try:
