@@ -137,6 +137,10 @@ class _Stage:
         assert not self.worker.is_alive()
 
     def close(self) -> None:
+        # The worker's events socket lingers until its events are read (a live decoder sends one per
+        # dropped frame, more than the high-water mark): read them, or ending the context waits for it.
+        while self.events.poll(100, zmq.POLLIN):
+            self.events.recv()
         for sock in (self.gpu, self.render, self.events, self.control):
             sock.close(linger=0)
         self.context.term()
@@ -194,9 +198,10 @@ def test_a_decoder_waiting_for_a_slot_still_aborts(tmp_path):
 def test_live_decoder_sends_frames_inline_while_the_ring_is_full(tmp_path):
     """Live, the decoder never waits for a slot: with every slot held by the readers, frames travel
     inline, whole and in order, and the ring never hands out a slot still held."""
-    # Long enough that a loaded machine, which makes the paced live source drop many frames, still fills
-    # the ring (the test stops as soon as it has seen five inline frames).
-    info, plain = _clip(tmp_path, 600)
+    # A file read live is decoded as fast as it can be, and frames the readers have not taken yet are
+    # dropped, so only a fraction reaches them: the clip is long enough that the ring still fills
+    # (the test stops as soon as it has seen five inline frames).
+    info, plain = _clip(tmp_path, 3000)
     stage = _Stage(tmp_path, info, live=True)
     try:
         in_ring, inline = {}, []
@@ -255,3 +260,41 @@ def test_a_source_without_bt601_planes_gets_slots_for_rgb_only(tmp_path):
         stage.command_until_done(events.Finish())
     finally:
         stage.close()
+
+
+STOP_MID_DECODE = """
+import sys
+from pathlib import Path
+from test_sources_ring import _Stage
+from stream.edges.sources import probe_source
+from stream.media.synth import moving_squares, write_clip
+from stream.runtime import events
+
+root = Path(sys.argv[1])
+clip = root / "clip.mp4"
+write_clip(clip, moving_squares(120, (1280, 720)), fps=30)
+info = probe_source(str(clip))
+for attempt in range(int(sys.argv[2])):
+    stage = _Stage(root / str(attempt), info, live=True)
+    try:
+        assert stage.receive(stage.gpu, 10_000) is not None
+        stage.command_until_done(events.Abort(), timeout_s=10.0)
+    finally:
+        stage.close()
+print("stopped", sys.argv[2], "times")
+"""
+
+
+def test_a_file_read_live_stops_while_a_frame_is_being_decoded(tmp_path):
+    """A stop closes the source while the live reader thread may be decoding from it: closing a PyAV
+    container under a decode crashes the process. Large frames keep the reader inside the decoder most
+    of the time; the stops run in a process of their own, so a crash fails the test instead of pytest."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).parent
+    done = subprocess.run([sys.executable, "-c", STOP_MID_DECODE, str(tmp_path), "60"], cwd=tests,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, f"exit status {done.returncode}: {done.stderr[-3000:]}"
+    assert "stopped 60 times" in done.stdout
