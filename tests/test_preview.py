@@ -4,6 +4,8 @@ client, and the OpenCV window drawn into a virtual X server (Xvfb) whose framebu
 from __future__ import annotations
 
 import json
+import os
+import select
 import socket
 import struct
 import subprocess
@@ -221,14 +223,19 @@ def _read_xwd(path: Path) -> np.ndarray:
 
 @pytest.mark.needs_system(what="Debian package xvfb", missing=command_missing("Xvfb"))
 def test_window_draws_frames_on_a_virtual_display(tmp_path: Path, monkeypatch) -> None:
-    display = next(f":{n}" for n in range(90, 190) if not Path(f"/tmp/.X11-unix/X{n}").exists())
-    xvfb = subprocess.Popen(["Xvfb", display, "-screen", "0", "640x480x24", "-nolisten", "tcp",
-                             "-fbdir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Xvfb picks a free display itself and writes its number once it accepts clients (-displayfd): a
+    # number chosen here may belong to a server that left only its lock file behind.
+    ready_r, ready_w = os.pipe()
+    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(ready_w), "-screen", "0", "640x480x24", "-nolisten",
+                             "tcp", "-fbdir", str(tmp_path)], pass_fds=(ready_w,),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    os.close(ready_w)
     try:
-        deadline = time.monotonic() + 10
-        while not Path(f"/tmp/.X11-unix/X{display[1:]}").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        monkeypatch.setenv("DISPLAY", display)
+        with os.fdopen(ready_r) as ready:
+            assert select.select([ready], [], [], 30)[0], "Xvfb did not start within 30 s"
+            number = ready.readline().strip()
+        assert number.isdigit(), f"Xvfb did not start (exit status {xvfb.poll()})"
+        monkeypatch.setenv("DISPLAY", f":{number}")
         monkeypatch.setenv("QT_LOGGING_RULES", "*=false")
         window = PreviewWindow(max_fps=30)
         feeder = Feeder(window, {"cam": solid(GREEN, (320, 240))})
