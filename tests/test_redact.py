@@ -52,8 +52,11 @@ PATHS = (("Streaming", "Channels", "101"), ("live.sdp",), ("cam", "realmonitor")
 PLAIN_PARAMS = ("channel=1", "subtype=0", "quality=hd")
 QUERY_KEYS = tuple(sorted(SENSITIVE_KEYS)) + ("X-Amz-Signature", "X-Amz-Credential", "X-Goog-Signature")
 # The text around the URL in the error for a source that is neither a file nor a known URL.
+# The fixed words of the source errors (a secret "anno" is in "cannot"): not leaks.
 SOURCE_ERROR = ("sapiens-stream: error: source not found: "
-                "(not a file, nor a URL of a known scheme: rtsp://, http://, ...)")
+                "(not a file, nor a URL of a known scheme: rtsp://, http://, ...)"
+                "not a usable source URL: (its host or port cannot be read; in a password, "
+                "percent-encode characters such as @ : # / ? as %40 %3A %23 %2F %3F)")
 # Without a scheme, a user name that begins like one is read as the scheme, and quotes, brackets or
 # slashes before it as the text around the URL (see stream/edges/redact.py).
 _SCHEME_LIKE = re.compile(r"[\"'(\[{</]|[A-Za-z][A-Za-z0-9+.\-]*(?::|//)")
